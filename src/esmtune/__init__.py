@@ -1,0 +1,33 @@
+"""esmtune: fine-tune ESM2 protein language models, from data check to predictions.
+
+The public API is small; heavy modules load on first use so that importing esmtune is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__all__ = ["Predictor", "TrainConfig", "check_dataset", "load_config", "train"]
+__version__ = "0.1.0"
+
+_HOMES = {
+    "Predictor": "esmtune.predict",
+    "TrainConfig": "esmtune.config",
+    "load_config": "esmtune.config",
+    "check_dataset": "esmtune.data.check",
+    "train": "esmtune.train",
+}
+
+if TYPE_CHECKING:
+    from esmtune.config import TrainConfig, load_config
+    from esmtune.data.check import check_dataset
+    from esmtune.predict import Predictor
+    from esmtune.train import train
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        import importlib
+
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'esmtune' has no attribute {name!r}")

@@ -1,0 +1,352 @@
+"""The one validated training configuration: schema, YAML loading and ``key=value`` overrides.
+
+Every field carries a one-line description; the CLI turns them into ``esmtune train --help``.
+Validation collects every problem (wrong types, ranges, unknown keys with a suggestion, cross-field
+rules) and reports them in one :class:`~esmtune.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from esmtune.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "EarlyStoppingConfig",
+    "FinetuneConfig",
+    "FinetuneMode",
+    "LoraConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "Pooling",
+    "Task",
+    "TrainConfig",
+    "TrainingConfig",
+    "apply_overrides",
+    "describe_fields",
+    "load_config",
+]
+
+
+class Task(StrEnum):
+    """What the model predicts for each sequence."""
+
+    MULTICLASS = "multiclass"
+
+
+class Pooling(StrEnum):
+    """How per-residue embeddings become one vector per sequence."""
+
+    CLS = "cls"
+    MEAN = "mean"
+    MAX = "max"
+    ATTENTION = "attention"
+
+
+class FinetuneMode(StrEnum):
+    """Which backbone parameters are trained (the head is always trained)."""
+
+    LORA = "lora"
+    FROZEN = "frozen"
+    FULL = "full"
+    PARTIAL = "partial"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+
+
+class DataConfig(_Section):
+    """Where the sequences are and how they are read."""
+
+    dir: Path = Field(
+        Path("data"), description="Dataset folder holding {train,validation,test}/<Label>.fasta."
+    )
+    max_length: int = Field(
+        1022, ge=8, le=1022, description="Residues kept per sequence; longer ones are truncated."
+    )
+    fail_on_leakage: bool = Field(
+        False, description="Stop when a sequence occurs in both train and test (else warn)."
+    )
+    drop_conflicts: bool = Field(
+        False, description="Drop sequences found under two labels instead of stopping."
+    )
+    drop_duplicates: bool = Field(
+        False, description="Drop repeated ids within a split (first kept) instead of stopping."
+    )
+
+
+class LoraConfig(_Section):
+    """LoRA adapter settings (used when finetune.mode is lora)."""
+
+    r: int = Field(8, ge=1, le=1024, description="Rank of the LoRA update matrices.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "key", "value", "dense"],
+        min_length=1,
+        description="Names of ESM2 linear layers that get adapters.",
+    )
+
+
+class FinetuneConfig(_Section):
+    """How much of the backbone is trained."""
+
+    mode: FinetuneMode = Field(
+        FinetuneMode.LORA,
+        description="lora = adapters; frozen = head only; full = everything; "
+        "partial = the last unfreeze_last_layers layers.",
+    )
+    unfreeze_last_layers: int = Field(
+        0, ge=0, description="partial: number of final transformer layers trained from the start."
+    )
+    unfreeze_every_epochs: int = Field(
+        0,
+        ge=0,
+        description="partial: every N epochs unfreeze unfreeze_step more layers (0 = never).",
+    )
+    unfreeze_step: int = Field(
+        1, ge=1, description="partial: layers unfrozen at each progressive step."
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class ModelConfig(_Section):
+    """The backbone and the prediction head."""
+
+    name: str = Field(
+        "facebook/esm2_t6_8M_UR50D", description="Hugging Face ESM2 id or a local model directory."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    pretrained: bool = Field(
+        True,
+        description="false = same architecture with random weights (offline runs, benchmarks).",
+    )
+    pooling: Pooling = Field(Pooling.MEAN, description="cls, mean, max or attention pooling.")
+    head_hidden: list[int] = Field(
+        default_factory=lambda: [256],
+        description="Hidden layer sizes of the MLP head ([] = linear).",
+    )
+    head_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the head.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, ~30% slower."
+    )
+    attn_implementation: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="Attention kernel; sdpa is faster and uses less memory."
+    )
+
+    @model_validator(mode="after")
+    def _positive_hidden(self) -> ModelConfig:
+        if any(size < 1 for size in self.head_hidden):
+            raise ValueError("model.head_hidden: every size must be >= 1")
+        return self
+
+
+class EarlyStoppingConfig(_Section):
+    """When to stop because validation stopped improving, and which checkpoint is best."""
+
+    metric: Literal["accuracy", "macro_f1", "mcc", "loss"] = Field(
+        "macro_f1", description="Validation metric that selects the best checkpoint."
+    )
+    patience: int = Field(
+        0, ge=0, description="Evaluations without improvement before stopping (0 = never stop)."
+    )
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+
+
+class TrainingConfig(_Section):
+    """The optimisation loop."""
+
+    epochs: int = Field(10, ge=1, description="Passes over the training split.")
+    batch_size: int = Field(8, ge=1, description="Sequences per batch on each process.")
+    gradient_accumulation: int = Field(1, ge=1, description="Batches per optimizer step.")
+    learning_rate: float = Field(3e-4, gt=0, le=1, description="Peak learning rate.")
+    head_learning_rate: float | None = Field(
+        None, gt=0, le=1, description="Learning rate of the head (default: learning_rate)."
+    )
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases/norms).")
+    warmup_ratio: float = Field(
+        0.06, ge=0, lt=1, description="Share of optimizer steps spent warming up."
+    )
+    scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate decay after warm-up."
+    )
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 = off).")
+    eval_every_epochs: int = Field(1, ge=1, description="Evaluate on validation every N epochs.")
+    checkpoint_every_steps: int = Field(
+        0, ge=0, description="Also checkpoint every N optimizer steps (0 = at evaluations only)."
+    )
+    keep_checkpoints: int = Field(
+        2, ge=1, description="Most recent resumable checkpoints kept on disk."
+    )
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    seed: int = Field(42, ge=0, description="Seed for weights, shuffling and dropout.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+class OutputConfig(_Section):
+    """Where the run directory goes."""
+
+    dir: Path = Field(Path("runs"), description="Folder that holds run directories.")
+    name: str | None = Field(
+        None, description="Run directory name (default: <model>-<date>-<time>)."
+    )
+
+
+class TrainConfig(_Section):
+    """Everything `esmtune train` needs; the resolved copy is saved in every run directory."""
+
+    task: Task = Field(Task.MULTICLASS, description="What is predicted: multiclass.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> TrainConfig:
+        """Rules that span sections; all of them are checked, then reported together."""
+        problems = []
+        tune = self.finetune
+        if tune.mode is FinetuneMode.PARTIAL and tune.unfreeze_last_layers == 0:
+            if tune.unfreeze_every_epochs == 0:
+                problems.append(
+                    "finetune.mode=partial trains nothing of the backbone with "
+                    "unfreeze_last_layers=0 and unfreeze_every_epochs=0: set one of them, "
+                    "or use mode=frozen"
+                )
+        if tune.mode is not FinetuneMode.PARTIAL and (
+            tune.unfreeze_last_layers or tune.unfreeze_every_epochs
+        ):
+            problems.append(
+                f"finetune.unfreeze_last_layers / unfreeze_every_epochs apply to mode=partial, "
+                f"not mode={tune.mode.value}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """Plain data for YAML: enums as strings, paths as text."""
+        return self.model_dump(mode="json")
+
+
+def _field_names(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
+    """The allowed keys at a location of the schema, for 'did you mean' hints."""
+    current: type[BaseModel] = model
+    for part in path:
+        field = current.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        current = annotation
+    return list(current.model_fields)
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} problem(s) in the configuration:"]
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            allowed = _field_names(TrainConfig, item["loc"][:-1])
+            close = difflib.get_close_matches(str(item["loc"][-1]), allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            message = f"unknown key{hint} (allowed: {', '.join(allowed)})"
+        elif item["type"] not in {"value_error", "assertion_error"}:
+            message = f"{message} (got {item.get('input')!r})"
+        else:
+            message = message.removeprefix("Value error, ")
+        lines.append(f"  - {location}: {message}")
+    return "\n".join(lines)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(
+            f"override '{text}' is not key=value; write for example training.epochs=3"
+        )
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted ``key=value`` pairs (values parsed as YAML) on a raw config mapping.
+
+    Args:
+        raw: The mapping read from YAML; it is changed in place and returned.
+        overrides: Items like ``training.epochs=3`` or ``model.head_hidden=[128,64]``.
+
+    Returns:
+        The updated mapping. Unknown keys are left for validation to report.
+    """
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = raw
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def load_config(path: Path | str | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply overrides and validate everything at once.
+
+    Args:
+        path: YAML file, or None for the built-in defaults.
+        overrides: Dotted ``key=value`` strings applied after the file.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: Listing every problem, with the file name.
+    """
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(
+                f"{path} must hold a mapping of sections, not {type(loaded).__name__}"
+            )
+        raw = loaded or {}
+    apply_overrides(raw, overrides or [])
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def describe_fields(
+    model: type[BaseModel] = TrainConfig, prefix: str = ""
+) -> list[tuple[str, str]]:
+    """Every settable key with its default and description, for ``--help``."""
+    rows: list[tuple[str, str]] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        key = f"{prefix}{name}"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_fields(annotation, f"{key}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        default_text = default.value if isinstance(default, StrEnum) else default
+        rows.append((key, f"{field.description} [default: {default_text}]"))
+    return rows

@@ -1,0 +1,123 @@
+"""Reading FASTA files the way ESM2 needs them.
+
+A small reader of our own because errors must name the line: Biopython's parsers join wrapped
+lines but forget where each record started. Wrapped lines are joined, residues upper-cased and a
+trailing stop ``*`` removed; validation happens later, in :mod:`esmtune.data.check`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from esmtune.errors import DataError
+
+__all__ = ["FASTA_SUFFIXES", "SequenceRecord", "label_from_path", "parse_fasta", "read_fasta"]
+
+FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceRecord:
+    """One sequence, with where it came from so that errors can point at it."""
+
+    id: str
+    sequence: str
+    label: str | None = None
+    source: str = "<input>"
+    line: int = 0
+
+
+def label_from_path(path: Path) -> str | None:
+    """The label a per-label FASTA file stands for (its name without extensions), or None."""
+    name = path.name
+    if name.endswith(".gz"):
+        name = name[:-3]
+    for suffix in FASTA_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def parse_fasta(
+    lines: Iterable[str], source: str = "<input>", label: str | None = None
+) -> Iterator[SequenceRecord]:
+    """Yield records from FASTA text lines.
+
+    Args:
+        lines: Text lines (a file object or ``text.splitlines()``).
+        source: Name used in error messages.
+        label: Label given to every record (per-label files).
+
+    Yields:
+        Records with joined, upper-cased sequences and the header's line number.
+
+    Raises:
+        DataError: On text before the first header or a header without an id.
+    """
+    header: str | None = None
+    header_line = 0
+    chunks: list[str] = []
+    for number, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith(";"):
+            continue
+        if line.startswith(">"):
+            if header is not None:
+                yield _record(header, chunks, label, source, header_line)
+            header, header_line, chunks = line[1:].strip(), number, []
+            if not header:
+                raise DataError(
+                    f"{source}, line {number}: header '>' has no sequence id; "
+                    "write an id after '>', e.g. '>P12345'"
+                )
+        elif header is None:
+            raise DataError(
+                f"{source}, line {number}: sequence text before the first '>' header; "
+                "is this a FASTA file? Each record must start with a '>id' line"
+            )
+        else:
+            chunks.append(line)
+    if header is not None:
+        yield _record(header, chunks, label, source, header_line)
+
+
+def _record(
+    header: str, chunks: list[str], label: str | None, source: str, line: int
+) -> SequenceRecord:
+    sequence = "".join(chunks).replace(" ", "").upper()
+    if sequence.endswith("*"):
+        sequence = sequence[:-1]
+    return SequenceRecord(header.split()[0], sequence, label, source, line)
+
+
+def read_fasta(path: Path | str, label: str | None = None) -> list[SequenceRecord]:
+    """Read a FASTA file (plain or gzipped).
+
+    Args:
+        path: The file.
+        label: Label for every record; for per-label files use :func:`label_from_path`.
+
+    Returns:
+        The records, in file order.
+
+    Raises:
+        DataError: When the file is missing, not text, or not FASTA.
+    """
+    path = Path(path)
+    try:
+        with _open_text(path) as handle:
+            return list(parse_fasta(handle, str(path), label))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as error:
+        raise DataError(f"{path}: cannot be read as (gzipped) FASTA text: {error}") from None

@@ -1,0 +1,48 @@
+"""The per-label dataset layout: ``DIR/{train,validation,test}/<Label>.fasta``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from esmtune.data.fasta import SequenceRecord, label_from_path, read_fasta
+from esmtune.errors import DataError
+
+__all__ = ["SPLITS", "find_label_files", "read_split"]
+
+SPLITS = ("train", "validation", "test")
+
+
+def find_label_files(split_dir: Path) -> dict[str, Path]:
+    """Map label -> FASTA file in one split folder (``.fasta``, ``.fa``, ``.faa``, gzipped).
+
+    Raises:
+        DataError: When two files would give the same label.
+    """
+    files: dict[str, Path] = {}
+    for path in sorted(split_dir.iterdir()):
+        label = label_from_path(path)
+        if label is None or not path.is_file():
+            continue
+        if label in files:
+            raise DataError(
+                f"{split_dir}: {files[label].name} and {path.name} both give label '{label}'; "
+                "keep one file per label"
+            )
+        files[label] = path
+    return files
+
+
+def read_split(data_dir: Path, split: str) -> tuple[dict[str, Path], list[SequenceRecord]]:
+    """Read every label file of one split.
+
+    Returns:
+        The label files found and all their records (empty when the split folder is absent).
+    """
+    split_dir = Path(data_dir) / split
+    if not split_dir.is_dir():
+        return {}, []
+    files = find_label_files(split_dir)
+    records: list[SequenceRecord] = []
+    for label, path in files.items():
+        records.extend(read_fasta(path, label=label))
+    return files, records

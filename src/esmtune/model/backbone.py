@@ -1,0 +1,166 @@
+"""Loading an ESM2 backbone and its tokenizer: from the hub, a local folder, or built offline.
+
+``pretrained: false`` builds the named architecture with random weights and the ESM2 vocabulary
+without touching the network, so benchmarks and the demo run on machines with no hub access.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from transformers import AutoTokenizer, EsmConfig, EsmModel, EsmTokenizer, PreTrainedTokenizerBase
+
+from esmtune.config import ModelConfig
+from esmtune.errors import ModelLoadError
+
+__all__ = [
+    "ESM2_ARCHITECTURES",
+    "ESM2_VOCAB",
+    "build_esm2_config",
+    "esm2_tokenizer",
+    "load_backbone",
+]
+
+# (layers, hidden size, attention heads) of the published ESM2 checkpoints.
+ESM2_ARCHITECTURES: dict[str, tuple[int, int, int]] = {
+    "esm2_t6_8M_UR50D": (6, 320, 20),
+    "esm2_t12_35M_UR50D": (12, 480, 20),
+    "esm2_t30_150M_UR50D": (30, 640, 20),
+    "esm2_t33_650M_UR50D": (33, 1280, 20),
+    "esm2_t36_3B_UR50D": (36, 2560, 40),
+    "esm2_t48_15B_UR50D": (48, 5120, 40),
+}
+
+# The ESM-1b/ESM2 alphabet, in token-id order.
+ESM2_VOCAB = [
+    "<cls>",
+    "<pad>",
+    "<eos>",
+    "<unk>",
+    "L",
+    "A",
+    "G",
+    "V",
+    "S",
+    "E",
+    "R",
+    "T",
+    "I",
+    "D",
+    "P",
+    "K",
+    "Q",
+    "N",
+    "F",
+    "Y",
+    "M",
+    "H",
+    "W",
+    "C",
+    "X",
+    "B",
+    "U",
+    "Z",
+    "O",
+    ".",
+    "-",
+    "<null_1>",
+    "<mask>",
+]
+
+
+def build_esm2_config(layers: int, hidden: int, heads: int) -> EsmConfig:
+    """An ESM2 configuration with the published settings (rotary positions, 1,026 positions)."""
+    return EsmConfig(
+        vocab_size=len(ESM2_VOCAB),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        max_position_embeddings=1026,
+        position_embedding_type="rotary",
+        layer_norm_eps=1e-5,
+        emb_layer_norm_before=False,
+        token_dropout=True,
+        mask_token_id=ESM2_VOCAB.index("<mask>"),
+        pad_token_id=ESM2_VOCAB.index("<pad>"),
+    )
+
+
+def esm2_tokenizer() -> EsmTokenizer:
+    """The ESM2 tokenizer built from the known vocabulary, without the network."""
+    with tempfile.TemporaryDirectory() as folder:
+        vocab = Path(folder) / "vocab.txt"
+        vocab.write_text("\n".join(ESM2_VOCAB) + "\n")
+        return EsmTokenizer(str(vocab), model_max_length=1026)
+
+
+def _known_architecture(name: str) -> tuple[int, int, int] | None:
+    return ESM2_ARCHITECTURES.get(name.rstrip("/").split("/")[-1])
+
+
+def _offline_hint(name: str) -> str:
+    return (
+        f"cannot load model '{name}'. If it is a hub id, this machine may be offline or the hub "
+        "cache may lack it: download it once where there is network "
+        f"(`huggingface-cli download {name}`), or point model.name at a local folder holding "
+        "config.json, the weights and the tokenizer files, or set model.pretrained=false to "
+        "train the same architecture from random weights"
+    )
+
+
+def _load_pretrained(config: ModelConfig) -> tuple[EsmModel, PreTrainedTokenizerBase]:
+    local = Path(config.name)
+    if config.name.startswith((".", "/", "~")) and not local.expanduser().exists():
+        raise ModelLoadError(f"model.name: local folder {local} does not exist")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.name, revision=config.revision)
+        model = EsmModel.from_pretrained(
+            config.name,
+            revision=config.revision,
+            add_pooling_layer=False,
+            attn_implementation=config.attn_implementation,
+        )
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{_offline_hint(config.name)}\n  (cause: {error})") from None
+    return model, tokenizer
+
+
+def _build_random(config: ModelConfig) -> tuple[EsmModel, PreTrainedTokenizerBase]:
+    """Same architecture, fresh weights: from a local config.json or the table of ESM2 shapes."""
+    local = Path(config.name).expanduser()
+    if (local / "config.json").is_file():
+        esm_config = EsmConfig.from_pretrained(local)
+        has_tokenizer = (local / "vocab.txt").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(local) if has_tokenizer else esm2_tokenizer()
+    elif (shape := _known_architecture(config.name)) is not None:
+        esm_config, tokenizer = build_esm2_config(*shape), esm2_tokenizer()
+    else:
+        known = ", ".join(f"facebook/{name}" for name in ESM2_ARCHITECTURES)
+        raise ModelLoadError(
+            f"model.pretrained=false needs a known ESM2 architecture or a local folder with "
+            f"config.json; '{config.name}' is neither. Known: {known}"
+        )
+    esm_config._attn_implementation = config.attn_implementation
+    return EsmModel(esm_config, add_pooling_layer=False), tokenizer
+
+
+def load_backbone(config: ModelConfig) -> tuple[EsmModel, PreTrainedTokenizerBase]:
+    """Load (or, with ``pretrained: false``, build) the ESM2 encoder and its tokenizer.
+
+    Args:
+        config: The model section; ``name`` is a hub id or a local folder.
+
+    Returns:
+        The encoder without the pooling layer, and its tokenizer.
+
+    Raises:
+        ModelLoadError: With the fix (local path, cached download or pretrained=false).
+    """
+    if config.pretrained:
+        return _load_pretrained(config)
+    return _build_random(config)

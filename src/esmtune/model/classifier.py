@@ -1,0 +1,80 @@
+"""The sequence-level model: ESM2 encoder → pooling → MLP head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from esmtune.config import FinetuneMode, TrainConfig
+from esmtune.model.backbone import load_backbone
+from esmtune.model.heads import MLPHead, Pooler
+from esmtune.model.tuning import apply_finetuning, backbone_layers
+
+__all__ = ["SequenceClassifier", "build_model"]
+
+
+class SequenceClassifier(nn.Module):
+    """ESM2 with a pooled MLP head; returns one row of logits per sequence."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_outputs: int,
+        config: TrainConfig,
+        special_token_ids: tuple[int, ...],
+    ) -> None:
+        super().__init__()
+        hidden = backbone.config.hidden_size
+        self.backbone = backbone
+        self.pooler = Pooler(config.model.pooling, hidden)
+        self.head = MLPHead(
+            hidden, config.model.head_hidden, num_outputs, config.model.head_dropout
+        )
+        self.register_buffer(
+            "special_token_ids", torch.tensor(special_token_ids, dtype=torch.long), persistent=False
+        )
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits of shape ``(batch, num_outputs)``."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        residues = attention_mask.bool() & ~torch.isin(input_ids, self.special_token_ids)
+        return self.head(self.pooler(hidden, residues))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of pooling and head (they always train)."""
+        return [*self.pooler.parameters(), *self.head.parameters()]
+
+
+def build_model(
+    config: TrainConfig, num_outputs: int
+) -> tuple[SequenceClassifier, PreTrainedTokenizerBase]:
+    """Load the backbone, set what trains, and add pooling and head.
+
+    Args:
+        config: The full configuration.
+        num_outputs: Size of the head's output (number of classes).
+
+    Returns:
+        The model and its tokenizer.
+    """
+    backbone, tokenizer = load_backbone(config.model)
+    if config.model.gradient_checkpointing:
+        backbone.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+        if config.finetune.mode is FinetuneMode.LORA:
+            backbone.enable_input_require_grads()
+    backbone = apply_finetuning(backbone, config.finetune)
+    special = tuple(
+        token_id
+        for token_id in (tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        if token_id is not None
+    )
+    model = SequenceClassifier(backbone, num_outputs, config, special)
+    return model, tokenizer
+
+
+def num_backbone_layers(model: SequenceClassifier) -> int:
+    """Transformer layers in the backbone."""
+    return len(backbone_layers(model.backbone))

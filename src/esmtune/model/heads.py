@@ -1,0 +1,62 @@
+"""Pooling per-residue embeddings into one vector, and the MLP head on top.
+
+Pooling sees only residues: the BOS (``<cls>``) and EOS tokens and padding are masked out, as in
+ESM's own ``extract.py``; ``cls`` pooling is the one exception, by definition.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from esmtune.config import Pooling
+
+__all__ = ["MLPHead", "Pooler"]
+
+
+class Pooler(nn.Module):
+    """Turn ``(batch, length, hidden)`` states into ``(batch, hidden)``.
+
+    Attention pooling learns one score per residue (a linear layer) and takes the softmax-weighted
+    sum; it lets the model focus on a signal peptide or a motif instead of the average.
+    """
+
+    def __init__(self, pooling: Pooling, hidden_size: int) -> None:
+        super().__init__()
+        self.pooling = Pooling(pooling)
+        self.scorer = nn.Linear(hidden_size, 1) if self.pooling is Pooling.ATTENTION else None
+
+    def forward(self, hidden: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
+        """Pool the residues marked by ``residue_mask`` (bool, ``(batch, length)``)."""
+        if self.pooling is Pooling.CLS:
+            return hidden[:, 0]
+        mask = residue_mask.unsqueeze(-1)
+        if self.pooling is Pooling.MEAN:
+            total = (hidden * mask).sum(dim=1)
+            return total / mask.sum(dim=1).clamp(min=1)
+        if self.pooling is Pooling.MAX:
+            lowest = torch.finfo(hidden.dtype).min
+            return hidden.masked_fill(~mask, lowest).max(dim=1).values
+        scores = self.scorer(hidden).squeeze(-1).float()
+        scores = scores.masked_fill(~residue_mask, float("-inf"))
+        weights = torch.softmax(scores, dim=1).to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(dim=1)
+
+
+class MLPHead(nn.Module):
+    """Dropout → (Linear → GELU → Dropout) per hidden size → Linear to the outputs."""
+
+    def __init__(
+        self, in_size: int, hidden_sizes: list[int], out_size: int, dropout: float
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        for size in hidden_sizes:
+            layers += [nn.Linear(in_size, size), nn.GELU(), nn.Dropout(dropout)]
+            in_size = size
+        layers.append(nn.Linear(in_size, out_size))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits for each output."""
+        return self.layers(pooled)

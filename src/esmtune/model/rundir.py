@@ -1,0 +1,176 @@
+"""The self-describing run directory: what a run leaves, and how a model is rebuilt from it.
+
+A run directory holds the resolved config, the label map, library versions, data summary, the
+best weights (safetensors; adapter + head, not the pretrained backbone, for LoRA and frozen runs),
+metrics and logs, so that evaluate, predict, serve and export need nothing but the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from esmtune.config import TrainConfig, load_config
+from esmtune.errors import ModelLoadError, RunDirError
+from esmtune.model.classifier import SequenceClassifier, build_model
+
+__all__ = [
+    "BACKBONE_DIR",
+    "CONFIG_FILE",
+    "LABELS_FILE",
+    "MANIFEST_FILE",
+    "METRICS_FILE",
+    "WEIGHTS_FILE",
+    "LoadedRun",
+    "atomic_write_text",
+    "library_versions",
+    "load_run",
+    "load_weights",
+    "save_run_files",
+    "save_weights",
+    "weights_to_save",
+]
+
+CONFIG_FILE = "config.yaml"
+LABELS_FILE = "labels.json"
+MANIFEST_FILE = "manifest.json"
+METRICS_FILE = "metrics.json"
+WEIGHTS_FILE = "model/weights.safetensors"
+BACKBONE_DIR = "model/backbone"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that determine a run's numbers."""
+    versions = {"python": platform.python_version()}
+    for package in ("esmtune", "torch", "transformers", "peft", "accelerate", "safetensors"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def weights_to_save(model: SequenceClassifier, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The tensors a run must keep: trainable ones, or everything when nothing is downloadable.
+
+    With ``pretrained: true`` the frozen backbone comes back from the hub or local folder, so only
+    trained parameters (LoRA adapters, unfrozen layers, pooling and head) are stored.
+    """
+    state = model.state_dict()
+    if not config.model.pretrained:
+        return {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {name: state[name].detach().cpu().contiguous() for name in state if name in trainable}
+
+
+def save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Save safetensors atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(temporary))
+    os.replace(temporary, path)
+
+
+def load_weights(model: nn.Module, path: Path, complete: bool) -> None:
+    """Load saved tensors into ``model``, refusing anything that does not fit.
+
+    Args:
+        model: The rebuilt model.
+        path: A safetensors file from :func:`save_weights`.
+        complete: True when the file must cover every tensor (random-init backbones).
+
+    Raises:
+        ModelLoadError: On unknown or (when ``complete``) missing tensors.
+    """
+    tensors = load_file(str(path))
+    result = model.load_state_dict(tensors, strict=False)
+    if result.unexpected_keys or (complete and result.missing_keys):
+        raise ModelLoadError(
+            f"{path} does not match the model rebuilt from the run's config "
+            f"(unexpected: {result.unexpected_keys[:3]}, missing: {result.missing_keys[:3]}); "
+            "was config.yaml edited after training?"
+        )
+
+
+def save_run_files(
+    run_dir: Path,
+    config: TrainConfig,
+    labels: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    backbone: nn.Module,
+    extra_manifest: dict[str, Any],
+) -> None:
+    """Write the files that describe a run before its first step."""
+    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
+    atomic_write_text(
+        run_dir / LABELS_FILE,
+        json.dumps({"task": config.task.value, "labels": labels}, indent=2) + "\n",
+    )
+    backbone_dir = run_dir / BACKBONE_DIR
+    backbone_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(backbone_dir)
+    base = getattr(backbone, "get_base_model", lambda: backbone)()
+    base.config.to_json_file(backbone_dir / "config.json")
+    manifest = {"versions": library_versions(), **extra_manifest}
+    atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+
+
+@dataclass
+class LoadedRun:
+    """A trained model rebuilt from its run directory."""
+
+    run_dir: Path
+    config: TrainConfig
+    labels: list[str]
+    model: SequenceClassifier
+    tokenizer: PreTrainedTokenizerBase
+
+
+def load_run(run_dir: Path | str) -> LoadedRun:
+    """Rebuild the best model of a run, from the folder alone (plus the hub cache if pretrained).
+
+    Raises:
+        RunDirError: When the folder is not a finished run.
+        ModelLoadError: When the backbone or the weights cannot be loaded.
+    """
+    run_dir = Path(run_dir)
+    for required in (CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE):
+        if not (run_dir / required).is_file():
+            raise RunDirError(
+                f"{run_dir} is not a finished esmtune run: {required} is missing "
+                "(train with `esmtune train`, or resume an interrupted run with --resume)"
+            )
+    config = load_config(run_dir / CONFIG_FILE)
+    labels = json.loads((run_dir / LABELS_FILE).read_text())["labels"]
+    if not config.model.pretrained:
+        # The random-init architecture and tokenizer were saved with the run.
+        config.model.name = str(run_dir / BACKBONE_DIR)
+    model, tokenizer = build_model(config, len(labels))
+    load_weights(model, run_dir / WEIGHTS_FILE, complete=not config.model.pretrained)
+    model.eval()
+    return LoadedRun(run_dir, config, labels, model, tokenizer)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder if present (old checkpoints, unfinished temporary ones)."""
+    shutil.rmtree(path, ignore_errors=True)

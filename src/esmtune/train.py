@@ -1,0 +1,461 @@
+"""Training: check the data, build the model, fit with accelerate, keep the best weights.
+
+Read top to bottom: :func:`train` sets up, :func:`_fit` runs ``for epoch`` / ``for batch``,
+evaluation and checkpointing are calls with their own names. The same code runs on one CPU or
+under ``accelerate launch`` with several processes; mixed precision and the number of processes
+come from the accelerate config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from esmtune.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from esmtune.config import FinetuneMode, TrainConfig
+from esmtune.data.batching import EncodedDataset, LengthGroupedBatchSampler, encode, pad_collate
+from esmtune.data.check import CheckOptions, DataReport, check_dataset
+from esmtune.errors import RunDirError
+from esmtune.inference import eval_loader, iterate_outputs
+from esmtune.metrics import is_improvement
+from esmtune.model.classifier import SequenceClassifier, build_model
+from esmtune.model.rundir import (
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    atomic_write_text,
+    save_run_files,
+    save_weights,
+    weights_to_save,
+)
+from esmtune.model.tuning import (
+    backbone_layers,
+    count_parameters,
+    parameters_to_mask,
+    set_unfrozen_layers,
+    unfrozen_layers_at,
+)
+from esmtune.tasks import TaskSpec, task_spec
+
+__all__ = ["check_options", "encode_split", "train"]
+
+logger = logging.getLogger("esmtune")
+
+
+def check_options(config: TrainConfig) -> CheckOptions:
+    """The data-check settings a training config implies."""
+    data = config.data
+    return CheckOptions(
+        max_length=data.max_length,
+        fail_on_leakage=data.fail_on_leakage,
+        drop_conflicts=data.drop_conflicts,
+        drop_duplicates=data.drop_duplicates,
+    )
+
+
+def encode_split(report: DataReport, split: str, tokenizer: Any, max_length: int) -> EncodedDataset:
+    """Token ids and class indices of one split."""
+    records = report.splits[split]
+    index = {label: i for i, label in enumerate(report.labels)}
+    ids = encode(tokenizer, [r.sequence for r in records], max_length)
+    return EncodedDataset(ids, [index[str(r.label)] for r in records])
+
+
+@dataclass
+class _Run:
+    """Everything the loop needs, made once by :func:`train`."""
+
+    accelerator: Accelerator
+    config: TrainConfig
+    spec: TaskSpec
+    run_dir: Path
+    labels: list[str]
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    train_loader: DataLoader
+    train_sampler: LengthGroupedBatchSampler
+    val_loader: DataLoader
+    masked_parameters: list[torch.nn.Parameter]
+    writer: Any
+
+
+def _resolve_run_dir(accelerator: Accelerator, config: TrainConfig, resume: Path | None) -> Path:
+    """Choose the run directory once (on the main process) and refuse to overwrite one."""
+    if resume is not None:
+        return resume
+    name = config.output.name
+    if name is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = f"{config.model.name.rstrip('/').split('/')[-1]}-{stamp}"
+    chosen = broadcast_object_list([name])[0]
+    run_dir = config.output.dir / chosen
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirError(
+            f"run directory {run_dir} already exists and is not empty; nothing was overwritten. "
+            f"Choose another name (output.name=...), or continue it with "
+            f"`esmtune train --resume {run_dir}`"
+        )
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _parameter_groups(model: SequenceClassifier, config: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and norms; the head may have its own rate."""
+    training = config.training
+    head_ids = {id(p) for p in model.head_parameters()}
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        decays = parameter.ndim >= 2 and "norm" not in name.lower()
+        groups.setdefault((id(parameter) in head_ids, decays), []).append(parameter)
+    head_rate = training.head_learning_rate or training.learning_rate
+    return [
+        {
+            "params": params,
+            "lr": head_rate if is_head else training.learning_rate,
+            "weight_decay": training.weight_decay if decays else 0.0,
+        }
+        for (is_head, decays), params in sorted(groups.items())
+    ]
+
+
+def _make_train_loader(
+    dataset: EncodedDataset, config: TrainConfig, pad_token_id: int
+) -> tuple[DataLoader, LengthGroupedBatchSampler]:
+    sampler = LengthGroupedBatchSampler(
+        dataset.lengths, config.training.batch_size, shuffle=True, seed=config.training.seed
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=partial(pad_collate, pad_token_id=pad_token_id),
+        num_workers=config.training.num_workers,
+    )
+    return loader, sampler
+
+
+def _setup_logging(run_dir: Path, is_main: bool) -> None:
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    if is_main and not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+
+
+def _say(accelerator: Accelerator, message: str) -> None:
+    """Print on the main process (above any progress bar) and keep it in train.log."""
+    if accelerator.is_main_process:
+        tqdm.write(message)
+        logger.info(message)
+
+
+def train(config: TrainConfig, resume: Path | None = None) -> Path:
+    """Train a model and return its run directory.
+
+    Args:
+        config: The validated configuration (for ``resume``, the one saved in the run).
+        resume: A run directory to continue from its newest checkpoint.
+
+    Returns:
+        The run directory, holding the best weights, metrics and logs.
+
+    Raises:
+        DataError: When the data check finds blocking problems.
+        ModelLoadError: When the backbone cannot be loaded.
+        RunDirError: When the run directory exists (fresh run) or has no checkpoint (resume).
+    """
+    accelerator = Accelerator(gradient_accumulation_steps=config.training.gradient_accumulation)
+    set_seed(config.training.seed)
+    spec = task_spec(config.task)
+
+    # Data first: a bad file should fail before minutes of model loading.
+    report = check_dataset(config.data.dir, check_options(config))
+    if accelerator.is_main_process:
+        print(report.table())
+        for line in report.warnings + report.notes:
+            print(f"note: {line}")
+    report.raise_if_errors()
+
+    run_dir = _resolve_run_dir(accelerator, config, resume)
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        raise RunDirError(f"{run_dir} has no checkpoint to resume from (checkpoints/ is empty)")
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    _setup_logging(run_dir, accelerator.is_main_process)
+
+    model, tokenizer = build_model(config, spec.outputs(report.labels))
+    num_layers = len(backbone_layers(model.backbone))
+    masked: list[torch.nn.Parameter] = []
+    if config.finetune.mode is FinetuneMode.PARTIAL:
+        # Every layer that will ever train joins the optimizer now, so its state dict (and resume)
+        # never changes shape; which of them may move is decided each epoch in _fit.
+        most = unfrozen_layers_at(config.finetune, config.training.epochs - 1, num_layers)
+        set_unfrozen_layers(model.backbone, most)
+    trainable, total = count_parameters(model)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config))
+    if config.finetune.mode is FinetuneMode.PARTIAL and accelerator.num_processes == 1:
+        set_unfrozen_layers(model.backbone, unfrozen_layers_at(config.finetune, 0, num_layers))
+    elif config.finetune.mode is FinetuneMode.PARTIAL:
+        masked = parameters_to_mask(
+            model.backbone, unfrozen_layers_at(config.finetune, 0, num_layers)
+        )
+
+    max_length = config.data.max_length
+    train_set = encode_split(report, "train", tokenizer, max_length)
+    val_set = encode_split(report, "validation", tokenizer, max_length)
+    train_loader, train_sampler = _make_train_loader(train_set, config, tokenizer.pad_token_id)
+    val_loader = eval_loader(val_set, config.training.batch_size, tokenizer.pad_token_id)
+    # The schedule counts optimizer steps over all processes, from the real loader length.
+    steps_per_epoch = math.ceil(len(train_loader) / config.training.gradient_accumulation)
+    total_steps = steps_per_epoch * config.training.epochs
+    scheduler = get_scheduler(
+        "constant_with_warmup"
+        if config.training.scheduler == "constant"
+        else config.training.scheduler,
+        optimizer,
+        num_warmup_steps=round(config.training.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+
+    if checkpoint is None:
+        state = TrainerState()
+        if accelerator.is_main_process:
+            save_run_files(
+                run_dir,
+                config,
+                report.labels,
+                tokenizer,
+                accelerator.unwrap_model(model).backbone,
+                {
+                    "created": datetime.now().isoformat(timespec="seconds"),
+                    "data": {"dir": str(config.data.dir), "counts": report.summary()},
+                    "data_notes": report.warnings + report.notes,
+                    "parameters": {"trainable": trainable, "total": total},
+                    "processes": accelerator.num_processes,
+                    "mixed_precision": accelerator.mixed_precision,
+                },
+            )
+            atomic_write_text(run_dir / "data_check.txt", report.table() + "\n")
+    else:
+        state = load_checkpoint(
+            accelerator, checkpoint, accelerator.unwrap_model(model), optimizer, scheduler
+        )
+        _say(
+            accelerator,
+            f"resuming from {checkpoint} (epoch {state.epoch + 1}, step {state.global_step})",
+        )
+
+    writer = None
+    if accelerator.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    _say(
+        accelerator,
+        f"run directory: {run_dir}\nparameters: {trainable:,} trainable of {total:,} "
+        f"({config.finetune.mode.value}); {len(train_set)} train / {len(val_set)} validation "
+        f"sequences; {accelerator.num_processes} process(es), "
+        f"mixed precision: {accelerator.mixed_precision}",
+    )
+    run = _Run(
+        accelerator, config, spec, run_dir, report.labels, model, optimizer, scheduler,
+        train_loader, train_sampler, val_loader, masked, writer,
+    )  # fmt: skip
+    _fit(run, state, num_layers)
+    if writer is not None:
+        writer.close()
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _fit(run: _Run, state: TrainerState, num_layers: int) -> None:
+    """The loop: epochs of optimizer steps, evaluation and checkpoints; then the final summary."""
+    accelerator, config = run.accelerator, run.config
+    training = config.training
+    unwrapped: SequenceClassifier = accelerator.unwrap_model(run.model)
+    started = time.perf_counter()
+    while state.epoch < training.epochs and not state.stopped_early:
+        epoch = state.epoch
+        _unfreeze_for_epoch(run, unwrapped, epoch, num_layers)
+        run.train_sampler.set_epoch(epoch)
+        loader = run.train_loader
+        if state.batches_done:
+            loader = accelerator.skip_first_batches(run.train_loader, state.batches_done)
+        run.model.train()
+        _train_one_epoch(run, unwrapped, state, loader)
+        state.epoch, state.batches_done = epoch + 1, 0
+
+        last_epoch = state.epoch == training.epochs
+        if state.epoch % training.eval_every_epochs == 0 or last_epoch:
+            metrics = _validate(run)
+            _select_best(run, unwrapped, state, metrics)
+            save_checkpoint(
+                accelerator, run.run_dir, weights_to_save(unwrapped, config),
+                run.optimizer, run.scheduler, state, training.keep_checkpoints,
+            )  # fmt: skip
+    _write_metrics(run, state, time.perf_counter() - started)
+
+
+def _unfreeze_for_epoch(run: _Run, model: SequenceClassifier, epoch: int, layers: int) -> None:
+    """Progressive unfreezing: from this epoch on, this many final layers train."""
+    finetune = run.config.finetune
+    if finetune.mode is not FinetuneMode.PARTIAL:
+        return
+    count = unfrozen_layers_at(finetune, epoch, layers)
+    if run.accelerator.num_processes == 1:
+        set_unfrozen_layers(model.backbone, count)
+    else:
+        run.masked_parameters = parameters_to_mask(model.backbone, count)
+    if finetune.unfreeze_every_epochs:
+        _say(run.accelerator, f"epoch {epoch + 1}: the last {count} of {layers} layers train")
+
+
+def _train_one_epoch(
+    run: _Run, model: SequenceClassifier, state: TrainerState, loader: DataLoader
+) -> None:
+    accelerator, config = run.accelerator, run.config
+    training = config.training
+    trainable = [p for p in run.model.parameters() if p.requires_grad]
+    bar = tqdm(
+        total=len(run.train_loader),
+        initial=state.batches_done,
+        desc=f"epoch {state.epoch + 1}/{training.epochs}",
+        unit="batch",
+        disable=not accelerator.is_main_process,
+        dynamic_ncols=True,
+    )
+    window_loss, window_batches, residues, tick = 0.0, 0, 0, time.perf_counter()
+    for batch in loader:
+        with accelerator.accumulate(run.model):
+            logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            loss = run.spec.loss(logits.float(), batch["target"])
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                for parameter in run.masked_parameters:
+                    parameter.grad = None  # not unfrozen yet (multi-process progressive mode)
+                norm_limit = training.max_grad_norm or float("inf")
+                grad_norm = accelerator.clip_grad_norm_(trainable, norm_limit)
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        state.batches_done += 1
+        window_loss += loss.detach().item()
+        window_batches += 1
+        residues += int(batch["attention_mask"].sum()) - 2 * len(batch["input_ids"])
+        bar.update(1)
+        if not accelerator.sync_gradients:
+            continue
+        state.global_step += 1
+        step_loss = accelerator.reduce(
+            torch.tensor(window_loss / window_batches, device=accelerator.device), "mean"
+        ).item()
+        rate = residues * accelerator.num_processes / max(time.perf_counter() - tick, 1e-9)
+        bar.set_postfix(loss=f"{step_loss:.4f}", res_per_s=f"{rate:,.0f}")
+        if run.writer is not None:
+            run.writer.add_scalar("train/loss", step_loss, state.global_step)
+            run.writer.add_scalar(
+                "train/learning_rate", run.scheduler.get_last_lr()[0], state.global_step
+            )
+            run.writer.add_scalar("train/grad_norm", float(grad_norm), state.global_step)
+            run.writer.add_scalar("train/residues_per_second", rate, state.global_step)
+        window_loss, window_batches, residues, tick = 0.0, 0, 0, time.perf_counter()
+        every = training.checkpoint_every_steps
+        if every and state.global_step % every == 0:
+            save_checkpoint(
+                accelerator, run.run_dir, weights_to_save(model, config),
+                run.optimizer, run.scheduler, state, training.keep_checkpoints,
+            )  # fmt: skip
+    bar.close()
+
+
+def _validate(run: _Run) -> dict[str, Any]:
+    """Metrics on the validation split; every process gets the same numbers."""
+    run.model.eval()
+    pieces = list(iterate_outputs(run.model, run.val_loader, run.spec.activation))
+    gathered = gather_object(pieces)
+    run.model.train()
+    by_index: dict[int, np.ndarray] = {}
+    for indices, outputs in gathered:
+        by_index.update(zip(indices.tolist(), outputs, strict=True))  # drops padding duplicates
+    dataset: EncodedDataset = run.val_loader.dataset
+    order = range(len(dataset))
+    probabilities = np.stack([by_index[i] for i in order])
+    targets = np.asarray(dataset.targets)
+    return run.spec.metrics(targets, probabilities, run.labels)
+
+
+def _select_best(
+    run: _Run, model: SequenceClassifier, state: TrainerState, metrics: dict[str, Any]
+) -> None:
+    """Keep the best weights, record history, and decide on early stopping."""
+    stopping = run.config.training.early_stopping
+    value = float(metrics[stopping.metric])
+    summary = {k: metrics[k] for k in ("loss", "accuracy", "macro_f1", "mcc") if k in metrics}
+    state.history.append({"epoch": state.epoch, "step": state.global_step, **summary})
+    improved = is_improvement(stopping.metric, value, state.best_value, stopping.min_delta)
+    if improved:
+        state.best_value, state.best_epoch, state.evals_without_improvement = value, state.epoch, 0
+        if run.accelerator.is_main_process:
+            save_weights(weights_to_save(model, run.config), run.run_dir / WEIGHTS_FILE)
+            atomic_write_text(
+                run.run_dir / "model" / "best_validation_metrics.json",
+                json.dumps({"epoch": state.epoch, **metrics}, indent=2) + "\n",
+            )
+    else:
+        state.evals_without_improvement += 1
+    if run.writer is not None:
+        for key, number in summary.items():
+            run.writer.add_scalar(f"validation/{key}", number, state.global_step)
+    marker = " (best so far)" if improved else ""
+    numbers = "  ".join(f"{k} {v:.4f}" for k, v in summary.items())
+    _say(run.accelerator, f"epoch {state.epoch} validation: {numbers}{marker}")
+    if stopping.patience and state.evals_without_improvement >= stopping.patience:
+        state.stopped_early = True
+        _say(
+            run.accelerator,
+            f"early stopping: validation {stopping.metric} has not improved for "
+            f"{stopping.patience} evaluation(s); best was epoch {state.best_epoch}",
+        )
+
+
+def _write_metrics(run: _Run, state: TrainerState, seconds: float) -> None:
+    if not run.accelerator.is_main_process:
+        return
+    stopping = run.config.training.early_stopping
+    summary = {
+        "selection_metric": stopping.metric,
+        "best_epoch": state.best_epoch,
+        "best_value": state.best_value,
+        "epochs_run": state.epoch,
+        "optimizer_steps": state.global_step,
+        "stopped_early": state.stopped_early,
+        "history": state.history,
+        "last_session_seconds": round(seconds, 1),
+    }
+    atomic_write_text(run.run_dir / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
+    _say(
+        run.accelerator,
+        f"done: best validation {stopping.metric} {state.best_value:.4f} at epoch "
+        f"{state.best_epoch}; weights in {run.run_dir / WEIGHTS_FILE}",
+    )
