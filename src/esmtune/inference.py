@@ -26,6 +26,7 @@ def eval_loader(
         batch_sampler=sampler,
         collate_fn=partial(pad_collate, pad_token_id=pad_token_id),
         num_workers=num_workers,
+        generator=torch.Generator(),  # leaves the global RNG (dropout in training) untouched
     )
 
 

@@ -146,6 +146,9 @@ def _make_train_loader(
         batch_sampler=sampler,
         collate_fn=partial(pad_collate, pad_token_id=pad_token_id),
         num_workers=config.training.num_workers,
+        # Its own generator: creating an iterator then draws no number from the global RNG, so a
+        # resumed run (which creates one more iterator) keeps the same dropout masks.
+        generator=torch.Generator().manual_seed(config.training.seed),
     )
     return loader, sampler
 
@@ -298,6 +301,9 @@ def _fit(run: _Run, state: TrainerState, num_layers: int) -> None:
     while state.epoch < training.epochs and not state.stopped_early:
         epoch = state.epoch
         _unfreeze_for_epoch(run, unwrapped, epoch, num_layers)
+        # The prepared loader re-seeds its sampler with its own epoch counter on every pass, which
+        # starts at 0 in a resumed process: set it, and our sampler, to the true epoch.
+        run.train_loader.set_epoch(epoch)
         run.train_sampler.set_epoch(epoch)
         loader = run.train_loader
         if state.batches_done:

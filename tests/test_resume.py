@@ -1,0 +1,69 @@
+"""Exact resume: a run stopped part-way and resumed ends with the same weights and metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from esmtune.cli import main
+from tests.conftest import tiny_overrides
+
+
+def _stop_after(run: Path, copy: Path, checkpoint_name: str) -> None:
+    """Make ``copy`` look like ``run`` interrupted right after ``checkpoint_name`` was written."""
+    shutil.copytree(run, copy)
+    for checkpoint in (copy / "checkpoints").iterdir():
+        if checkpoint.name > checkpoint_name:
+            shutil.rmtree(checkpoint)
+    (copy / "metrics.json").unlink()
+
+
+@pytest.mark.parametrize(
+    ("mode", "stop_at"),
+    [
+        ("lora", "epoch-0001-step-00000015"),  # after the first epoch's evaluation
+        ("full", "epoch-0001-step-00000012"),  # mid-epoch, with gradient accumulation
+    ],
+)
+def test_resumed_run_matches_uninterrupted(
+    mode: str, stop_at: str, tiny_model_dir: Path, learnable_data: Path, tmp_path: Path
+) -> None:
+    overrides = tiny_overrides(tiny_model_dir, learnable_data, tmp_path, "whole")
+    overrides += [
+        f"finetune.mode={mode}",
+        "training.epochs=3",
+        "training.keep_checkpoints=20",
+        "model.head_dropout=0.3",  # dropout makes RNG restoration matter
+        "finetune.lora.dropout=0.2",
+        "training.warmup_ratio=0.2",
+    ]
+    if mode == "full":
+        overrides += ["training.gradient_accumulation=2", "training.checkpoint_every_steps=4"]
+    assert main(["train", *overrides]) == 0
+    whole = tmp_path / "whole"
+    assert (whole / "checkpoints" / stop_at).is_dir(), sorted((whole / "checkpoints").iterdir())
+
+    resumed = tmp_path / "resumed"
+    _stop_after(whole, resumed, stop_at)
+    assert main(["train", "--resume", str(resumed)]) == 0
+
+    final = sorted((whole / "checkpoints").iterdir())[-1].name
+    expected = load_file(whole / "checkpoints" / final / "trainable.safetensors")
+    got = load_file(resumed / "checkpoints" / final / "trainable.safetensors")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert (expected[name] == got[name]).all(), f"{name} differs after resume"
+    best_expected = load_file(whole / "model/weights.safetensors")
+    best_got = load_file(resumed / "model/weights.safetensors")
+    assert all((best_expected[k] == best_got[k]).all() for k in best_expected)
+    history = json.loads((whole / "metrics.json").read_text())["history"]
+    assert json.loads((resumed / "metrics.json").read_text())["history"] == history
+
+
+def test_resume_refuses_overrides_and_missing_checkpoints(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--resume", str(tmp_path), "training.epochs=5"]) == 2
+    assert "drop --config and overrides" in capsys.readouterr().err
