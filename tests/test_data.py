@@ -175,12 +175,6 @@ def test_a_missing_or_corrupt_file_is_a_data_error(tmp_path: Path) -> None:
         read_fasta(fake)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DataError,
-    reason="bug: a UTF-8 byte-order mark (Windows editors) hides the first '>'; "
-    "open with encoding='utf-8-sig' in esmtune.data.fasta._open_text",
-)
 def test_a_byte_order_mark_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "Alpha.fasta"
     path.write_text(">a\nMK\n", encoding="utf-8-sig")
@@ -337,11 +331,6 @@ def test_drop_conflicts_drops_every_copy_and_counts_them(tmp_path: Path) -> None
     assert any("dropped 3 record(s) of 1 sequence(s)" in note for note in report.notes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: empty sequences are also compared as sequences, so two empty records under "
-    "different labels add a misleading 'same sequence is labelled A and B' error",
-)
 def test_empty_sequences_are_not_reported_as_label_conflicts(tmp_path: Path) -> None:
     alpha = fasta(("a1", protein(10, 0))) + ">a-empty\n"
     beta = fasta(("b1", protein(8, 3))) + ">b-empty\n"
@@ -473,6 +462,39 @@ def test_cli_data_check_options_reach_the_check(
     assert "note: 4 sequence(s) longer than 14 residues" in out
     assert main(["data", "check", str(data), "--fail-on-leakage"]) == 2
     assert "leakage" in capsys.readouterr().err
+
+
+TWIN_IDS = {
+    "train/Alpha.fasta": fasta(("a1", protein(10, 0)), ("twin", protein(20, 1))),
+    "train/Beta.fasta": fasta(("b1", protein(8, 3)), ("twin", protein(9, 4))),
+}
+SHARED_SEQUENCE = {
+    "train/Alpha.fasta": fasta(("a1", protein(10, 0)), ("a-shared", protein(25, 11))),
+    "train/Beta.fasta": fasta(("b1", protein(8, 3)), ("b-shared", protein(25, 11))),
+}
+
+
+@pytest.mark.parametrize(
+    ("flag", "changes"),
+    [("--drop-duplicates", TWIN_IDS), ("--drop-conflicts", SHARED_SEQUENCE)],
+    ids=["duplicates", "conflicts"],
+)
+def test_cli_repair_flags_turn_a_failure_into_a_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, changes: dict[str, str]
+) -> None:
+    data = good_dataset(tmp_path, changes)
+    assert main(["data", "check", str(data)]) == 2
+    capsys.readouterr()
+    assert main(["data", "check", str(data), flag]) == 0
+    assert "note: " in capsys.readouterr().out
+
+
+def test_cli_require_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = good_dataset(tmp_path, {"test/Alpha.fasta": None, "test/Beta.fasta": None})
+    assert main(["data", "check", str(data)]) == 0
+    assert "warning: " in capsys.readouterr().out
+    assert main(["data", "check", str(data), "--require-test"]) == 2
+    assert str(data / "test") in capsys.readouterr().err
 
 
 def test_cli_data_check_passes_the_bundled_example(capsys: pytest.CaptureFixture[str]) -> None:

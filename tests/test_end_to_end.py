@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import tiny_overrides
 
 from esmtune.cli import main
-from tests.conftest import tiny_overrides
 
 PROMISED = {
     "config.yaml",
@@ -82,10 +82,14 @@ def test_evaluate_beats_chance_and_writes_report(trained_run: Path, capsys) -> N
     assert len(rows) == 48 and {"id", "true_label", "predicted_label", "p_Basic"} <= set(rows[0])
 
 
-def test_predict_from_fasta_sequence_and_stdin(trained_run: Path, tmp_path: Path, capsys, monkeypatch):
+def test_predict_from_fasta_sequence_and_stdin(
+    trained_run: Path, tmp_path: Path, capsys, monkeypatch
+):
     fasta = tmp_path / "new.fasta"
     fasta.write_text(">acid\nMDEDEEDDEEDSDEDEEDDE\nEDEDDE\n>base\nmkrkrrkkrkrrkkrkrrk*\n")
-    assert main(["predict", str(trained_run), str(fasta), "--sequence", "MLIVLFVMLIVLIVLWVLLF"]) == 0
+    assert (
+        main(["predict", str(trained_run), str(fasta), "--sequence", "MLIVLFVMLIVLIVLWVLLF"]) == 0
+    )
     table = list(csv.DictReader(io.StringIO(capsys.readouterr().out), delimiter="\t"))
     assert [row["id"] for row in table] == ["acid", "base", "seq1"]
     assert [row["label"] for row in table] == ["Acidic", "Basic", "Hydrophobic"]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from tests.conftest import tiny_overrides
 
 from esmtune.cli import main
-from tests.conftest import tiny_overrides
 
 
 def _stop_after(run: Path, copy: Path, checkpoint_name: str) -> None:

@@ -35,19 +35,18 @@ def _config_help() -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from esmtune.config import load_config
-    from esmtune.model.rundir import CONFIG_FILE
-    from esmtune.train import train
 
     if args.resume is not None:
         if args.config is not None or args.overrides:
             raise EsmtuneError(
                 "--resume continues a run with the config saved in it; drop --config and overrides"
             )
-        config = load_config(args.resume / CONFIG_FILE)
+        config = load_config(args.resume / "config.yaml")
     else:
         config = load_config(args.config, args.overrides)
-    run_dir = train(config, resume=args.resume)
-    print(f"run directory: {run_dir}")
+    from esmtune.train import train  # torch loads only once the config is known to be valid
+
+    train(config, resume=args.resume)
     return 0
 
 
@@ -77,9 +76,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     metrics, out = evaluate_run(args.run, args.data, args.split, args.batch_size)
     print(format_report(metrics))
-    print(
-        f"\nwritten: {out / 'metrics.json'}, {out / 'confusion_matrix.png'}, {out / 'predictions.csv'}"
-    )
+    written = ", ".join(str(out / name) for name in ("metrics.json", "confusion_matrix.png"))
+    print(f"\nwritten: {written}, {out / 'predictions.csv'}")
     return 0
 
 

@@ -60,7 +60,7 @@ class FinetuneMode(StrEnum):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_enum_values=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class DataConfig(_Section):
@@ -116,6 +116,26 @@ class FinetuneConfig(_Section):
         1, ge=1, description="partial: layers unfrozen at each progressive step."
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> FinetuneConfig:
+        """Rules between the mode and its options, all reported together."""
+        problems = []
+        partial = self.mode is FinetuneMode.PARTIAL
+        if partial and self.unfreeze_last_layers == 0 and self.unfreeze_every_epochs == 0:
+            problems.append(
+                "finetune.mode=partial trains nothing of the backbone with "
+                "unfreeze_last_layers=0 and unfreeze_every_epochs=0: set one of them, "
+                "or use mode=frozen"
+            )
+        if not partial and (self.unfreeze_last_layers or self.unfreeze_every_epochs):
+            problems.append(
+                f"finetune.unfreeze_last_layers / unfreeze_every_epochs apply to mode=partial, "
+                f"not mode={self.mode.value}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class ModelConfig(_Section):
@@ -210,29 +230,6 @@ class TrainConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
-    @model_validator(mode="after")
-    def _cross_field_rules(self) -> TrainConfig:
-        """Rules that span sections; all of them are checked, then reported together."""
-        problems = []
-        tune = self.finetune
-        if tune.mode is FinetuneMode.PARTIAL and tune.unfreeze_last_layers == 0:
-            if tune.unfreeze_every_epochs == 0:
-                problems.append(
-                    "finetune.mode=partial trains nothing of the backbone with "
-                    "unfreeze_last_layers=0 and unfreeze_every_epochs=0: set one of them, "
-                    "or use mode=frozen"
-                )
-        if tune.mode is not FinetuneMode.PARTIAL and (
-            tune.unfreeze_last_layers or tune.unfreeze_every_epochs
-        ):
-            problems.append(
-                f"finetune.unfreeze_last_layers / unfreeze_every_epochs apply to mode=partial, "
-                f"not mode={tune.mode.value}"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
     def to_yaml_dict(self) -> dict[str, Any]:
         """Plain data for YAML: enums as strings, paths as text."""
         return self.model_dump(mode="json")
@@ -321,6 +318,8 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
             loaded = yaml.safe_load(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"config file {path} cannot be read: {error}") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"{path} is not valid YAML: {error}") from None
         if loaded is not None and not isinstance(loaded, dict):

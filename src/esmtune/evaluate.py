@@ -52,7 +52,8 @@ def plot_confusion_matrix(
 def format_report(metrics: dict[str, Any]) -> str:
     """Summary metrics and a per-class table, as terminal text."""
     lines = [
-        f"n={metrics['n']}  accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+        f"n={metrics['n']}  accuracy {metrics['accuracy']:.4f}  "
+        f"macro-F1 {metrics['macro_f1']:.4f}  "
         f"weighted-F1 {metrics['weighted_f1']:.4f}  MCC {metrics['mcc']:.4f}  "
         + (
             f"ROC-AUC (ovr) {metrics['roc_auc_ovr']:.4f}"

@@ -22,7 +22,7 @@ __all__ = ["Predictor", "as_records"]
 def as_records(
     sequences: Iterable[str | SequenceRecord] | Mapping[str, str],
 ) -> list[SequenceRecord]:
-    """Accept plain strings, ``{id: sequence}`` or records; clean case, spaces and a trailing '*'."""
+    """Accept strings, ``{id: sequence}`` or records; normalise case, spaces and a final '*'."""
     if isinstance(sequences, Mapping):
         items = [SequenceRecord(str(k), v) for k, v in sequences.items()]
     else:

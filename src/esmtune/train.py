@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,7 @@ from esmtune.data.check import CheckOptions, DataReport, check_dataset
 from esmtune.errors import RunDirError
 from esmtune.inference import eval_loader, iterate_outputs
 from esmtune.metrics import is_improvement
+from esmtune.model.backbone import check_backbone_available
 from esmtune.model.classifier import SequenceClassifier, build_model
 from esmtune.model.rundir import (
     METRICS_FILE,
@@ -168,6 +170,17 @@ def _say(accelerator: Accelerator, message: str) -> None:
         logger.info(message)
 
 
+def _distributed_without_devices() -> bool:
+    """Several processes and no accelerator device: train on CPUs over gloo.
+
+    accelerate only picks its multi-CPU mode when told to use the CPU; a launch on a machine
+    without GPUs (a laptop, CI, our 2-core machines) otherwise falls back to independent
+    single processes that would each train the whole model.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return world_size > 1 and not torch.accelerator.is_available()
+
+
 def train(config: TrainConfig, resume: Path | None = None) -> Path:
     """Train a model and return its run directory.
 
@@ -183,11 +196,15 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         ModelLoadError: When the backbone cannot be loaded.
         RunDirError: When the run directory exists (fresh run) or has no checkpoint (resume).
     """
-    accelerator = Accelerator(gradient_accumulation_steps=config.training.gradient_accumulation)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=config.training.gradient_accumulation,
+        cpu=_distributed_without_devices(),
+    )
     set_seed(config.training.seed)
     spec = task_spec(config.task)
 
-    # Data first: a bad file should fail before minutes of model loading.
+    # Cheap checks first: a missing model or a bad file should fail before minutes of loading.
+    check_backbone_available(config.model)
     report = check_dataset(config.data.dir, check_options(config))
     if accelerator.is_main_process:
         print(report.table())

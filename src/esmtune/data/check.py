@@ -160,6 +160,8 @@ def _find_conflicts(
     first_of: dict[str, SequenceRecord] = {}
     for records in splits.values():
         for record in records:
+            if not record.sequence:
+                continue  # reported as empty already
             labels_of[record.sequence].add(str(record.label))
             first_of.setdefault(record.sequence, record)
     conflicting = {seq for seq, labels in labels_of.items() if len(labels) > 1}
@@ -184,7 +186,7 @@ def _find_conflicts(
 
 
 def _find_leakage(splits: dict[str, list[SequenceRecord]], fatal: bool) -> tuple[list[str], str]:
-    train = {r.sequence for r in splits.get("train", [])}
+    train = {r.sequence for r in splits.get("train", []) if r.sequence}
     leaked = [r for s in ("validation", "test") for r in splits.get(s, []) if r.sequence in train]
     if not leaked:
         return [], ""

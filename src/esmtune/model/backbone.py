@@ -6,8 +6,11 @@ without touching the network, so benchmarks and the demo run on machines with no
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 from transformers import AutoTokenizer, EsmConfig, EsmModel, EsmTokenizer, PreTrainedTokenizerBase
 
@@ -107,16 +110,51 @@ def _offline_hint(name: str) -> str:
     return (
         f"cannot load model '{name}'. If it is a hub id, this machine may be offline or the hub "
         "cache may lack it: download it once where there is network "
-        f"(`huggingface-cli download {name}`), or point model.name at a local folder holding "
+        f"(`hf download {name}`), or point model.name at a local folder holding "
         "config.json, the weights and the tokenizer files, or set model.pretrained=false to "
         "train the same architecture from random weights"
     )
 
 
-def _load_pretrained(config: ModelConfig) -> tuple[EsmModel, PreTrainedTokenizerBase]:
-    local = Path(config.name)
-    if config.name.startswith((".", "/", "~")) and not local.expanduser().exists():
+def check_backbone_available(config: ModelConfig) -> None:
+    """Fail within seconds, before any data is read, when the backbone cannot be loaded.
+
+    Raises:
+        ModelLoadError: With the fix (local path, cached download or pretrained=false).
+    """
+    if not config.pretrained:
+        return
+    local = Path(config.name).expanduser()
+    if config.name.startswith((".", "/", "~")) and not local.exists():
         raise ModelLoadError(f"model.name: local folder {local} does not exist")
+    try:
+        EsmConfig.from_pretrained(config.name, revision=config.revision, local_files_only=True)
+        return
+    except (OSError, ValueError) as error:
+        cause = error
+    if not local.exists() and _hub_reachable():
+        try:
+            EsmConfig.from_pretrained(config.name, revision=config.revision)
+            return
+        except (OSError, ValueError) as error:
+            cause = error
+    raise ModelLoadError(f"{_offline_hint(config.name)}\n  (cause: {cause})") from None
+
+
+def _hub_reachable() -> bool:
+    """Whether the hub's host resolves; without it, downloads would only retry for half a minute."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _load_pretrained(config: ModelConfig) -> tuple[EsmModel, PreTrainedTokenizerBase]:
+    check_backbone_available(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.name, revision=config.revision)
         model = EsmModel.from_pretrained(

@@ -1,0 +1,50 @@
+"""Two-process training on the CPU (gloo) through `accelerate launch`, as on a multi-GPU node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+from tests.conftest import tiny_overrides
+
+
+def test_two_process_training_completes_and_learns(
+    tiny_model_dir: Path, learnable_data: Path, tmp_path: Path
+) -> None:
+    overrides = tiny_overrides(tiny_model_dir, learnable_data, tmp_path, "ddp")
+    overrides += [
+        "finetune.mode=partial",  # progressive unfreezing: the hardest case under DDP
+        "finetune.unfreeze_every_epochs=2",
+        "training.gradient_accumulation=2",
+        "training.keep_checkpoints=10",
+    ]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--multi_gpu",  # torchrun-style; no GPU, so gloo on CPUs
+        "-m", "esmtune", "train", *overrides,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "ddp"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["processes"] == 2
+    checkpoints = sorted((run / "checkpoints").iterdir())
+    assert {p.name for p in checkpoints[-1].iterdir()} >= {"rng-0.pt", "rng-1.pt"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["history"]) == 4
+    assert metrics["best_value"] > 0.6
+    # Layer 0 stays at its pretrained values until epoch 3 (first two epochs: nothing unfrozen).
+    from transformers import EsmModel
+
+    pretrained = EsmModel.from_pretrained(tiny_model_dir, add_pooling_layer=False).state_dict()
+    second_epoch = load_file(checkpoints[1] / "trainable.safetensors")
+    layer_keys = [k for k in second_epoch if ".layer." in k]
+    assert layer_keys and all(
+        (second_epoch[k] == pretrained[k.removeprefix("backbone.")]).all() for k in layer_keys
+    )
