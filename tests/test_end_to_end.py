@@ -127,3 +127,44 @@ def test_existing_run_directory_is_never_overwritten(
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
     assert (trained_run / "model/weights.safetensors").read_bytes() == before
+
+
+def _readme_commands() -> list[list[str]]:
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
+    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    return [shlex.split(line)[1:] for line in lines if line.startswith("esmtune ")]
+
+
+def test_readme_commands_parse() -> None:
+    from esmtune.cli import build_parser
+
+    commands = _readme_commands()
+    assert len(commands) >= 6
+    for argv in commands:
+        build_parser().parse_args(argv)  # exits (fails the test) on an unknown option
+
+
+def test_readme_predict_examples_run(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").symlink_to(root / "examples")
+    ran = 0
+    for argv in _readme_commands():
+        if argv[0] == "predict":
+            argv = [str(trained_run) if a == "runs/demo" else a for a in argv]
+            assert main(argv) == 0, argv
+            ran += 1
+    assert ran >= 2 and (tmp_path / "predictions.csv").is_file()
+
+
+def test_readme_python_example_runs(trained_run: Path, capsys) -> None:
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (snippet,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    exec(snippet.replace('"runs/demo"', repr(str(trained_run))), {})
+    assert capsys.readouterr().out.startswith("P1 ")

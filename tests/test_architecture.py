@@ -1,0 +1,66 @@
+"""Data flows one way: config → data → model → train/evaluate → predict; cli imports everything."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "esmtune"
+
+# Lower rank = further upstream. A module may import only modules of lower or equal rank.
+RANKS = {
+    "errors": 0,
+    "config": 1,
+    "data": 2,
+    "metrics": 2,
+    "baseline": 3,
+    "tasks": 3,
+    "model": 4,
+    "inference": 5,
+    "checkpoint": 5,
+    "train": 6,
+    "evaluate": 6,
+    "predict": 7,
+    "cli": 9,
+    "__init__": 9,
+    "__main__": 9,
+}
+
+
+def _rank(module: str) -> int:
+    return RANKS[module.split(".")[0]]
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("esmtune."):
+            found.add(node.module.removeprefix("esmtune."))
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("esmtune.") for a in node.names if a.name.startswith("esmtune.")}
+    return found
+
+
+def test_every_module_has_a_rank() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        top = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+        assert top in RANKS, f"add {top} to RANKS in {__file__}"
+
+
+def test_no_module_imports_downstream() -> None:
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        for imported in _imports(path):
+            if _rank(imported) > _rank(module):
+                upward.append(f"{module} imports {imported}")
+    assert not upward, upward
+
+
+def test_only_cli_and_package_root_import_from_predict() -> None:
+    users = {
+        ".".join(p.relative_to(PACKAGE).with_suffix("").parts)
+        for p in PACKAGE.rglob("*.py")
+        if any(name == "predict" for name in _imports(p))
+    }
+    assert users <= {"cli", "__init__"}
