@@ -37,7 +37,8 @@ def _imports(path: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("esmtune."):
             found.add(node.module.removeprefix("esmtune."))
         elif isinstance(node, ast.Import):
-            found |= {a.name.removeprefix("esmtune.") for a in node.names if a.name.startswith("esmtune.")}
+            names = [alias.name for alias in node.names]
+            found |= {n.removeprefix("esmtune.") for n in names if n.startswith("esmtune.")}
     return found
 
 
