@@ -1,4 +1,4 @@
-"""What each task owns: its loss, output activation, metrics and checkpoint-selection metrics.
+"""What each task owns: its loss, output activation and metrics.
 
 Adding a task means adding a :class:`TaskSpec` here, not ``if`` statements across the code.
 """
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from esmtune.config import Task
-from esmtune.metrics import HIGHER_IS_BETTER, multiclass_metrics
+from esmtune.metrics import multiclass_metrics
 
 __all__ = ["TaskSpec", "task_spec"]
 
@@ -27,15 +27,10 @@ class TaskSpec:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     activation: Callable[[torch.Tensor], torch.Tensor]
     metrics: Callable[[np.ndarray, np.ndarray, list[str]], dict[str, Any]]
-    selection_metrics: tuple[str, ...]
 
     def outputs(self, labels: list[str]) -> int:
         """Size of the head's output layer."""
         return len(labels)
-
-    def higher_is_better(self, metric: str) -> bool:
-        """Direction of a selection metric."""
-        return HIGHER_IS_BETTER[metric]
 
 
 _SPECS = {
@@ -44,7 +39,6 @@ _SPECS = {
         loss=nn.functional.cross_entropy,
         activation=lambda logits: torch.softmax(logits.float(), dim=-1),
         metrics=multiclass_metrics,
-        selection_metrics=("accuracy", "macro_f1", "mcc", "loss"),
     ),
 }
 
