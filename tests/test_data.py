@@ -144,26 +144,25 @@ def test_two_files_for_one_label_are_rejected(tmp_path: Path) -> None:
         find_label_files(tmp_path)
 
 
-def test_text_before_the_first_header_names_file_and_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "line", "problem"),
+    [
+        ("\nMKVLL\n>a\nMK\n", "line 2", "before the first '>'"),
+        (">a\nMK\n>  \nVL\n", "line 3", "no sequence id"),
+    ],
+    ids=["text-before-first-header", "header-without-id"],
+)
+def test_unreadable_fasta_names_file_and_line(
+    tmp_path: Path, text: str, line: str, problem: str
+) -> None:
     path = tmp_path / "Alpha.fasta"
-    path.write_text("\nMKVLL\n>a\nMK\n")
+    path.write_text(text)
     with pytest.raises(DataError) as caught:
         read_fasta(path)
     message = str(caught.value)
     assert str(path) in message
-    assert "line 2" in message
-    assert "before the first '>'" in message
-
-
-def test_a_header_without_id_names_file_and_line(tmp_path: Path) -> None:
-    path = tmp_path / "Alpha.fasta"
-    path.write_text(">a\nMK\n>  \nVL\n")
-    with pytest.raises(DataError) as caught:
-        read_fasta(path)
-    message = str(caught.value)
-    assert str(path) in message
-    assert "line 3" in message
-    assert "no sequence id" in message
+    assert line in message
+    assert problem in message
 
 
 def test_a_missing_or_corrupt_file_is_a_data_error(tmp_path: Path) -> None:

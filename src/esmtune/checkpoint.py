@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from esmtune.model.rundir import remove_tree, save_weights
+from esmtune.model.rundir import save_weights
 
 __all__ = ["TrainerState", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -39,6 +40,11 @@ class TrainerState:
     evals_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder if present (old checkpoints, unfinished temporary ones)."""
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _rng_state() -> dict[str, Any]:

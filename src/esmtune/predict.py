@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from esmtune.data.batching import EncodedDataset, encode
-from esmtune.data.check import invalid_residue
+from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import DataError
 from esmtune.inference import predict_outputs
@@ -59,16 +59,7 @@ class Predictor:
         return cls(load_run(run_dir), device=device, batch_size=batch_size)
 
     def _validate(self, records: list[SequenceRecord]) -> None:
-        problems = []
-        for record in records:
-            where = f"{record.source}, line {record.line}, " if record.line else ""
-            if not record.sequence:
-                problems.append(f"{where}record '{record.id}': empty sequence")
-            elif (bad := invalid_residue(record.sequence)) is not None:
-                problems.append(
-                    f"{where}record '{record.id}': invalid residue {bad[1]!r} at position "
-                    f"{bad[0] + 1} (allowed: ACDEFGHIKLMNPQRSTVWY and X, B, Z, U, O)"
-                )
+        problems = [problem for record in records if (problem := sequence_problem(record))]
         if problems:
             raise DataError(
                 f"{len(problems)} invalid input sequence(s):\n  - " + "\n  - ".join(problems)

@@ -370,7 +370,11 @@ def _train_one_epoch(
         dynamic_ncols=True,
         mininterval=0.2 if sys.stderr.isatty() else 15.0,  # logs get a line every 15 s, not 10/s
     )
-    window_loss, window_batches, residues, tick = 0.0, 0, 0, time.perf_counter()
+    # Loss and residue counts stay on the device and are read once per optimizer step: reading
+    # them every batch would force a GPU sync each time.
+    window_loss = torch.zeros((), device=accelerator.device)
+    residues = torch.zeros((), device=accelerator.device)
+    window_batches, tick = 0, time.perf_counter()
     for batch in loader:
         with accelerator.accumulate(run.model):
             logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -385,17 +389,16 @@ def _train_one_epoch(
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
         state.batches_done += 1
-        window_loss += loss.detach().item()
+        window_loss += loss.detach()
         window_batches += 1
-        residues += int(batch["attention_mask"].sum()) - 2 * len(batch["input_ids"])
+        residues += batch["attention_mask"].sum() - 2 * len(batch["input_ids"])
         bar.update(1)
         if not accelerator.sync_gradients:
             continue
         state.global_step += 1
-        step_loss = accelerator.reduce(
-            torch.tensor(window_loss / window_batches, device=accelerator.device), "mean"
-        ).item()
-        rate = residues * accelerator.num_processes / max(time.perf_counter() - tick, 1e-9)
+        step_loss = accelerator.reduce(window_loss / window_batches, "mean").item()
+        seconds = max(time.perf_counter() - tick, 1e-9)
+        rate = residues.item() * accelerator.num_processes / seconds
         bar.set_postfix(loss=f"{step_loss:.4f}", res_per_s=f"{rate:,.0f}")
         if run.writer is not None:
             run.writer.add_scalar("train/loss", step_loss, state.global_step)
@@ -404,7 +407,9 @@ def _train_one_epoch(
             )
             run.writer.add_scalar("train/grad_norm", float(grad_norm), state.global_step)
             run.writer.add_scalar("train/residues_per_second", rate, state.global_step)
-        window_loss, window_batches, residues, tick = 0.0, 0, 0, time.perf_counter()
+        window_loss.zero_()
+        residues.zero_()
+        window_batches, tick = 0, time.perf_counter()
         every = training.checkpoint_every_steps
         if every and state.global_step % every == 0:
             save_checkpoint(

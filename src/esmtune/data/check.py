@@ -15,7 +15,14 @@ from esmtune.data.fasta import SequenceRecord
 from esmtune.data.layout import SPLITS, read_split
 from esmtune.errors import DataError
 
-__all__ = ["RESIDUES", "CheckOptions", "DataReport", "check_dataset", "invalid_residue"]
+__all__ = [
+    "RESIDUES",
+    "CheckOptions",
+    "DataReport",
+    "check_dataset",
+    "invalid_residue",
+    "sequence_problem",
+]
 
 # Residue letters of the ESM2 vocabulary (20 standard, X unknown, B/Z ambiguous, U/O rare).
 RESIDUES = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
@@ -101,7 +108,23 @@ def _length_stats(lengths: list[int]) -> list[str]:
 
 
 def _where(record: SequenceRecord) -> str:
-    return f"{record.source}, line {record.line}, record '{record.id}'"
+    line = f"line {record.line}, " if record.line else ""
+    return f"{record.source}, {line}record '{record.id}'"
+
+
+def sequence_problem(record: SequenceRecord) -> str | None:
+    """What is wrong with one record's sequence (where, what, how to fix), or None."""
+    if not record.sequence:
+        return f"{_where(record)}: empty sequence; remove the record or add residues"
+    bad = invalid_residue(record.sequence)
+    if bad is None:
+        return None
+    index, char = bad
+    return (
+        f"{_where(record)}: invalid residue {char!r} at position {index + 1}; ESM2 reads "
+        "only the letters ACDEFGHIKLMNPQRSTVWY plus X, B, Z, U, O: replace it "
+        "(unknown residues with X, remove gaps '-') or remove the record"
+    )
 
 
 def _listed(items: list[str]) -> list[str]:
@@ -111,22 +134,9 @@ def _listed(items: list[str]) -> list[str]:
     return [*items[:_MAX_LISTED], f"... and {len(items) - _MAX_LISTED} more of the same kind"]
 
 
-def _check_records(records: list[SequenceRecord]) -> tuple[list[SequenceRecord], list[str]]:
-    """Drop nothing; report empty sequences and invalid characters."""
-    errors = []
-    for record in records:
-        if not record.sequence:
-            errors.append(f"{_where(record)}: empty sequence; remove the record or add residues")
-            continue
-        bad = invalid_residue(record.sequence)
-        if bad is not None:
-            index, char = bad
-            errors.append(
-                f"{_where(record)}: invalid residue {char!r} at position {index + 1}; ESM2 reads "
-                "only the letters ACDEFGHIKLMNPQRSTVWY plus X, B, Z, U, O: replace it "
-                "(unknown residues with X, remove gaps '-') or remove the record"
-            )
-    return records, errors
+def _check_records(records: list[SequenceRecord]) -> list[str]:
+    """Empty sequences and invalid characters, one message per bad record."""
+    return [problem for record in records if (problem := sequence_problem(record))]
 
 
 def _find_duplicates(
@@ -242,8 +252,7 @@ def check_dataset(data_dir: Path | str, options: CheckOptions | None = None) -> 
         for label, path in files.items():
             if not any(r.label == label for r in records):
                 errors.append(f"{path}: no sequences in this file; remove it or add records")
-        records, found = _check_records(records)
-        errors += _listed(found)
+        errors += _listed(_check_records(records))
         records, found, dropped = _find_duplicates(split, records, options.drop_duplicates)
         errors += found
         notes += dropped

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 from esmtune.config import FinetuneMode, TrainConfig
 from esmtune.model.backbone import load_backbone
 from esmtune.model.heads import MLPHead, Pooler
-from esmtune.model.tuning import apply_finetuning, backbone_layers
+from esmtune.model.tuning import apply_finetuning
 
 __all__ = ["SequenceClassifier", "build_model"]
 
@@ -73,8 +73,3 @@ def build_model(
     )
     model = SequenceClassifier(backbone, num_outputs, config, special)
     return model, tokenizer
-
-
-def num_backbone_layers(model: SequenceClassifier) -> int:
-    """Transformer layers in the backbone."""
-    return len(backbone_layers(model.backbone))

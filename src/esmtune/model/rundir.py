@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -169,8 +168,3 @@ def load_run(run_dir: Path | str) -> LoadedRun:
     load_weights(model, run_dir / WEIGHTS_FILE, complete=not config.model.pretrained)
     model.eval()
     return LoadedRun(run_dir, config, labels, model, tokenizer)
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a folder if present (old checkpoints, unfinished temporary ones)."""
-    shutil.rmtree(path, ignore_errors=True)
