@@ -77,7 +77,7 @@ def tiny_overrides(model_dir: Path, data_dir: Path, out_dir: Path, name: str) ->
     """Config overrides for a fast run of the tiny model on the learnable data."""
     return [
         f"model.name={model_dir}",
-        f"data.dir={data_dir}",
+        f"data.path={data_dir}",
         f"output.dir={out_dir}",
         f"output.name={name}",
         "model.head_hidden=[32]",

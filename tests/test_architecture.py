@@ -18,6 +18,7 @@ RANKS = {
     "model": 4,
     "inference": 5,
     "checkpoint": 5,
+    "plots": 5,
     "train": 6,
     "evaluate": 6,
     "predict": 7,

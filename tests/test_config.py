@@ -60,7 +60,7 @@ def test_every_shipped_config_starts_with_the_command_that_runs_it(path: Path) -
 
 def test_the_demo_config_points_at_bundled_files() -> None:
     config = load_config(ROOT / "configs" / "demo.yaml")
-    assert (ROOT / config.data.dir / "train").is_dir()
+    assert (ROOT / config.data.path / "train").is_dir()
     assert (ROOT / config.model.name / "config.json").is_file()
     assert config.model.pretrained is False  # the bundled model has no weights
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from esmtune.cli import main
-from esmtune.data.check import CheckOptions, DataReport, check_dataset
+from esmtune.config import DataConfig
+from esmtune.data.check import DataReport, check_dataset
 from esmtune.data.fasta import label_from_path, parse_fasta, read_fasta
 from esmtune.data.layout import find_label_files, read_split
 from esmtune.errors import DataError
@@ -80,7 +81,7 @@ def only_error_with(report: DataReport, *parts: str) -> str:
 def test_wrapped_lines_are_joined_and_the_id_is_the_first_word() -> None:
     text = ">P1 some description\nMKV\nLLA\nGG\n>P2\nWW\n"
     records = list(parse_fasta(text.splitlines(), "x.fasta", label="L"))
-    assert [(r.id, r.sequence, r.label, r.source) for r in records] == [
+    assert [(r.id, r.sequence, r.target, r.source) for r in records] == [
         ("P1", "MKVLLAGG", "L", "x.fasta"),
         ("P2", "WW", "L", "x.fasta"),
     ]
@@ -108,7 +109,7 @@ def test_plain_suffixes_are_read_and_labelled_by_file_name(
     path.write_text(">x\nmk\nv*\n")
     assert label_from_path(path) == label
     [record] = read_fasta(path, label=label_from_path(path))
-    assert (record.id, record.sequence, record.label) == ("x", "MKV", label)
+    assert (record.id, record.sequence, record.target) == ("x", "MKV", label)
 
 
 def test_gzipped_fasta_is_read_and_labelled_without_both_extensions(tmp_path: Path) -> None:
@@ -117,7 +118,7 @@ def test_gzipped_fasta_is_read_and_labelled_without_both_extensions(tmp_path: Pa
         handle.write(">s1\nMKV\nLL\n>s2\nGG\n")
     assert label_from_path(path) == "Secreted"
     records = read_fasta(path, label="Secreted")
-    assert [(r.id, r.sequence, r.label) for r in records] == [
+    assert [(r.id, r.sequence, r.target) for r in records] == [
         ("s1", "MKVLL", "Secreted"),
         ("s2", "GG", "Secreted"),
     ]
@@ -131,7 +132,7 @@ def test_a_split_folder_reads_every_fasta_kind_and_ignores_other_files(tmp_path:
     assert sorted(find_label_files(split)) == ["Alpha", "Beta", "Gamma"]
     files, records = read_split(tmp_path, "train")
     assert sorted(files) == ["Alpha", "Beta", "Gamma"]
-    assert sorted((r.label, r.id, r.sequence) for r in records) == [
+    assert sorted((r.target, r.id, r.sequence) for r in records) == [
         ("Alpha", "a", "GG"),
         ("Beta", "b", "MK"),
         ("Gamma", "c", "VL"),
@@ -285,10 +286,10 @@ def test_drop_duplicates_keeps_the_first_and_says_so(tmp_path: Path) -> None:
     alpha = fasta(("a1", protein(10, 0)), ("twin", protein(20, 1)))
     beta = fasta(("b1", protein(8, 3)), ("twin", protein(9, 4)))
     data = good_dataset(tmp_path, {"train/Alpha.fasta": alpha, "train/Beta.fasta": beta})
-    report = check_dataset(data, CheckOptions(drop_duplicates=True))
+    report = check_dataset(DataConfig(path=data, drop_duplicates=True))
     assert report.ok, report.errors
     twins = [r for r in report.splits["train"] if r.id == "twin"]
-    assert [(r.label, r.sequence) for r in twins] == [("Alpha", protein(20, 1))]
+    assert [(r.target, r.sequence) for r in twins] == [("Alpha", protein(20, 1))]
     assert len(report.splits["train"]) == 3
     assert any("train: dropped 1 record(s)" in note for note in report.notes)
 
@@ -297,9 +298,9 @@ def test_drop_duplicates_keeps_the_first_and_says_so(tmp_path: Path) -> None:
 def test_a_label_without_training_file_is_an_error(tmp_path: Path, split: str) -> None:
     data = good_dataset(tmp_path, {f"{split}/Gamma.fasta": fasta(("g1", protein(11, 9)))})
     error = only_error_with(check_dataset(data), "Gamma")
-    assert str(data / split) in error
-    assert "no training file" in error
-    assert str(data / "train" / "<Label>.fasta") in error
+    assert str(data / split / "Gamma.fasta") in error
+    assert "never occur in train" in error
+    assert f"remove them from {split}" in error
 
 
 def test_one_sequence_under_two_labels_is_an_error(tmp_path: Path) -> None:
@@ -310,7 +311,7 @@ def test_one_sequence_under_two_labels_is_an_error(tmp_path: Path) -> None:
     report = check_dataset(data)
     error = only_error_with(report, "labelled Alpha and Beta")
     assert f"{data / 'train' / 'Alpha.fasta'}, line 5, record 'a-shared'" in error
-    summary = only_error_with(report, "1 sequence(s) occur under two or more labels")
+    summary = only_error_with(report, "1 sequence(s) occur with two or more different targets")
     assert "data.drop_conflicts=true" in summary
 
 
@@ -323,7 +324,7 @@ def test_drop_conflicts_drops_every_copy_and_counts_them(tmp_path: Path) -> None
         tmp_path,
         {"train/Alpha.fasta": alpha, "train/Beta.fasta": beta, "test/Beta.fasta": test_beta},
     )
-    report = check_dataset(data, CheckOptions(drop_conflicts=True))
+    report = check_dataset(DataConfig(path=data, drop_conflicts=True))
     assert report.ok, report.errors
     kept = {r.id for records in report.splits.values() for r in records}
     assert kept.isdisjoint({"a-shared", "b-shared", "tb-shared"})
@@ -353,7 +354,7 @@ def test_a_train_sequence_in_test_is_a_counted_warning(tmp_path: Path) -> None:
 def test_fail_on_leakage_makes_it_an_error(tmp_path: Path) -> None:
     leaked = fasta(("ta1", protein(14, 7)), ("copy-of-a2", protein(20, 1)))
     data = good_dataset(tmp_path, {"test/Alpha.fasta": leaked})
-    report = check_dataset(data, CheckOptions(fail_on_leakage=True))
+    report = check_dataset(DataConfig(path=data, fail_on_leakage=True))
     error = only_error_with(report, "leakage")
     assert "1 in test" in error
     assert "remove them from one side" in error
@@ -371,7 +372,7 @@ def test_a_missing_required_split_is_an_error(tmp_path: Path, split: str) -> Non
 def test_a_missing_test_split_is_an_error_only_when_required(tmp_path: Path) -> None:
     data = good_dataset(tmp_path, {"test/Alpha.fasta": None, "test/Beta.fasta": None})
     assert check_dataset(data).ok
-    error = only_error_with(check_dataset(data, CheckOptions(require_test=True)), "no FASTA")
+    error = only_error_with(check_dataset(data, require_test=True), "no FASTA")
     assert str(data / "test") in error
 
 
@@ -381,12 +382,13 @@ def test_a_missing_data_dir_raises_with_the_expected_layout(tmp_path: Path) -> N
         check_dataset(missing)
     message = str(caught.value)
     assert str(missing) in message
-    assert "no such dataset folder" in message
-    assert f"{missing}/train/<Label>.fasta" in message
+    assert "no such file or folder" in message
+    assert f"{missing}/{{train,validation,test}}/<Label>.fasta" in message
+    assert f"{missing}/train.csv" in message
 
 
 def test_sequences_over_max_length_are_noted_with_a_count(tmp_path: Path) -> None:
-    report = check_dataset(good_dataset(tmp_path), CheckOptions(max_length=14))
+    report = check_dataset(DataConfig(path=good_dataset(tmp_path), max_length=14))
     assert report.ok, report.errors
     # Longer than 14: a2 (20), a3 (30), tb1 (16).
     [note] = report.notes
@@ -447,7 +449,7 @@ def test_cli_data_check_on_a_missing_folder(
 ) -> None:
     assert main(["data", "check", str(tmp_path / "nowhere")]) == 2
     _, err = capsys.readouterr()
-    assert err.startswith(f"error: {tmp_path / 'nowhere'}: no such dataset folder")
+    assert err.startswith(f"error: {tmp_path / 'nowhere'}: no such file or folder")
 
 
 def test_cli_data_check_options_reach_the_check(

@@ -20,6 +20,7 @@ PROMISED = {
     "metrics.json",
     "data_check.txt",
     "train.log",
+    "training_curves.png",
     "model/weights.safetensors",
     "model/best_validation_metrics.json",
     "model/backbone/config.json",
@@ -53,7 +54,9 @@ def test_run_directory_holds_exactly_the_promised_files(trained_run: Path) -> No
     }  # fmt: skip
     assert checkpoint.name == "epoch-0004-step-00000060"
     labels = json.loads((trained_run / "labels.json").read_text())
-    assert labels == {"task": "multiclass", "labels": ["Acidic", "Basic", "Hydrophobic"]}
+    assert labels["task"] == "multiclass"
+    assert labels["labels"] == ["Acidic", "Basic", "Hydrophobic"]
+    assert labels["weights"] is None  # no class weights unless asked for
     manifest = json.loads((trained_run / "manifest.json").read_text())
     assert {"torch", "transformers", "peft", "accelerate"} <= set(manifest["versions"])
     assert manifest["data"]["counts"]["train"] == {"Acidic": 40, "Basic": 40, "Hydrophobic": 40}

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_missing_hub_model_fails_with_the_fix(capsys, learnable_data: Path) -> None:
-    code = main(["train", f"data.dir={learnable_data}", "model.name=facebook/esm2_t6_8M_UR50D"])
+    code = main(["train", f"data.path={learnable_data}", "model.name=facebook/esm2_t6_8M_UR50D"])
     assert code == 2
     error = capsys.readouterr().err
     assert error.startswith("error: cannot load model 'facebook/esm2_t6_8M_UR50D'")

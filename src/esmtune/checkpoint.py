@@ -40,6 +40,9 @@ class TrainerState:
     evals_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Training loss of the epoch so far (sum of per-step losses), for the training curves.
+    epoch_loss_sum: float = 0.0
+    epoch_steps: int = 0
 
 
 def remove_tree(path: Path) -> None:

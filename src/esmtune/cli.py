@@ -6,8 +6,6 @@ Heavy libraries (torch, transformers) are imported inside the commands, so ``--h
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from collections.abc import Callable
@@ -50,34 +48,55 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_data_check(args: argparse.Namespace) -> int:
-    from esmtune.data.check import CheckOptions, check_dataset
+def _data_config(args: argparse.Namespace) -> tuple:
+    """The task and data section that `data check` and `baseline` read, from a config and flags."""
+    from esmtune.config import load_config
 
-    options = CheckOptions(
-        max_length=args.max_length,
-        fail_on_leakage=args.fail_on_leakage,
-        drop_conflicts=args.drop_conflicts,
-        drop_duplicates=args.drop_duplicates,
-        require_test=args.require_test,
-    )
-    report = check_dataset(args.data_dir, options)
+    overrides = list(args.overrides)
+    flags = {
+        "data.path": args.path,
+        "task": args.task,
+        "data.target_columns": args.target_columns,
+        "data.id_column": args.id_column,
+        "data.sequence_column": args.sequence_column,
+        "data.split_column": args.split_column,
+        "data.ontology": args.ontology,
+        "data.max_length": getattr(args, "max_length", None),
+        "data.fail_on_leakage": getattr(args, "fail_on_leakage", None) or None,
+        "data.drop_conflicts": getattr(args, "drop_conflicts", None) or None,
+        "data.drop_duplicates": getattr(args, "drop_duplicates", None) or None,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            text = str(value) if isinstance(value, Path) else value
+            overrides.append(f"{key}={json.dumps(text)}")
+    config = load_config(args.config, overrides)
+    return config.task, config.data
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from esmtune.data.check import check_dataset
+
+    task, data = _data_config(args)
+    report = check_dataset(data, task, require_test=args.require_test)
+    print(f"{task.value} data, {report.layout}")
     print(report.table())
     for line in report.warnings:
         print(f"warning: {line}")
     for line in report.notes:
         print(f"note: {line}")
     report.raise_if_errors()
-    print(f"OK: {args.data_dir} can be trained on ({len(report.labels)} labels)")
+    what = "targets" if task.value == "regression" else "labels"
+    print(f"OK: {data.path} can be trained on ({len(report.labels)} {what})")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from esmtune.evaluate import evaluate_run, format_report
 
-    metrics, out = evaluate_run(args.run, args.data, args.split, args.batch_size)
+    metrics, _, written = evaluate_run(args.run, args.data, args.split, args.batch_size)
     print(format_report(metrics))
-    written = ", ".join(str(out / name) for name in ("metrics.json", "confusion_matrix.png"))
-    print(f"\nwritten: {written}, {out / 'predictions.csv'}")
+    print(f"\nwritten: {', '.join(str(path) for path in written)}")
     return 0
 
 
@@ -100,23 +119,8 @@ def _read_inputs(args: argparse.Namespace) -> list:
     return records
 
 
-def _write_predictions(
-    results: list[dict], labels: list[str], fmt: str, handle: io.TextIOBase
-) -> None:
-    if fmt == "json":
-        json.dump(results, handle, indent=2)
-        handle.write("\n")
-        return
-    writer = csv.writer(handle, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
-    writer.writerow(["id", "label", "probability", "top_k", *(f"p_{x}" for x in labels)])
-    for row in results:
-        top = ";".join(f"{label}:{p:.4f}" for label, p in row["top_k"])
-        probabilities = [f"{row['probabilities'][x]:.6f}" for x in labels]
-        writer.writerow([row["id"], row["label"], f"{row['probability']:.6f}", top, *probabilities])
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from esmtune.predict import Predictor
+    from esmtune.predict import Predictor, write_predictions
 
     records = _read_inputs(args)
     predictor = Predictor.from_run(args.run, device=args.device, batch_size=args.batch_size)
@@ -130,26 +134,79 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         )
     fmt = args.format
     if args.output is not None:
-        fmt = fmt or {".json": "json", ".csv": "csv"}.get(args.output.suffix.lower(), "tsv")
+        suffixes = {".json": "json", ".csv": "csv", ".txt": "text"}
+        fmt = fmt or suffixes.get(args.output.suffix.lower(), "tsv")
         with args.output.open("w", newline="") as handle:
-            _write_predictions(results, predictor.labels, fmt, handle)
+            write_predictions(results, predictor.task, fmt, handle)
         print(f"{len(results)} prediction(s) written to {args.output}", file=sys.stderr)
     else:
-        _write_predictions(results, predictor.labels, fmt or "tsv", sys.stdout)
+        write_predictions(results, predictor.task, fmt or "tsv", sys.stdout)
     return 0
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from esmtune.baseline import composition_baseline
 
-    result = composition_baseline(args.data_dir, args.split)
+    task, data = _data_config(args)
+    result = composition_baseline(data, task, args.split)
+    names = {
+        "multiclass": ("accuracy", "macro_f1", "mcc"),
+        "binary": ("mcc", "f1", "roc_auc", "pr_auc"),
+        "multilabel": ("fmax", "micro_f1", "macro_f1", "micro_ap"),
+        "regression": ("spearman", "pearson", "r2", "rmse"),
+    }[result["task"]]
+
+    def scores(metrics: dict) -> str:
+        return ", ".join(
+            f"{name} {'n/a' if metrics[name] is None else format(metrics[name], '.3f')}"
+            for name in names
+        )
+
+    model = "ridge" if result["task"] == "regression" else "logistic"
     print(
-        f"composition baseline (logistic regression on amino-acid + dipeptide composition), "
-        f"{result['split']} n={result['n']}: accuracy {result['accuracy']:.3f}, "
-        f"macro-F1 {result['macro_f1']:.3f}; always '{result['majority_label']}': "
-        f"accuracy {result['majority_accuracy']:.3f}"
+        f"composition baseline ({model} regression on amino-acid + dipeptide composition), "
+        f"{result['split']} n={result['n']}: {scores(result['model'])}\n"
+        f"{result['trivial_name']}: {scores(result['trivial'])}"
     )
     return 0
+
+
+def _add_data_options(command: argparse.ArgumentParser) -> None:
+    """Options shared by `data check` and `baseline`: where the data is and how to read it."""
+    command.add_argument(
+        "path",
+        type=Path,
+        nargs="?",
+        metavar="PATH",
+        help="dataset: a folder {train,validation,test}/<Label>.fasta, a folder of "
+        "train/validation/test files (.csv .tsv .parquet .fasta), or one file with a split "
+        "column [data.path of --config]",
+    )
+    command.add_argument(
+        "--config", type=Path, help="read task and data settings from this training config"
+    )
+    command.add_argument(
+        "--task",
+        choices=["multiclass", "binary", "multilabel", "regression"],
+        help="how targets are read [multiclass, or the config's]",
+    )
+    command.add_argument(
+        "--target-column",
+        dest="target_columns",
+        action="append",
+        metavar="NAME",
+        help="target column or FASTA header key, repeatable [label; regression: target]",
+    )
+    command.add_argument("--id-column", help="column holding ids [id]")
+    command.add_argument("--sequence-column", help="column holding sequences [sequence]")
+    command.add_argument("--split-column", help="column naming the split [split]")
+    command.add_argument("--ontology", type=Path, help="multilabel: OBO file, e.g. go-basic.obo")
+    command.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="other config keys, e.g. data.max_length=500",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,15 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = data_commands.add_parser(
         "check",
-        help="validate a dataset folder and print its statistics",
-        description="Validate DIR/{train,validation,test}/<Label>.fasta: print sequences per label "
-        "and split and length statistics; exit with status 2 and every problem listed when the "
-        "data cannot be trained on.",
+        help="validate a dataset and print its statistics",
+        description="Read a dataset the way training will (per-label FASTA folders, CSV/TSV/"
+        "Parquet tables or FASTA with key=value headers) and print sequences per label and split "
+        "(regression: target statistics) and lengths; exit with status 2 and every problem "
+        "listed (file, line, record, fix) when the data cannot be trained on.",
     )
-    check.add_argument("data_dir", type=Path, metavar="DIR", help="dataset folder")
-    check.add_argument(
-        "--max-length", type=int, default=1022, help="report sequences longer than this [1022]"
-    )
+    _add_data_options(check)
+    check.add_argument("--max-length", type=int, help="report sequences longer than this [1022]")
     check.add_argument(
         "--fail-on-leakage",
         action="store_true",
@@ -201,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--drop-conflicts",
         action="store_true",
-        help="drop sequences found under two labels (and say how many) instead of failing",
+        help="drop sequences found with two different targets (and say how many)",
     )
     check.add_argument(
         "--drop-duplicates",
@@ -214,13 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         help="score a run on a labelled split",
-        description="Accuracy, macro-F1, MCC, per-class precision/recall/F1, ROC-AUC and the "
-        "confusion matrix of a run's best model; written to RUN/eval/SPLIT/ (metrics.json, "
-        "confusion_matrix.png, predictions.csv).",
+        description="Every metric of the run's task on a split, with its saved thresholds "
+        "(multiclass: accuracy, macro/weighted F1, MCC, ROC-AUC, per class; binary: + precision, "
+        "recall, F1, PR-AUC; multilabel: Fmax and coverage, micro/macro F1 and AP, per label; "
+        "regression: Spearman, Pearson, R², RMSE, MAE) and plots (confusion matrix, ROC/PR "
+        "curves or predicted-vs-true scatter), written to RUN/eval/SPLIT/ with predictions.csv.",
     )
     evaluate.add_argument("run", type=Path, metavar="RUN", help="run directory")
     evaluate.add_argument(
-        "--data", type=Path, metavar="DIR", help="dataset folder [the one the run trained on]"
+        "--data",
+        type=Path,
+        metavar="PATH",
+        help="dataset, read with the run's column settings [the one the run trained on]",
     )
     evaluate.add_argument(
         "--split", default="test", choices=["train", "validation", "test"], help="split [test]"
@@ -231,8 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="predict labels for new sequences",
-        description="Predicted label and every class probability for each sequence, from FASTA "
-        "files, --sequence or standard input; TSV on standard output unless --output is given.",
+        description="Predictions of a run for each sequence, from FASTA files, --sequence or "
+        "standard input; TSV on standard output unless --output is given. Per task: the label "
+        "and class probabilities (multiclass), the label at the tuned threshold and P(positive) "
+        "(binary), every label above its threshold and the top-k ranked labels with names "
+        "(multilabel), the value of each target (regression).",
     )
     predict.add_argument("run", type=Path, metavar="RUN", help="run directory")
     predict.add_argument(
@@ -241,12 +305,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--sequence", action="append", metavar="SEQ", help="a raw sequence (repeatable)"
     )
-    predict.add_argument("--top-k", type=int, help="rank only the k most probable labels [all]")
     predict.add_argument(
-        "--output", "-o", type=Path, help="write to FILE; format from .csv/.tsv/.json"
+        "--top-k",
+        type=int,
+        help="rank only the k most probable labels [multiclass: all; multilabel: 5]",
     )
     predict.add_argument(
-        "--format", choices=["tsv", "csv", "json"], help="output format [tsv, or from --output]"
+        "--output", "-o", type=Path, help="write to FILE; format from .csv/.tsv/.json/.txt"
+    )
+    predict.add_argument(
+        "--format",
+        choices=["tsv", "csv", "json", "text"],
+        help="output format; text is for reading, with probability bars [tsv, or from --output]",
     )
     predict.add_argument("--batch-size", type=int, default=16, help="sequences per batch [16]")
     predict.add_argument("--device", help="cpu, cuda, cuda:1 ... [cuda if available]")
@@ -255,11 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     baseline = commands.add_parser(
         "baseline",
         help="score a composition baseline on a dataset",
-        description="Logistic regression on amino-acid + dipeptide composition, fitted on train "
-        "and scored on a split, beside the always-the-commonest-label score: the numbers a "
-        "fine-tuned model has to beat.",
+        description="A linear model on amino-acid + dipeptide composition (logistic regression; "
+        "ridge for regression), fitted on train and scored on a split with the task's metrics, "
+        "beside a trivial predictor (commonest label, label frequencies or the train mean): the "
+        "numbers a fine-tuned model has to beat.",
     )
-    baseline.add_argument("data_dir", type=Path, metavar="DIR", help="dataset folder")
+    _add_data_options(baseline)
     baseline.add_argument(
         "--split", default="test", choices=["validation", "test"], help="split to score [test]"
     )

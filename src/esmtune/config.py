@@ -13,17 +13,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from esmtune.errors import ConfigError
 
 __all__ = [
+    "TASK_METRICS",
     "DataConfig",
     "EarlyStoppingConfig",
     "FinetuneConfig",
     "FinetuneMode",
     "LoraConfig",
     "ModelConfig",
+    "ObjectiveConfig",
     "OutputConfig",
     "Pooling",
     "Task",
@@ -39,6 +48,18 @@ class Task(StrEnum):
     """What the model predicts for each sequence."""
 
     MULTICLASS = "multiclass"
+    BINARY = "binary"
+    MULTILABEL = "multilabel"
+    REGRESSION = "regression"
+
+
+# Validation metrics each task can select its best checkpoint and stop early on, default first.
+TASK_METRICS: dict[Task, tuple[str, ...]] = {
+    Task.MULTICLASS: ("macro_f1", "accuracy", "weighted_f1", "mcc", "roc_auc_ovr", "loss"),
+    Task.BINARY: ("mcc", "f1", "accuracy", "precision", "recall", "roc_auc", "pr_auc", "loss"),
+    Task.MULTILABEL: ("fmax", "micro_f1", "macro_f1", "micro_ap", "macro_ap", "loss"),
+    Task.REGRESSION: ("spearman", "pearson", "r2", "rmse", "mae", "mse", "loss"),
+}
 
 
 class Pooling(StrEnum):
@@ -66,9 +87,48 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     """Where the sequences are and how they are read."""
 
-    dir: Path = Field(
-        Path("data"), description="Dataset folder holding {train,validation,test}/<Label>.fasta."
+    path: Path = Field(
+        Path("data"),
+        description="Dataset: a folder {train,validation,test}/<Label>.fasta, a folder of "
+        "train/validation/test files (.csv .tsv .parquet .fasta), or one such file with a split "
+        "column.",
     )
+    id_column: str = Field("id", description="Tables: column holding the sequence id.")
+    sequence_column: str = Field("sequence", description="Tables: column holding the sequence.")
+    target_columns: list[str] | None = Field(
+        None,
+        description="Columns (or FASTA header keys) holding the targets "
+        "[default: label; regression: target]. multilabel: one ';'-separated column or one "
+        "0/1 column per label; regression: one column per target.",
+    )
+    split_column: str = Field(
+        "split", description="Column (or FASTA header key) naming train/validation/test."
+    )
+    label_separator: str = Field(
+        ";", min_length=1, description="multilabel: separator between labels in one column."
+    )
+    min_label_count: int = Field(
+        1, ge=1, description="multilabel: labels with fewer training sequences are dropped."
+    )
+    ontology: Path | None = Field(
+        None,
+        description="multilabel: OBO file (e.g. go-basic.obo): term names in outputs, "
+        "annotations propagated to ancestors, parent scores >= child scores.",
+    )
+    positive_label: str | None = Field(
+        None,
+        description="binary: the positive class [default: 1/true/yes/positive if present, "
+        "else the rarer label in train].",
+    )
+
+    @field_validator("positive_label", mode="before")
+    @classmethod
+    def _label_as_text(cls, value: Any) -> Any:
+        """YAML reads yes/true/1 as booleans or numbers; a label is text."""
+        if isinstance(value, bool):
+            return str(value).lower()
+        return value
+
     max_length: int = Field(
         1022, ge=8, le=1022, description="Residues kept per sequence; longer ones are truncated."
     )
@@ -76,7 +136,7 @@ class DataConfig(_Section):
         False, description="Stop when a sequence occurs in both train and test (else warn)."
     )
     drop_conflicts: bool = Field(
-        False, description="Drop sequences found under two labels instead of stopping."
+        False, description="Drop sequences found with two different targets instead of stopping."
     )
     drop_duplicates: bool = Field(
         False, description="Drop repeated ids within a split (first kept) instead of stopping."
@@ -134,7 +194,7 @@ class FinetuneConfig(_Section):
                 f"not mode={self.mode.value}"
             )
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
 
@@ -172,13 +232,60 @@ class ModelConfig(_Section):
 class EarlyStoppingConfig(_Section):
     """When to stop because validation stopped improving, and which checkpoint is best."""
 
-    metric: Literal["accuracy", "macro_f1", "mcc", "loss"] = Field(
-        "macro_f1", description="Validation metric that selects the best checkpoint."
+    metric: str | None = Field(
+        None,
+        description="Validation metric that selects the best checkpoint [default per task: "
+        + ", ".join(f"{task.value} {names[0]}" for task, names in TASK_METRICS.items())
+        + "]; lower-is-better metrics (loss, rmse, ...) are handled.",
     )
     patience: int = Field(
         0, ge=0, description="Evaluations without improvement before stopping (0 = never stop)."
     )
     min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+
+
+class ObjectiveConfig(_Section):
+    """What the loss weighs, and how probabilities become decisions."""
+
+    class_weights: Literal["balanced"] | dict[str, float] | None = Field(
+        None,
+        description="multiclass: loss weight per class: balanced (n / (classes * count)) or "
+        "{label: weight}; for imbalanced data.",
+    )
+    pos_weight: Literal["balanced"] | float | None = Field(
+        None,
+        description="binary, multilabel: weight of positives in the BCE loss: a number, or "
+        "balanced (negatives / positives, per label).",
+    )
+    regression_loss: Literal["mse", "huber"] = Field(
+        "mse", description="regression: mse, or huber (robust to outliers)."
+    )
+    huber_delta: float = Field(
+        1.0, gt=0, description="regression: huber transition point, in standard deviations."
+    )
+    standardize_targets: bool = Field(
+        True, description="regression: learn on (y - mean) / std of train; undone at prediction."
+    )
+    threshold_metric: Literal["f1", "mcc"] = Field(
+        "f1",
+        description="binary, multilabel: decision thresholds are tuned on validation for this.",
+    )
+    tune_thresholds: bool = Field(
+        True, description="binary, multilabel: tune thresholds (false: 0.5)."
+    )
+    ontology_consistent: bool = Field(
+        True,
+        description="multilabel with data.ontology: raise each parent term's score to its best "
+        "child's.",
+    )
+
+    @model_validator(mode="after")
+    def _positive_weights(self) -> ObjectiveConfig:
+        weights = self.class_weights if isinstance(self.class_weights, dict) else {}
+        bad = [label for label, weight in weights.items() if not weight > 0]
+        if bad or (isinstance(self.pos_weight, float) and not self.pos_weight > 0):
+            raise ValueError("class_weights and pos_weight must be > 0")
+        return self
 
 
 class TrainingConfig(_Section):
@@ -223,12 +330,68 @@ class OutputConfig(_Section):
 class TrainConfig(_Section):
     """Everything `esmtune train` needs; the resolved copy is saved in every run directory."""
 
-    task: Task = Field(Task.MULTICLASS, description="What is predicted: multiclass.")
+    task: Task = Field(
+        Task.MULTICLASS,
+        description="What is predicted: multiclass (one of N labels), binary, multilabel "
+        "(any set of labels, e.g. GO terms) or regression (one or more numbers).",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _task_rules(self) -> TrainConfig:
+        """Options that belong to another task are mistakes; name them all at once."""
+        task, data, objective = self.task, self.data, self.objective
+        problems = []
+        only = {
+            "data.positive_label": (data.positive_label is not None, {Task.BINARY}),
+            "data.ontology": (data.ontology is not None, {Task.MULTILABEL}),
+            "data.min_label_count": (data.min_label_count > 1, {Task.MULTILABEL}),
+            "objective.class_weights": (objective.class_weights is not None, {Task.MULTICLASS}),
+            "objective.pos_weight": (
+                objective.pos_weight is not None,
+                {Task.BINARY, Task.MULTILABEL},
+            ),
+            "objective.regression_loss": (
+                objective.regression_loss != "mse",
+                {Task.REGRESSION},
+            ),
+        }
+        for key, (is_set, tasks) in only.items():
+            if is_set and task not in tasks:
+                names = " or ".join(sorted(t.value for t in tasks))
+                problems.append(f"{key} applies to task={names}, not task={task.value}")
+        columns = data.target_columns or []
+        if task in (Task.MULTICLASS, Task.BINARY) and len(columns) > 1:
+            problems.append(
+                f"data.target_columns: task={task.value} reads one label column, got {columns}"
+            )
+        metric = self.training.early_stopping.metric
+        if metric is not None and metric not in TASK_METRICS[task]:
+            close = difflib.get_close_matches(metric, TASK_METRICS[task], n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            problems.append(
+                f"training.early_stopping.metric: '{metric}' is not a {task.value} metric; "
+                f"{hint}choose one of {', '.join(TASK_METRICS[task])}"
+            )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def selection_metric(self) -> str:
+        """The metric that picks the best checkpoint (the task's default unless set)."""
+        return self.training.early_stopping.metric or TASK_METRICS[self.task][0]
+
+    @property
+    def target_columns(self) -> list[str]:
+        """Target columns, with the task's default."""
+        default = ["target"] if self.task is Task.REGRESSION else ["label"]
+        return self.data.target_columns or default
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """Plain data for YAML: enums as strings, paths as text."""
@@ -248,7 +411,7 @@ def _field_names(model: type[BaseModel], path: tuple[str | int, ...]) -> list[st
 
 
 def _format_errors(error: ValidationError, source: str) -> str:
-    lines = [f"{source}: {error.error_count()} problem(s) in the configuration:"]
+    lines = []
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"]
@@ -261,8 +424,9 @@ def _format_errors(error: ValidationError, source: str) -> str:
             message = f"{message} (got {item.get('input')!r})"
         else:
             message = message.removeprefix("Value error, ")
-        lines.append(f"  - {location}: {message}")
-    return "\n".join(lines)
+        # Cross-field validators report several problems, one per line.
+        lines += [f"  - {location}: {part}" for part in message.split("\n")]
+    return "\n".join([f"{source}: {len(lines)} problem(s) in the configuration:", *lines])
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

@@ -1,4 +1,4 @@
-"""Evaluating a finished run on a labelled split: metrics, a readable table and plots."""
+"""Evaluating a finished run on a labelled split: metrics, a readable report and plots."""
 
 from __future__ import annotations
 
@@ -9,131 +9,194 @@ from typing import Any
 
 import numpy as np
 
+from esmtune.config import Task
 from esmtune.data.batching import EncodedDataset, encode
-from esmtune.data.check import CheckOptions, check_dataset
+from esmtune.data.check import check_dataset
+from esmtune.data.targets import format_target
 from esmtune.errors import DataError
 from esmtune.inference import predict_outputs
 from esmtune.model.rundir import atomic_write_text, load_run
-from esmtune.tasks import task_spec
+from esmtune.plots import plot_confusion_matrix, plot_roc_pr, plot_scatter
+from esmtune.tasks import TaskSpec
 
-__all__ = ["evaluate_run", "format_report", "plot_confusion_matrix"]
+__all__ = ["evaluate_run", "format_report"]
 
 
-def plot_confusion_matrix(
-    matrix: list[list[int]], labels: list[str], path: Path, title: str
-) -> None:
-    """Counts in each cell, colour by share of the true class (readable with imbalance)."""
-    import matplotlib
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    counts = np.asarray(matrix)
-    shares = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
-    size = max(4.0, 0.6 * len(labels) + 2.5)
-    figure, axes = plt.subplots(figsize=(size + 1, size))
-    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
-    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    axes.set_yticks(range(len(labels)), labels)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(title)
-    for row in range(len(labels)):
-        for col in range(len(labels)):
-            colour = "white" if shares[row, col] > 0.5 else "black"
-            axes.text(col, row, str(counts[row, col]), ha="center", va="center", color=colour)
-    figure.colorbar(image, ax=axes, label="share of true class")
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+def _table(rows: dict[str, dict[str, Any]], columns: list[str], first: str) -> list[str]:
+    """A per-class / per-label / per-target table of numbers."""
+    width = max(len(first), *(len(name) for name in rows))
+    lines = [f"{first.ljust(width)}  " + "  ".join(c.rjust(9) for c in columns)]
+    for name, row in rows.items():
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            cells.append(str(value).rjust(9) if isinstance(value, int) else _number(value).rjust(9))
+        lines.append(f"{name.ljust(width)}  " + "  ".join(cells))
+    return lines
 
 
 def format_report(metrics: dict[str, Any]) -> str:
-    """Summary metrics and a per-class table, as terminal text."""
-    lines = [
-        f"n={metrics['n']}  accuracy {metrics['accuracy']:.4f}  "
-        f"macro-F1 {metrics['macro_f1']:.4f}  "
-        f"weighted-F1 {metrics['weighted_f1']:.4f}  MCC {metrics['mcc']:.4f}  "
-        + (
-            f"ROC-AUC (ovr) {metrics['roc_auc_ovr']:.4f}"
-            if metrics["roc_auc_ovr"] is not None
-            else "ROC-AUC n/a"
-        ),
-        "",
-    ]
-    width = max(len("class"), *(len(label) for label in metrics["per_class"]))
-    lines.append(f"{'class'.ljust(width)}  precision  recall      f1  support")
-    for label, row in metrics["per_class"].items():
-        lines.append(
-            f"{label.ljust(width)}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
-            f"{row['f1']:6.4f}  {row['support']:7d}"
+    """Summary metrics and a per-class (or per-label, per-target) table, as terminal text."""
+    task = Task(metrics.get("task", Task.MULTICLASS.value))
+    if task is Task.MULTICLASS:
+        head = (
+            f"accuracy {_number(metrics['accuracy'])}  macro-F1 {_number(metrics['macro_f1'])}  "
+            f"weighted-F1 {_number(metrics['weighted_f1'])}  MCC {_number(metrics['mcc'])}  "
+            f"ROC-AUC (ovr) {_number(metrics['roc_auc_ovr'])}"
         )
-    return "\n".join(lines)
+        table = _table(metrics["per_class"], ["precision", "recall", "f1", "support"], "class")
+    elif task is Task.BINARY:
+        head = (
+            f"positive '{metrics['labels'][1]}' at threshold {metrics['threshold']:.3f}: "
+            f"accuracy {_number(metrics['accuracy'])}  precision {_number(metrics['precision'])}"
+            f"  recall {_number(metrics['recall'])}  F1 {_number(metrics['f1'])}  "
+            f"MCC {_number(metrics['mcc'])}  ROC-AUC {_number(metrics['roc_auc'])}  "
+            f"PR-AUC {_number(metrics['pr_auc'])}"
+        )
+        (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+        table = [f"confusion: TP {tp}  FP {fp}  FN {fn}  TN {tn}"]
+    elif task is Task.MULTILABEL:
+        head = (
+            f"Fmax {_number(metrics['fmax'])} (threshold {_number(metrics['fmax_threshold'])}, "
+            f"coverage {_number(metrics['coverage'])})  micro-F1 {_number(metrics['micro_f1'])}  "
+            f"macro-F1 {_number(metrics['macro_f1'])}  micro-AP {_number(metrics['micro_ap'])}  "
+            f"macro-AP {_number(metrics['macro_ap'])}"
+        )
+        table = _table(
+            metrics["per_label"], ["precision", "recall", "f1", "ap", "threshold", "support"],
+            "label",
+        )  # fmt: skip
+    else:
+        head = (
+            f"Spearman {_number(metrics['spearman'])}  Pearson {_number(metrics['pearson'])}  "
+            f"R² {_number(metrics['r2'])}  RMSE {_number(metrics['rmse'])}  "
+            f"MAE {_number(metrics['mae'])}"
+        )
+        table = _table(
+            metrics["per_target"], ["spearman", "pearson", "r2", "rmse", "mae"], "target"
+        )
+    return "\n".join([f"{metrics['split']} (n={metrics['n']}): {head}", "", *table])
+
+
+def _plots(task: TaskSpec, targets: np.ndarray, outputs: np.ndarray, metrics: dict, out: Path):
+    """The figures a person looks at for this task; returns the files written."""
+    split = metrics["split"]
+    written = []
+    if task.task in (Task.MULTICLASS, Task.BINARY):
+        title = (
+            f"{split}: accuracy {metrics['accuracy']:.3f}, "
+            + (f"macro-F1 {metrics['macro_f1']:.3f}" if task.task is Task.MULTICLASS else "")
+            + (f"MCC {metrics['mcc']:.3f}" if task.task is Task.BINARY else "")
+        )
+        written.append(out / "confusion_matrix.png")
+        plot_confusion_matrix(metrics["confusion_matrix"], task.labels, written[-1], title)
+    if task.task is Task.BINARY:
+        written.append(out / "roc_pr_curves.png")
+        plot_roc_pr(
+            targets, outputs, written[-1], f"{split}: positive = {task.labels[1]}",
+            threshold=metrics["threshold"],
+        )  # fmt: skip
+    if task.task is Task.MULTILABEL:
+        written.append(out / "roc_pr_curves.png")
+        plot_roc_pr(targets, outputs, written[-1], f"{split}: all labels (micro-average)")
+    if task.task is Task.REGRESSION:
+        written.append(out / "scatter.png")
+        plot_scatter(targets, outputs, task.labels, written[-1], f"{split}: predicted vs true")
+    return written
+
+
+def _write_predictions(task: TaskSpec, records: list, outputs: np.ndarray, path: Path) -> None:
+    """One row per sequence: id, true target, prediction, and the numbers behind it."""
+    results = task.predictions(outputs, top_k=None)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        if task.task is Task.REGRESSION:
+            writer.writerow(["id", *(f"true_{x}" for x in task.labels),
+                             *(f"predicted_{x}" for x in task.labels)])  # fmt: skip
+            for record, row in zip(records, outputs, strict=True):
+                writer.writerow([record.id, *record.target, *(f"{v:.6g}" for v in row)])
+            return
+        plural = "s" if task.task is Task.MULTILABEL else ""
+        writer.writerow(
+            [
+                "id",
+                f"true_label{plural}",
+                f"predicted_label{plural}",
+                *(f"p_{x}" for x in task.labels),
+            ]
+        )
+        for record, result in zip(records, results, strict=True):
+            chosen = ";".join(result["labels"]) if "labels" in result else result["label"]
+            probabilities = (f"{result['probabilities'][x]:.6f}" for x in task.labels)
+            writer.writerow([record.id, format_target(record.target), chosen, *probabilities])
 
 
 def evaluate_run(
     run_dir: Path | str,
-    data_dir: Path | str | None = None,
+    data_path: Path | str | None = None,
     split: str = "test",
     batch_size: int | None = None,
     progress: bool = True,
-) -> tuple[dict[str, Any], Path]:
-    """Score a run's best model on one split and write metrics, plot and predictions.
+) -> tuple[dict[str, Any], Path, list[Path]]:
+    """Score a run's best model on one split and write metrics, plots and predictions.
 
     Args:
         run_dir: A finished run directory.
-        data_dir: Dataset folder (default: the one the run was trained on).
+        data_path: Dataset (default: the one the run was trained on, read the same way).
         split: ``test``, ``validation`` or ``train``.
         batch_size: Sequences per batch (default: the training batch size).
         progress: Show a progress bar.
 
     Returns:
-        The metrics and the folder they were written to (``RUN/eval/<split>``).
+        The metrics, the folder they were written to (``RUN/eval/<split>``) and the files.
 
     Raises:
         DataError: When the split is missing or holds labels the model does not know.
     """
     loaded = load_run(run_dir)
-    config = loaded.config
-    data_dir = Path(data_dir) if data_dir is not None else config.data.dir
-    report = check_dataset(data_dir, CheckOptions(max_length=config.data.max_length))
+    config, task = loaded.config, loaded.task
+    data = config.data.model_copy()
+    if data_path is not None:
+        data.path = Path(data_path)
+    report = check_dataset(data, config.task)
     records = report.splits.get(split)
     if not records:
-        raise DataError(f"{data_dir / split}: no sequences to evaluate; is --split right?")
-    unknown = sorted({str(r.label) for r in records} - set(loaded.labels))
-    if unknown:
+        raise DataError(f"{data.path}: no {split} sequences to evaluate; is --split right?")
+    if config.task in (Task.MULTICLASS, Task.BINARY):
+        unknown = sorted({str(r.target) for r in records} - set(task.labels))
+        if unknown:
+            raise DataError(
+                f"{data.path} ({split}): label(s) {', '.join(unknown)} are not among the model's "
+                f"labels ({', '.join(task.labels)}); remove them or retrain"
+            )
+    if config.task is Task.REGRESSION and report.labels != task.labels:
         raise DataError(
-            f"{data_dir / split}: label(s) {', '.join(unknown)} are not among the model's labels "
-            f"({', '.join(loaded.labels)}); remove those files or retrain"
+            f"{data.path}: targets {report.labels} differ from the model's {task.labels}"
         )
     report.raise_if_errors()
-    spec = task_spec(config.task)
-    index = {label: i for i, label in enumerate(loaded.labels)}
     ids = encode(loaded.tokenizer, [r.sequence for r in records], config.data.max_length)
-    dataset = EncodedDataset(ids, [index[str(r.label)] for r in records])
-    probabilities = predict_outputs(
+    targets = task.encode_targets(records)
+    outputs = predict_outputs(
         loaded.model,
-        dataset,
-        spec.activation,
+        EncodedDataset(ids, targets),
+        task.outputs,
         batch_size or config.training.batch_size,
         loaded.tokenizer.pad_token_id,
         progress=progress,
     )
-    metrics = spec.metrics(np.asarray(dataset.targets), probabilities, loaded.labels)
-    metrics["data_dir"], metrics["split"] = str(data_dir), split
+    metrics = {
+        "task": config.task.value,
+        "split": split,
+        "data": str(data.path),
+        **task.metrics(targets, outputs),
+    }
     out = Path(run_dir) / "eval" / split
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    plot_confusion_matrix(
-        metrics["confusion_matrix"],
-        loaded.labels,
-        out / "confusion_matrix.png",
-        f"{split}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
-    )
-    with (out / "predictions.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "true_label", "predicted_label", *(f"p_{x}" for x in loaded.labels)])
-        for record, row in zip(records, probabilities, strict=True):
-            predicted = loaded.labels[int(row.argmax())]
-            writer.writerow([record.id, record.label, predicted, *(f"{p:.6f}" for p in row)])
-    return metrics, out
+    written = [out / "metrics.json", *_plots(task, targets, outputs, metrics, out)]
+    _write_predictions(task, records, outputs, out / "predictions.csv")
+    written.append(out / "predictions.csv")
+    return metrics, out, written

@@ -34,22 +34,25 @@ def eval_loader(
 def iterate_outputs(
     model: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
-    activation: Callable[[torch.Tensor], torch.Tensor],
+    outputs: Callable[[torch.Tensor], np.ndarray],
     device: torch.device | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (input indices, activated outputs) per batch; the model must be in eval mode."""
+    """Yield (input indices, outputs) per batch; the model must be in eval mode.
+
+    ``outputs`` turns logits into what the task reports (e.g. :meth:`TaskSpec.outputs`).
+    """
     for batch in batches:
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         if device is not None:
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        outputs = activation(model(input_ids=input_ids, attention_mask=attention_mask))
-        yield batch["index"].cpu().numpy(), outputs.float().cpu().numpy()
+        logits = model(input_ids=input_ids, attention_mask=attention_mask)
+        yield batch["index"].cpu().numpy(), outputs(logits)
 
 
 def predict_outputs(
     model: nn.Module,
     dataset: EncodedDataset,
-    activation: Callable[[torch.Tensor], torch.Tensor],
+    outputs: Callable[[torch.Tensor], np.ndarray],
     batch_size: int,
     pad_token_id: int,
     progress: bool = False,
@@ -59,8 +62,8 @@ def predict_outputs(
     loader = eval_loader(dataset, batch_size, pad_token_id)
     rows: dict[int, np.ndarray] = {}
     bar = tqdm(total=len(dataset), desc="predict", unit="seq", disable=not progress)
-    for indices, outputs in iterate_outputs(model, loader, activation, device):
-        rows.update(zip(indices.tolist(), outputs, strict=True))
+    for indices, batch_outputs in iterate_outputs(model, loader, outputs, device):
+        rows.update(zip(indices.tolist(), batch_outputs, strict=True))
         bar.update(len(indices))
     bar.close()
     return np.stack([rows[i] for i in range(len(dataset))])

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
+from esmtune.config import Task
 from esmtune.data.batching import EncodedDataset, encode
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import DataError
 from esmtune.inference import predict_outputs
 from esmtune.model.rundir import load_run
-from esmtune.tasks import task_spec
+from esmtune.tasks import TaskSpec
 
-__all__ = ["Predictor", "as_records"]
+__all__ = ["Predictor", "as_records", "write_predictions"]
 
 
 def as_records(
@@ -34,7 +37,7 @@ def as_records(
     for record in items:
         sequence = "".join(record.sequence.split()).upper().removesuffix("*")
         cleaned.append(
-            SequenceRecord(record.id, sequence, record.label, record.source, record.line)
+            SequenceRecord(record.id, sequence, record.target, record.source, record.line)
         )
     return cleaned
 
@@ -44,9 +47,9 @@ class Predictor:
 
     def __init__(self, loaded: Any, device: str | torch.device | None = None, batch_size: int = 16):
         self.run = loaded
+        self.task: TaskSpec = loaded.task
         self.labels: list[str] = loaded.labels
         self.max_length = loaded.config.data.max_length
-        self.spec = task_spec(loaded.config.task)
         self.batch_size = batch_size
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = loaded.model.to(device).eval()
@@ -71,17 +74,21 @@ class Predictor:
         top_k: int | None = None,
         progress: bool = False,
     ) -> list[dict[str, Any]]:
-        """Predict a label and every class probability for each sequence.
+        """Predict for each sequence, in the format of the run's task.
 
         Args:
             sequences: Plain sequences, ``{id: sequence}``, or records.
-            top_k: Also return the k most probable labels (default: all, ranked).
+            top_k: Rank only the k most probable labels (multiclass default: all; multilabel: 5).
             progress: Show a progress bar.
 
         Returns:
-            One dict per input, in input order: ``id``, ``label``, ``probability``,
-            ``probabilities`` (label -> p), ``top_k`` ([(label, p), ...]), ``length`` and
-            ``truncated`` (residues beyond the run's max_length were not seen).
+            One dict per input, in input order, with ``id``, ``length`` and ``truncated``
+            (residues beyond the run's max_length were not seen), plus per task:
+            multiclass ``label``, ``probability``, ``probabilities``, ``top_k`` [(label, p)];
+            binary ``label``, ``probability`` (of the positive class), ``threshold``,
+            ``probabilities``; multilabel ``labels`` (all at or above their threshold),
+            ``top_k``, ``probabilities``, ``names`` (ontology names); regression ``value``
+            (one target) and ``values`` (by target name).
 
         Raises:
             DataError: On empty sequences or invalid residues, naming every record.
@@ -91,27 +98,105 @@ class Predictor:
             return []
         self._validate(records)
         ids = encode(self.run.tokenizer, [r.sequence for r in records], self.max_length)
-        probabilities = predict_outputs(
+        outputs = predict_outputs(
             self.model,
             EncodedDataset(ids),
-            self.spec.activation,
+            self.task.outputs,
             self.batch_size,
             self.run.tokenizer.pad_token_id,
             progress=progress,
         )
-        k = min(top_k or len(self.labels), len(self.labels))
         results = []
-        for record, row in zip(records, probabilities, strict=True):
-            ranked = sorted(zip(self.labels, row.tolist(), strict=True), key=lambda x: -x[1])
+        for record, prediction in zip(records, self.task.predictions(outputs, top_k), strict=True):
             results.append(
                 {
                     "id": record.id,
-                    "label": ranked[0][0],
-                    "probability": ranked[0][1],
-                    "probabilities": dict(zip(self.labels, row.tolist(), strict=True)),
-                    "top_k": ranked[:k],
+                    **prediction,
                     "length": len(record.sequence),
                     "truncated": len(record.sequence) > self.max_length,
                 }
             )
         return results
+
+
+# Per-label probability columns stop being readable (and useful in a table) beyond this many.
+_MAX_PROBABILITY_COLUMNS = 50
+
+
+def _ranked_text(result: dict[str, Any]) -> str:
+    names = result.get("names", {})
+    return ";".join(
+        f"{label}{' ' + names[label] if label in names else ''}:{p:.4f}"
+        for label, p in result["top_k"]
+    )
+
+
+def _table_row(task: TaskSpec, result: dict[str, Any], columns: list[str]) -> list[str]:
+    if task.task is Task.REGRESSION:
+        return [result["id"], *(f"{result['values'][x]:.6g}" for x in task.labels)]
+    chosen = ";".join(result["labels"]) if "labels" in result else result["label"]
+    row = [result["id"], chosen]
+    if task.task is Task.BINARY:
+        row += [f"{result['probability']:.6f}", f"{result['threshold']:.4f}"]
+    elif task.task is Task.MULTICLASS:
+        row += [f"{result['probability']:.6f}", _ranked_text(result)]
+    else:
+        row += [_ranked_text(result)]
+    return row + [f"{result['probabilities'][x]:.6f}" for x in columns]
+
+
+def _table_header(task: TaskSpec) -> tuple[list[str], list[str]]:
+    """Column names and the labels that get a probability column."""
+    if task.task is Task.REGRESSION:
+        return ["id", *task.labels], []
+    columns = task.labels if len(task.labels) <= _MAX_PROBABILITY_COLUMNS else []
+    header = {
+        Task.MULTICLASS: ["id", "label", "probability", "top_k"],
+        Task.BINARY: ["id", "label", "probability", "threshold"],
+        Task.MULTILABEL: ["id", "labels", "top_k"],
+    }[task.task]
+    return header + [f"p_{x}" for x in columns], columns
+
+
+def _text_block(task: TaskSpec, result: dict[str, Any]) -> list[str]:
+    """A person's view of one prediction."""
+    lines = [f"{result['id']} ({result['length']} residues"
+             + (", truncated)" if result["truncated"] else ")")]  # fmt: skip
+    if task.task is Task.REGRESSION:
+        lines += [f"  {name}: {value:.4g}" for name, value in result["values"].items()]
+        return lines
+    if task.task is Task.BINARY:
+        lines.append(
+            f"  {result['label']}  (P({task.labels[1]}) = {result['probability']:.3f}, "
+            f"threshold {result['threshold']:.3f})"
+        )
+        return lines
+    names = result.get("names", {})
+    if task.task is Task.MULTILABEL:
+        chosen = ", ".join(names.get(x, x) for x in result["labels"]) or "none above threshold"
+        lines.append(f"  labels: {chosen}")
+    lines.append(f"  top {len(result['top_k'])}:")
+    for label, p in result["top_k"]:
+        bar = "#" * round(p * 20)
+        shown = f"{names[label]} ({label})" if label in names else label
+        lines.append(f"    {p:5.2f} {bar:<20} {shown}")
+    return lines
+
+
+def write_predictions(
+    results: list[dict[str, Any]], task: TaskSpec, fmt: str, handle: TextIO
+) -> None:
+    """Write predictions as ``tsv``, ``csv``, ``json`` or ``text`` (for people)."""
+    if fmt == "json":
+        json.dump(results, handle, indent=2)
+        handle.write("\n")
+        return
+    if fmt == "text":
+        for result in results:
+            handle.write("\n".join(_text_block(task, result)) + "\n")
+        return
+    writer = csv.writer(handle, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
+    header, columns = _table_header(task)
+    writer.writerow(header)
+    for result in results:
+        writer.writerow(_table_row(task, result, columns))

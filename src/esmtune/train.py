@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from esmtune.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from esmtune.config import FinetuneMode, TrainConfig
+from esmtune.config import TASK_METRICS, FinetuneMode, TrainConfig
 from esmtune.data.batching import EncodedDataset, LengthGroupedBatchSampler, encode, pad_collate
-from esmtune.data.check import CheckOptions, DataReport, check_dataset
+from esmtune.data.check import DataReport, check_dataset
 from esmtune.errors import RunDirError
 from esmtune.inference import eval_loader, iterate_outputs
 from esmtune.metrics import is_improvement
@@ -52,30 +52,21 @@ from esmtune.model.tuning import (
     set_unfrozen_layers,
     unfrozen_layers_at,
 )
-from esmtune.tasks import TaskSpec, task_spec
+from esmtune.plots import plot_training_curves
+from esmtune.tasks import TaskSpec, build_task
 
-__all__ = ["check_options", "encode_split", "train"]
+__all__ = ["encode_split", "train"]
 
 logger = logging.getLogger("esmtune")
 
 
-def check_options(config: TrainConfig) -> CheckOptions:
-    """The data-check settings a training config implies."""
-    data = config.data
-    return CheckOptions(
-        max_length=data.max_length,
-        fail_on_leakage=data.fail_on_leakage,
-        drop_conflicts=data.drop_conflicts,
-        drop_duplicates=data.drop_duplicates,
-    )
-
-
-def encode_split(report: DataReport, split: str, tokenizer: Any, max_length: int) -> EncodedDataset:
-    """Token ids and class indices of one split."""
+def encode_split(
+    report: DataReport, split: str, tokenizer: Any, max_length: int, spec: TaskSpec
+) -> EncodedDataset:
+    """Token ids and encoded targets of one split."""
     records = report.splits[split]
-    index = {label: i for i, label in enumerate(report.labels)}
     ids = encode(tokenizer, [r.sequence for r in records], max_length)
-    return EncodedDataset(ids, [index[str(r.label)] for r in records])
+    return EncodedDataset(ids, spec.encode_targets(records))
 
 
 @dataclass
@@ -202,16 +193,18 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         cpu=_distributed_without_devices(),
     )
     set_seed(config.training.seed)
-    spec = task_spec(config.task)
 
     # Cheap checks first: a missing model or a bad file should fail before minutes of loading.
     check_backbone_available(config.model)
-    report = check_dataset(config.data.dir, check_options(config))
+    report = check_dataset(config.data, config.task)
     if accelerator.is_main_process:
         print(report.table())
         for line in report.warnings + report.notes:
             print(f"note: {line}")
     report.raise_if_errors()
+    spec = build_task(
+        config, report.labels, report.splits["train"], report.label_names, report.ancestors
+    )
 
     run_dir = _resolve_run_dir(accelerator, config, resume)
     checkpoint = latest_checkpoint(run_dir) if resume else None
@@ -222,7 +215,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     accelerator.wait_for_everyone()
     _setup_logging(run_dir, accelerator.is_main_process)
 
-    model, tokenizer = build_model(config, spec.outputs(report.labels))
+    model, tokenizer = build_model(config, spec.num_outputs)
     num_layers = len(backbone_layers(model.backbone))
     masked: list[torch.nn.Parameter] = []
     if config.finetune.mode is FinetuneMode.PARTIAL:
@@ -240,8 +233,8 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         )
 
     max_length = config.data.max_length
-    train_set = encode_split(report, "train", tokenizer, max_length)
-    val_set = encode_split(report, "validation", tokenizer, max_length)
+    train_set = encode_split(report, "train", tokenizer, max_length, spec)
+    val_set = encode_split(report, "validation", tokenizer, max_length, spec)
     train_loader, train_sampler = _make_train_loader(train_set, config, tokenizer.pad_token_id)
     val_loader = eval_loader(val_set, config.training.batch_size, tokenizer.pad_token_id)
     # The schedule counts optimizer steps over all processes, from the real loader length.
@@ -265,12 +258,16 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             save_run_files(
                 run_dir,
                 config,
-                report.labels,
+                spec,
                 tokenizer,
                 accelerator.unwrap_model(model).backbone,
                 {
                     "created": datetime.now().isoformat(timespec="seconds"),
-                    "data": {"dir": str(config.data.dir), "counts": report.summary()},
+                    "data": {
+                        "path": str(config.data.path),
+                        "layout": report.layout,
+                        "counts": report.summary(),
+                    },
                     "data_notes": report.warnings + report.notes,
                     "parameters": {"trainable": trainable, "total": total},
                     "processes": accelerator.num_processes,
@@ -332,8 +329,8 @@ def _fit(run: _Run, state: TrainerState, num_layers: int) -> None:
 
         last_epoch = state.epoch == training.epochs
         if state.epoch % training.eval_every_epochs == 0 or last_epoch:
-            metrics = _validate(run)
-            _select_best(run, unwrapped, state, metrics)
+            metrics, thresholds = _validate(run)
+            _select_best(run, unwrapped, state, metrics, thresholds)
             save_checkpoint(
                 accelerator, run.run_dir, weights_to_save(unwrapped, config),
                 run.optimizer, run.scheduler, state, training.keep_checkpoints,
@@ -397,6 +394,8 @@ def _train_one_epoch(
             continue
         state.global_step += 1
         step_loss = accelerator.reduce(window_loss / window_batches, "mean").item()
+        state.epoch_loss_sum += step_loss
+        state.epoch_steps += 1
         seconds = max(time.perf_counter() - tick, 1e-9)
         rate = residues.item() * accelerator.num_processes / seconds
         bar.set_postfix(loss=f"{step_loss:.4f}", res_per_s=f"{rate:,.0f}")
@@ -419,41 +418,63 @@ def _train_one_epoch(
     bar.close()
 
 
-def _validate(run: _Run) -> dict[str, Any]:
-    """Metrics on the validation split; every process gets the same numbers."""
+def _validate(run: _Run) -> tuple[dict[str, Any], list[float] | None]:
+    """Metrics on the validation split, with thresholds tuned on it; the same on every process."""
     run.model.eval()
-    pieces = list(iterate_outputs(run.model, run.val_loader, run.spec.activation))
+    pieces = list(iterate_outputs(run.model, run.val_loader, run.spec.outputs))
     gathered = gather_object(pieces)
     run.model.train()
     by_index: dict[int, np.ndarray] = {}
     for indices, outputs in gathered:
         by_index.update(zip(indices.tolist(), outputs, strict=True))  # drops padding duplicates
     dataset: EncodedDataset = run.val_loader.dataset
-    order = range(len(dataset))
-    probabilities = np.stack([by_index[i] for i in order])
-    targets = np.asarray(dataset.targets)
-    return run.spec.metrics(targets, probabilities, run.labels)
+    outputs = np.stack([by_index[i] for i in range(len(dataset))])
+    thresholds = run.spec.tune(dataset.targets, outputs)
+    return run.spec.metrics(dataset.targets, outputs, thresholds), thresholds
+
+
+def _scalars(run: _Run, metrics: dict[str, Any]) -> dict[str, float]:
+    """The task's selectable metrics that are defined, for history, logs and TensorBoard."""
+    return {
+        name: float(metrics[name])
+        for name in TASK_METRICS[run.config.task]
+        if metrics.get(name) is not None
+    }
 
 
 def _select_best(
-    run: _Run, model: SequenceClassifier, state: TrainerState, metrics: dict[str, Any]
+    run: _Run,
+    model: SequenceClassifier,
+    state: TrainerState,
+    metrics: dict[str, Any],
+    thresholds: list[float] | None,
 ) -> None:
-    """Keep the best weights, record history, and decide on early stopping."""
+    """Keep the best weights (with their thresholds), record history, decide on early stopping."""
     stopping = run.config.training.early_stopping
-    value = float(metrics[stopping.metric])
-    summary = {k: metrics[k] for k in ("loss", "accuracy", "macro_f1", "mcc") if k in metrics}
-    state.history.append({"epoch": state.epoch, "step": state.global_step, **summary})
-    improved = is_improvement(stopping.metric, value, state.best_value, stopping.min_delta)
+    name = run.config.selection_metric
+    value = metrics.get(name)
+    summary = _scalars(run, metrics)
+    train_loss = state.epoch_loss_sum / state.epoch_steps if state.epoch_steps else None
+    state.history.append(
+        {"epoch": state.epoch, "step": state.global_step, "train_loss": train_loss, **summary}
+    )
+    state.epoch_loss_sum, state.epoch_steps = 0.0, 0
+    improved = is_improvement(name, value, state.best_value, stopping.min_delta)
     if improved:
         state.best_value, state.best_epoch, state.evals_without_improvement = value, state.epoch, 0
+        run.spec.thresholds = thresholds
         if run.accelerator.is_main_process:
-            save_weights(weights_to_save(model, run.config), run.run_dir / WEIGHTS_FILE)
+            save_weights(weights_to_save(model, run.config), run.run_dir / WEIGHTS_FILE, thresholds)
             atomic_write_text(
                 run.run_dir / "model" / "best_validation_metrics.json",
                 json.dumps({"epoch": state.epoch, **metrics}, indent=2) + "\n",
             )
     else:
         state.evals_without_improvement += 1
+    if run.accelerator.is_main_process:
+        plot_training_curves(
+            state.history, name, run.run_dir / "training_curves.png", state.best_epoch
+        )
     if run.writer is not None:
         for key, number in summary.items():
             run.writer.add_scalar(f"validation/{key}", number, state.global_step)
@@ -464,7 +485,7 @@ def _select_best(
         state.stopped_early = True
         _say(
             run.accelerator,
-            f"early stopping: validation {stopping.metric} has not improved for "
+            f"early stopping: validation {name} has not improved for "
             f"{stopping.patience} evaluation(s); best was epoch {state.best_epoch}",
         )
 
@@ -472,11 +493,13 @@ def _select_best(
 def _write_metrics(run: _Run, state: TrainerState, seconds: float) -> None:
     if not run.accelerator.is_main_process:
         return
-    stopping = run.config.training.early_stopping
+    name = run.config.selection_metric
     summary = {
-        "selection_metric": stopping.metric,
+        "task": run.config.task.value,
+        "selection_metric": name,
         "best_epoch": state.best_epoch,
         "best_value": state.best_value,
+        "thresholds": run.spec.thresholds,
         "epochs_run": state.epoch,
         "optimizer_steps": state.global_step,
         "stopped_early": state.stopped_early,
@@ -484,8 +507,9 @@ def _write_metrics(run: _Run, state: TrainerState, seconds: float) -> None:
         "last_session_seconds": round(seconds, 1),
     }
     atomic_write_text(run.run_dir / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
+    best = "undefined" if state.best_value is None else f"{state.best_value:.4f}"
     _say(
         run.accelerator,
-        f"done: best validation {stopping.metric} {state.best_value:.4f} at epoch "
+        f"done: best validation {name} {best} at epoch "
         f"{state.best_epoch}; weights in {run.run_dir / WEIGHTS_FILE}",
     )

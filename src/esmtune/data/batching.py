@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
@@ -31,16 +32,20 @@ def encode(
 
 @dataclass
 class EncodedDataset(Dataset):
-    """Token ids and (optional) integer targets, indexable by position."""
+    """Token ids and (optional) targets, indexable by position.
+
+    Targets are one row per sequence, as the task encodes them: class indices, 0/1, multi-hot
+    rows or values.
+    """
 
     input_ids: list[list[int]]
-    targets: list[int] | None = None
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def __getitem__(self, index: int) -> tuple[int, list[int], int]:
-        target = -1 if self.targets is None else self.targets[index]
+    def __getitem__(self, index: int) -> tuple[int, list[int], np.ndarray | None]:
+        target = None if self.targets is None else self.targets[index]
         return index, self.input_ids[index], target
 
     @property
@@ -105,7 +110,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
 
 def pad_collate(
-    items: list[tuple[int, list[int], int]], pad_token_id: int
+    items: list[tuple[int, list[int], np.ndarray | None]], pad_token_id: int
 ) -> dict[str, torch.Tensor]:
     """Pad to the longest sequence of this batch (never to the model's maximum)."""
     longest = max(len(ids) for _, ids, _ in items)
@@ -114,9 +119,11 @@ def pad_collate(
     for row, (_, ids, _) in enumerate(items):
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, : len(ids)] = 1
-    return {
+    batch = {
         "index": torch.tensor([index for index, _, _ in items], dtype=torch.long),
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "target": torch.tensor([target for _, _, target in items], dtype=torch.long),
     }
+    if items[0][2] is not None:
+        batch["target"] = torch.from_numpy(np.stack([target for _, _, target in items]))
+    return batch

@@ -9,26 +9,70 @@ from __future__ import annotations
 
 import gzip
 import io
+import shlex
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from esmtune.errors import DataError
 
-__all__ = ["FASTA_SUFFIXES", "SequenceRecord", "label_from_path", "parse_fasta", "read_fasta"]
+__all__ = [
+    "FASTA_SUFFIXES",
+    "SequenceRecord",
+    "Target",
+    "header_fields",
+    "label_from_path",
+    "parse_fasta",
+    "read_fasta",
+]
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
 
 
+# A sequence's target: a class label (multiclass, binary), a set of labels (multilabel, sorted),
+# or one number per target column (regression).
+Target = str | tuple[str, ...] | tuple[float, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class SequenceRecord:
-    """One sequence, with where it came from so that errors can point at it."""
+    """One sequence, with where it came from so that errors can point at it.
+
+    ``line`` is the header line of a FASTA record, the line of a CSV/TSV row, or the row number
+    (from 1) in a Parquet file.
+    """
 
     id: str
     sequence: str
-    label: str | None = None
+    target: Target | None = None
     source: str = "<input>"
     line: int = 0
+    description: str = ""
+
+    @property
+    def position(self) -> str:
+        """File and line (or Parquet row), for messages."""
+        unit = "row" if self.source.endswith(".parquet") else "line"
+        return f"{self.source}, {unit} {self.line}" if self.line else self.source
+
+    @property
+    def where(self) -> str:
+        """File, line (or row) and id, for messages."""
+        return f"{self.position}, record '{self.id}'"
+
+
+def header_fields(description: str) -> dict[str, str]:
+    """``key=value`` pairs of a FASTA header after the id (``>P1 label=Nucleus split=train``).
+
+    Values may be quoted to hold spaces (``label="cell projection"``); words without ``=`` are
+    ordinary description and ignored.
+    """
+    try:
+        words = shlex.split(description)
+    except ValueError:  # an apostrophe in free text, e.g. "Crohn's": fall back to plain words
+        words = description.split()
+    pairs = (word.partition("=") for word in words)
+    return {key: value for key, sep, value in pairs if sep and key}
 
 
 def label_from_path(path: Path) -> str | None:
@@ -97,7 +141,8 @@ def _record(
     sequence = "".join(chunks).replace(" ", "").upper()
     if sequence.endswith("*"):
         sequence = sequence[:-1]
-    return SequenceRecord(header.split()[0], sequence, label, source, line)
+    identifier, *rest = header.split(maxsplit=1)
+    return SequenceRecord(identifier, sequence, label, source, line, rest[0] if rest else "")
 
 
 def read_fasta(path: Path | str, label: str | None = None) -> list[SequenceRecord]:

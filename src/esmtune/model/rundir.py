@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -24,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from esmtune.config import TrainConfig, load_config
 from esmtune.errors import ModelLoadError, RunDirError
 from esmtune.model.classifier import SequenceClassifier, build_model
+from esmtune.tasks import TaskSpec, task_from_state
 
 __all__ = [
     "BACKBONE_DIR",
@@ -39,6 +41,7 @@ __all__ = [
     "load_weights",
     "save_run_files",
     "save_weights",
+    "saved_thresholds",
     "weights_to_save",
 ]
 
@@ -82,12 +85,26 @@ def weights_to_save(model: SequenceClassifier, config: TrainConfig) -> dict[str,
     return {name: state[name].detach().cpu().contiguous() for name in state if name in trainable}
 
 
-def save_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Save safetensors atomically."""
+def save_weights(
+    tensors: dict[str, torch.Tensor], path: Path, thresholds: list[float] | None = None
+) -> None:
+    """Save safetensors atomically; decision thresholds tuned with these weights go inside.
+
+    Thresholds belong to the weights they were tuned with, so they share the file (safetensors
+    metadata) and can never be out of step with them after a crash.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(temporary))
+    metadata = {"thresholds": json.dumps(thresholds)} if thresholds is not None else None
+    save_file(tensors, str(temporary), metadata=metadata)
     os.replace(temporary, path)
+
+
+def saved_thresholds(path: Path) -> list[float] | None:
+    """The thresholds stored with a weights file, if any."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return json.loads(metadata["thresholds"]) if "thresholds" in metadata else None
 
 
 def load_weights(model: nn.Module, path: Path, complete: bool) -> None:
@@ -114,17 +131,14 @@ def load_weights(model: nn.Module, path: Path, complete: bool) -> None:
 def save_run_files(
     run_dir: Path,
     config: TrainConfig,
-    labels: list[str],
+    task: TaskSpec,
     tokenizer: PreTrainedTokenizerBase,
     backbone: nn.Module,
     extra_manifest: dict[str, Any],
 ) -> None:
     """Write the files that describe a run before its first step."""
     atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
-    atomic_write_text(
-        run_dir / LABELS_FILE,
-        json.dumps({"task": config.task.value, "labels": labels}, indent=2) + "\n",
-    )
+    atomic_write_text(run_dir / LABELS_FILE, json.dumps(task.state(), indent=2) + "\n")
     backbone_dir = run_dir / BACKBONE_DIR
     backbone_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(backbone_dir)
@@ -140,9 +154,14 @@ class LoadedRun:
 
     run_dir: Path
     config: TrainConfig
-    labels: list[str]
+    task: TaskSpec
     model: SequenceClassifier
     tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def labels(self) -> list[str]:
+        """Output names: classes, multilabel vocabulary or regression targets."""
+        return self.task.labels
 
 
 def load_run(run_dir: Path | str) -> LoadedRun:
@@ -160,11 +179,12 @@ def load_run(run_dir: Path | str) -> LoadedRun:
                 "(train with `esmtune train`, or resume an interrupted run with --resume)"
             )
     config = load_config(run_dir / CONFIG_FILE)
-    labels = json.loads((run_dir / LABELS_FILE).read_text())["labels"]
+    task = task_from_state(json.loads((run_dir / LABELS_FILE).read_text()))
+    task.thresholds = saved_thresholds(run_dir / WEIGHTS_FILE)
     if not config.model.pretrained:
         # The random-init architecture and tokenizer were saved with the run.
         config.model.name = str(run_dir / BACKBONE_DIR)
-    model, tokenizer = build_model(config, len(labels))
+    model, tokenizer = build_model(config, task.num_outputs)
     load_weights(model, run_dir / WEIGHTS_FILE, complete=not config.model.pretrained)
     model.eval()
-    return LoadedRun(run_dir, config, labels, model, tokenizer)
+    return LoadedRun(run_dir, config, task, model, tokenizer)

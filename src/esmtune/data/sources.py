@@ -1,0 +1,254 @@
+"""Finding a dataset's splits in any of the layouts esmtune reads.
+
+Three layouts, recognised from what ``data.path`` points at:
+
+* a folder ``{train,validation,test}/<Label>.fasta``: one file per class (multiclass, binary);
+* a folder of per-split files ``train.csv``, ``validation.csv``, ``test.csv`` (or ``.tsv``,
+  ``.parquet``, ``.fasta`` with ``key=value`` headers);
+* one such file whose split column (or header key) says ``train``, ``validation`` or ``test``.
+
+Problems with single records are collected, not raised, so that one run of the check lists them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from esmtune.config import DataConfig, Task
+from esmtune.data.fasta import FASTA_SUFFIXES, SequenceRecord, header_fields, read_fasta
+from esmtune.data.layout import SPLITS, read_split
+from esmtune.data.tables import TABLE_SUFFIXES, is_table, read_table
+from esmtune.data.targets import parse_target
+from esmtune.errors import DataError
+
+__all__ = ["SplitRecords", "read_splits"]
+
+_SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
+_FILE_SUFFIXES = (*TABLE_SUFFIXES, *FASTA_SUFFIXES)
+
+
+@dataclass
+class SplitRecords:
+    """Records per split, and what reading them found."""
+
+    layout: str
+    missing_split: str  # the error for a missing split, with how to add it; "{split}" filled in
+    splits: dict[str, list[SequenceRecord]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """The names to read, from the config and task."""
+
+    task: Task
+    id: str
+    sequence: str
+    targets: list[str]
+    split: str
+    separator: str
+
+
+def _missing_columns(path: Path, wanted: list[str], present: list[str], what: str) -> str | None:
+    missing = [name for name in wanted if name not in present]
+    if not missing:
+        return None
+    hints = []
+    for name in missing:
+        close = difflib.get_close_matches(name, present, n=1)
+        hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return (
+        f"{path}: no {what} {', '.join(hints)}; the file has {', '.join(present) or 'none'}. "
+        f"Rename the column, or set data.{'target_columns' if 'target' in what else what}"
+    )
+
+
+def _split_of(raw: str, split_column: str) -> str:
+    split = _SPLIT_NAMES.get(raw.strip().lower())
+    if split is None:
+        raise ValueError(
+            f"{split_column} is {raw!r}; use train, validation or test (also: val, dev)"
+        )
+    return split
+
+
+def _table_records(
+    path: Path, columns: _Columns, fixed_split: str | None, result: SplitRecords
+) -> None:
+    table = read_table(path)
+    required = {
+        "sequence column": [columns.sequence],
+        "target column(s)": columns.targets,
+        "split column": [] if fixed_split else [columns.split],
+    }
+    problems = [
+        problem
+        for what, names in required.items()
+        if (problem := _missing_columns(path, names, table.columns, what.replace("column(s)", "")))
+    ]
+    if problems:
+        result.errors += problems
+        return
+    has_ids = columns.id in table.columns
+    if not has_ids:
+        result.notes.append(f"{path}: no '{columns.id}' column; records are named by line")
+    for row, line in zip(table.rows, table.lines, strict=True):
+        identifier = row[columns.id] if has_ids else f"{path.stem}:{line}"
+        values = [row[name] for name in columns.targets]
+        split = fixed_split or row[columns.split]
+        _add_record(result, identifier, row[columns.sequence], values, split, str(path), line,
+                    columns, fixed_split is None)  # fmt: skip
+
+
+def _fasta_records(
+    path: Path, columns: _Columns, fixed_split: str | None, result: SplitRecords
+) -> None:
+    keys = columns.targets + ([] if fixed_split else [columns.split])
+    for record in read_fasta(path):
+        fields = header_fields(record.description)
+        missing = [key for key in keys if key not in fields]
+        if missing:
+            example = " ".join(f"{key}=..." for key in keys)
+            result.errors.append(
+                f"{record.where}: header has no {', '.join(f'{k}=' for k in missing)}; write "
+                f"'>{record.id} {example}' (or set data.target_columns / data.split_column)"
+            )
+            continue
+        values = [fields[key] for key in columns.targets]
+        split = fixed_split or fields[columns.split]
+        _add_record(result, record.id, record.sequence, values, split, str(path), record.line,
+                    columns, fixed_split is None)  # fmt: skip
+
+
+def _add_record(
+    result: SplitRecords,
+    identifier: str,
+    sequence: str,
+    values: list[str],
+    split_text: str,
+    source: str,
+    line: int,
+    columns: _Columns,
+    split_from_data: bool,
+) -> None:
+    sequence = "".join(sequence.split()).upper().removesuffix("*")
+    record = SequenceRecord(identifier, sequence, None, source, line)
+    try:
+        split = _split_of(split_text, columns.split) if split_from_data else split_text
+        target = parse_target(columns.task, values, columns.targets, columns.separator)
+    except ValueError as problem:
+        result.errors.append(f"{record.where}: {problem}")
+        return
+    result.splits.setdefault(split, []).append(
+        SequenceRecord(identifier, sequence, target, source, line)
+    )
+
+
+def _read_file(path: Path, columns: _Columns, split: str | None, result: SplitRecords) -> None:
+    if is_table(path):
+        _table_records(path, columns, split, result)
+    else:
+        _fasta_records(path, columns, split, result)
+
+
+def _split_files(folder: Path) -> dict[str, Path]:
+    """``train.csv``, ``validation.tsv``, ``test.fasta.gz`` ... found in ``folder``."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        name = path.name.lower().removesuffix(".gz")
+        for suffix in _FILE_SUFFIXES:
+            stem = name.removesuffix(suffix)
+            if name.endswith(suffix) and stem in _SPLIT_NAMES and path.is_file():
+                split = _SPLIT_NAMES[stem]
+                if split in found:
+                    raise DataError(
+                        f"{folder}: {found[split].name} and {path.name} are both the {split} "
+                        "split; keep one"
+                    )
+                found[split] = path
+    return found
+
+
+def _layout_help(path: Path) -> str:
+    return (
+        f"expected one of: {path}/{{train,validation,test}}/<Label>.fasta (one file per class); "
+        f"{path}/train.csv, validation.csv, test.csv (or .tsv, .parquet, .fasta); or one "
+        "table/FASTA file with a split column"
+    )
+
+
+def read_splits(data: DataConfig, task: Task, targets: list[str]) -> SplitRecords:
+    """Read every split of a dataset, in whichever layout ``data.path`` has.
+
+    Args:
+        data: The data section of the config (path and column names).
+        task: The task, which decides how targets are read.
+        targets: The target column (or FASTA header key) names.
+
+    Returns:
+        Records per split, with the problems met on the way.
+
+    Raises:
+        DataError: When the path is missing or no layout is recognised.
+    """
+    path = Path(data.path)
+    columns = _Columns(
+        task, data.id_column, data.sequence_column, targets, data.split_column,
+        data.label_separator,
+    )  # fmt: skip
+    if path.is_file():
+        result = SplitRecords(
+            layout=f"one file with a '{data.split_column}' column: {path}",
+            missing_split=f"{path}: no {{split}} rows; the {{split}} split is required: add rows "
+            f"with {data.split_column}={{split}}",
+        )
+        _read_file(path, columns, None, result)
+        return result
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder; {_layout_help(path)}")
+    if any((path / split).is_dir() for split in SPLITS):
+        if task not in (Task.MULTICLASS, Task.BINARY):
+            raise DataError(
+                f"{path}: one FASTA file per class gives each sequence one label, which suits "
+                f"multiclass or binary, not {task.value}; give a table (or FASTA with "
+                f"'>id {targets[0]}=...' headers) per split instead"
+            )
+        result = SplitRecords(
+            layout=f"one FASTA file per label: {path}/<split>/<Label>.fasta",
+            missing_split=f"{path}/{{split}}: no FASTA files (.fasta, .fa, .faa, optionally "
+            f".gz); add one file per label, e.g. {path}/{{split}}/<Label>.fasta",
+        )
+        for split in SPLITS:
+            files, records = read_split(path, split)
+            if files:
+                result.splits[split] = records
+            for label, file in files.items():
+                if not any(r.target == label for r in records):
+                    result.errors.append(
+                        f"{file}: no sequences in this file; remove it or add records"
+                    )
+        return result
+    files = _split_files(path)
+    if not files:
+        raise DataError(f"{path}: no dataset found; {_layout_help(path)}")
+    suffix = "".join(next(iter(files.values())).suffixes)
+    result = SplitRecords(
+        layout=f"one file per split: {', '.join(str(f) for f in files.values())}",
+        missing_split=f"{path}: no {{split}} file; the {{split}} split is required: add "
+        f"{path}/{{split}}{suffix}",
+    )
+    for split, file in files.items():
+        _read_file(file, columns, split, result)
+    return result

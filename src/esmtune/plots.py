@@ -1,0 +1,341 @@
+"""Figures to look at after training: confusion matrix, ROC/PR curves, scatter, training curves.
+
+Each function writes one PNG and closes its figure, so a long evaluation never piles up open
+figures. matplotlib is imported inside the functions (Agg backend, no display needed) so that
+importing this module stays cheap for commands that draw nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Real
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+DPI = 120
+
+
+def _pyplot() -> Any:
+    """Return pyplot on the Agg backend, which needs no display (servers, CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Figure, path: Path) -> None:
+    """Write the figure as a PNG, creating its folder, and free it."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+
+
+def _note(axes: Axes, text: str) -> None:
+    """Write a message in the middle of an empty panel instead of a plot."""
+    axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes, color="gray")
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def plot_confusion_matrix(
+    matrix: list[list[int]], labels: list[str], path: Path, title: str
+) -> None:
+    """Draw counts in each cell, coloured by share of the true class (readable with imbalance).
+
+    Args:
+        matrix: Counts, rows are true classes and columns predicted classes.
+        labels: Class names in row/column order.
+        path: Where to write the PNG.
+        title: Figure title.
+    """
+    plt = _pyplot()
+    counts = np.asarray(matrix)
+    shares = counts / np.clip(counts.sum(axis=1, keepdims=True), 1, None)
+    size = max(4.0, 0.6 * len(labels) + 2.5)
+    figure, axes = plt.subplots(figsize=(size + 1, size))
+    image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    for row in range(len(labels)):
+        for col in range(len(labels)):
+            colour = "white" if shares[row, col] > 0.5 else "black"
+            axes.text(col, row, str(counts[row, col]), ha="center", va="center", color=colour)
+    figure.colorbar(image, ax=axes, label="share of true class")
+    _save(figure, path)
+
+
+def plot_roc_pr(
+    targets: np.ndarray,
+    scores: np.ndarray,
+    path: Path,
+    title: str,
+    threshold: float | None = None,
+) -> None:
+    """Draw the ROC curve and the precision–recall curve side by side.
+
+    The PR panel shows the positive prevalence as the no-skill level, which (unlike the ROC
+    diagonal) moves with class imbalance and is what average precision should be compared to.
+
+    Args:
+        targets: 0/1 truth, shape (n,) for a binary task or (n, L) for multilabel; multilabel
+            input is micro-averaged (every protein–label pair counts once).
+        scores: Scores or probabilities of the positive class, same shape as `targets`.
+        path: Where to write the PNG.
+        title: Figure title.
+        threshold: Decision threshold; when given, the operating point it yields is marked on
+            both curves.
+
+    Raises:
+        ValueError: If `targets` and `scores` differ in shape.
+    """
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    targets = np.asarray(targets)
+    scores = np.asarray(scores, dtype=float)
+    if targets.shape != scores.shape:
+        raise ValueError(f"targets {targets.shape} and scores {scores.shape} differ in shape")
+    averaged = " (micro-average)" if targets.ndim == 2 else ""
+    truth = targets.ravel().astype(int)
+    scores = scores.ravel()
+
+    plt = _pyplot()
+    figure, (roc_axes, pr_axes) = plt.subplots(1, 2, figsize=(10, 4.5))
+    figure.suptitle(title)
+    roc_axes.set_title("ROC" + averaged)
+    pr_axes.set_title("precision–recall" + averaged)
+    if np.unique(truth).size < 2:
+        # Both curves need positives and negatives; say so rather than draw a misleading line.
+        _note(roc_axes, "undefined: only one class")
+        _note(pr_axes, "undefined: only one class")
+        _save(figure, path)
+        return
+
+    false_positive_rate, true_positive_rate, _ = roc_curve(truth, scores)
+    roc_axes.plot(
+        false_positive_rate,
+        true_positive_rate,
+        label=f"AUC = {auc(false_positive_rate, true_positive_rate):.3f}",
+    )
+    roc_axes.plot([0, 1], [0, 1], linestyle="--", color="gray", label="chance")
+    roc_axes.set_xlabel("false positive rate")
+    roc_axes.set_ylabel("true positive rate")
+
+    precision, recall, _ = precision_recall_curve(truth, scores)
+    prevalence = float(truth.mean())
+    pr_axes.plot(
+        recall,
+        precision,
+        drawstyle="steps-post",
+        label=f"AP = {average_precision_score(truth, scores):.3f}",
+    )
+    pr_axes.axhline(prevalence, linestyle="--", color="gray", label=f"no skill = {prevalence:.3f}")
+    pr_axes.set_xlabel("recall")
+    pr_axes.set_ylabel("precision")
+
+    if threshold is not None:
+        predicted = scores >= threshold
+        true_positives = int(np.sum(predicted & (truth == 1)))
+        false_positives = int(np.sum(predicted & (truth == 0)))
+        label = f"threshold {threshold:g}"
+        roc_axes.plot(
+            false_positives / np.sum(truth == 0),
+            true_positives / np.sum(truth == 1),
+            "o",
+            color="crimson",
+            label=label,
+        )
+        # Precision is undefined when nothing is predicted positive; mark only the ROC point then.
+        if true_positives + false_positives:
+            pr_axes.plot(
+                true_positives / np.sum(truth == 1),
+                true_positives / (true_positives + false_positives),
+                "o",
+                color="crimson",
+                label=label,
+            )
+
+    for axes in (roc_axes, pr_axes):
+        axes.set_xlim(-0.02, 1.02)
+        axes.set_ylim(-0.02, 1.02)
+        axes.legend(loc="lower right" if axes is roc_axes else "lower left")
+    _save(figure, path)
+
+
+def _spearman(targets: np.ndarray, predictions: np.ndarray) -> str:
+    """Spearman's rho as text, or "n/a" where it is undefined (constant input)."""
+    from scipy.stats import spearmanr
+
+    if targets.size < 2 or np.ptp(targets) == 0 or np.ptp(predictions) == 0:
+        return "n/a"
+    return f"{spearmanr(targets, predictions).statistic:.3f}"
+
+
+def _r_squared(targets: np.ndarray, predictions: np.ndarray) -> str:
+    """R² as text, or "n/a" where it is undefined (constant targets)."""
+    from sklearn.metrics import r2_score
+
+    if targets.size < 2 or np.ptp(targets) == 0:
+        return "n/a"
+    return f"{r2_score(targets, predictions):.3f}"
+
+
+def plot_scatter(
+    targets: np.ndarray, predictions: np.ndarray, names: list[str], path: Path, title: str
+) -> None:
+    """Draw predicted against true values, one panel per target, with the y = x line.
+
+    Small semi-transparent markers keep thousands of points readable: dense regions darken
+    instead of merging into a single blot.
+
+    Args:
+        targets: True values, shape (n,) for one target or (n, k) for k targets.
+        predictions: Predicted values, same shape as `targets`.
+        names: One name per target column, used as panel titles.
+        path: Where to write the PNG.
+        title: Figure title.
+
+    Raises:
+        ValueError: If the shapes differ or `names` does not match the number of targets.
+    """
+    targets = np.asarray(targets, dtype=float)
+    predictions = np.asarray(predictions, dtype=float)
+    if targets.shape != predictions.shape:
+        raise ValueError(
+            f"targets {targets.shape} and predictions {predictions.shape} differ in shape"
+        )
+    if targets.ndim == 1:
+        targets, predictions = targets[:, None], predictions[:, None]
+    if len(names) != targets.shape[1]:
+        raise ValueError(f"{len(names)} names for {targets.shape[1]} target columns")
+
+    count = len(targets)
+    marker_size = 4 if count > 2000 else 12
+    alpha = 0.25 if count > 1000 else 0.6
+    columns = min(len(names), 3)
+    rows = math.ceil(len(names) / columns)
+    plt = _pyplot()
+    figure, grid = plt.subplots(rows, columns, figsize=(4.5 * columns, 4.3 * rows), squeeze=False)
+    figure.suptitle(title)
+    for index, axes in enumerate(grid.ravel()):
+        if index >= len(names):
+            axes.set_visible(False)
+            continue
+        truth, predicted = targets[:, index], predictions[:, index]
+        finite = np.concatenate([truth, predicted])
+        finite = finite[np.isfinite(finite)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        margin = 0.05 * (high - low) or 0.5
+        low, high = low - margin, high + margin
+        axes.plot([low, high], [low, high], linestyle="--", color="gray", linewidth=1)
+        axes.scatter(truth, predicted, s=marker_size, alpha=alpha, edgecolors="none")
+        axes.set_xlim(low, high)
+        axes.set_ylim(low, high)
+        axes.set_aspect("equal")
+        axes.set_xlabel("true")
+        axes.set_ylabel("predicted")
+        # Statistics over complete pairs only: one NaN would otherwise blank the whole panel.
+        pairs = np.isfinite(truth) & np.isfinite(predicted)
+        truth, predicted = truth[pairs], predicted[pairs]
+        axes.set_title(
+            f"{names[index]}\nSpearman {_spearman(truth, predicted)} · "
+            f"R² {_r_squared(truth, predicted)}"
+        )
+    _save(figure, path)
+
+
+def _is_number(value: object) -> bool:
+    """True for real numbers, numpy scalars included; False for None, text and booleans."""
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """Epochs and values of one key, skipping entries where either is missing or None."""
+    epochs, values = [], []
+    for entry in history:
+        epoch, value = entry.get("epoch"), entry.get(key)
+        if _is_number(epoch) and _is_number(value):
+            epochs.append(float(epoch))
+            values.append(float(value))
+    return epochs, values
+
+
+def plot_training_curves(
+    history: list[dict[str, Any]], metric: str, path: Path, best_epoch: int | None = None
+) -> None:
+    """Draw loss by epoch (left) and the validation metric by epoch (right).
+
+    Lines carry markers so that a single epoch still shows up as a point.
+
+    Args:
+        history: One entry per evaluation, e.g. ``{"epoch": 1, "train_loss": 0.9, "loss": 0.8,
+            "macro_f1": 0.5}``; missing keys and None values are skipped.
+        metric: Key of the validation metric to draw on the right.
+        path: Where to write the PNG.
+        best_epoch: Epoch of the kept checkpoint, marked on the metric panel.
+    """
+    plt = _pyplot()
+    figure, (loss_axes, metric_axes) = plt.subplots(1, 2, figsize=(10, 4))
+
+    drawn = False
+    for key, label in (("train_loss", "train loss"), ("loss", "validation loss")):
+        epochs, values = _series(history, key)
+        if epochs:
+            loss_axes.plot(epochs, values, marker="o", label=label)
+            drawn = True
+    loss_axes.set_title("loss")
+    if drawn:
+        loss_axes.set_xlabel("epoch")
+        loss_axes.legend()
+    else:
+        _note(loss_axes, "no loss recorded")
+
+    epochs, values = _series(history, metric)
+    metric_axes.set_title(f"validation {metric}")
+    if epochs:
+        metric_axes.plot(epochs, values, marker="o", label=metric)
+        if best_epoch is not None:
+            metric_axes.axvline(
+                best_epoch, linestyle="--", color="crimson", label=f"best epoch {best_epoch}"
+            )
+            best = [
+                value for epoch, value in zip(epochs, values, strict=True) if epoch == best_epoch
+            ]
+            if best:
+                metric_axes.plot(best_epoch, best[-1], "*", markersize=14, color="crimson")
+        metric_axes.set_xlabel("epoch")
+        metric_axes.legend()
+    else:
+        _note(metric_axes, f"no {metric} recorded")
+
+    for axes in (loss_axes, metric_axes):
+        _epoch_ticks(axes, sorted({float(x) for line in axes.lines for x in line.get_xdata()}))
+    _save(figure, path)
+
+
+def _epoch_ticks(axes: Axes, epochs: list[float]) -> None:
+    """Label whole epochs only; matplotlib would otherwise label 0.96, 0.98... for one epoch."""
+    from matplotlib.ticker import MaxNLocator
+
+    if not epochs:
+        return
+    if len(epochs) <= 12:
+        axes.set_xticks(epochs, [f"{epoch:g}" for epoch in epochs])
+    else:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if epochs[0] == epochs[-1]:
+        axes.set_xlim(epochs[0] - 1, epochs[0] + 1)
