@@ -341,7 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run a command; user errors print one clear message and exit with status 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse cannot take positionals after options (PATH --task x KEY=VALUE); overrides
+        # are the only positionals that can come late.
+        late = [e for e in extra if "=" in e and not e.startswith("-")]
+        if late != extra or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *late]
     if args.version:
         from importlib.metadata import version
 

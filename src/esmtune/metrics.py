@@ -22,9 +22,10 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from esmtune.config import TASK_METRICS
+
 __all__ = [
     "HIGHER_IS_BETTER",
-    "TASK_METRICS",
     "binary_metrics",
     "fmax_score",
     "is_improvement",
@@ -34,15 +35,6 @@ __all__ = [
     "tune_threshold",
     "tune_thresholds",
 ]
-
-# The scalar metrics each task can select a checkpoint on. Kept as plain strings so that this
-# module stays upstream of the config.
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "multiclass": ("loss", "accuracy", "macro_f1", "weighted_f1", "mcc", "roc_auc_ovr"),
-    "binary": ("loss", "accuracy", "precision", "recall", "f1", "mcc", "roc_auc", "pr_auc"),
-    "multilabel": ("loss", "micro_f1", "macro_f1", "micro_ap", "macro_ap", "fmax", "coverage"),
-    "regression": ("loss", "mse", "rmse", "mae", "r2", "spearman", "pearson"),
-}
 
 # Direction of every metric that can select a checkpoint; a name shared by tasks means the same.
 _LOWER_IS_BETTER = {"loss", "mse", "rmse", "mae"}

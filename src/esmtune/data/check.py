@@ -107,7 +107,7 @@ class DataReport:
         for column, name in enumerate(self.labels):
             for split in present:
                 values = [float(r.target[column]) for r in self.splits[split]]
-                spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                spread = statistics.pstdev(values)  # as in summary() and target standardisation
                 rows.append([
                     name, split, str(len(values)), f"{statistics.mean(values):.4g}",
                     f"{spread:.4g}", f"{min(values):.4g}", f"{max(values):.4g}",
@@ -382,6 +382,22 @@ def _multilabel_labels(report: DataReport, data: DataConfig) -> None:
         report.ancestors = ontology.ancestors_within(labels)
 
 
+def _drop_emptied_splits(report: DataReport, require_test: bool) -> None:
+    """Splits whose every record was dropped (conflicts, rare labels) count as missing."""
+    for split in SPLITS:
+        if split not in report.splits or report.splits[split]:
+            continue
+        del report.splits[split]
+        problem = f"{split}: every record was dropped (see the notes)"
+        if split != "test" or require_test:
+            report.errors.append(
+                f"{problem}; the {split} split is required: add records, or drop fewer "
+                "(data.drop_conflicts, data.min_label_count)"
+            )
+        else:
+            report.warnings.append(f"{problem}; `esmtune evaluate` will need it")
+
+
 def check_dataset(
     data: DataConfig | Path | str, task: Task = Task.MULTICLASS, require_test: bool = False
 ) -> DataReport:
@@ -403,11 +419,14 @@ def check_dataset(
     task = Task(task)
     default_targets = ["target"] if task is Task.REGRESSION else ["label"]
     found = read_splits(data, task, data.target_columns or default_targets)
-    report = DataReport(data.path, task, {}, [], found.errors[:], [], found.notes[:], found.layout)
-    errors, notes = report.errors, report.notes
+    errors = [*found.errors, *_listed(found.record_errors)]
+    report = DataReport(data.path, task, {}, [], errors, [], found.notes[:], found.layout)
+    notes = report.notes
     for split in SPLITS:
         records = found.splits.get(split, [])
         if not records:
+            if split in found.unread:
+                continue  # its file could not be read; that error says why
             if split != "test" or require_test:
                 errors.append(found.missing_split.format(split=split))
             else:
@@ -433,6 +452,7 @@ def check_dataset(
         report.labels = list(data.target_columns or default_targets)
     else:
         _class_labels(report, data)
+    _drop_emptied_splits(report, require_test)
     too_long = sum(
         len(r.sequence) > data.max_length for recs in report.splits.values() for r in recs
     )

@@ -40,13 +40,20 @@ _FILE_SUFFIXES = (*TABLE_SUFFIXES, *FASTA_SUFFIXES)
 
 @dataclass
 class SplitRecords:
-    """Records per split, and what reading them found."""
+    """Records per split, and what reading them found.
+
+    ``errors`` are about whole files (a column missing); ``record_errors`` about single rows or
+    records, which can be many. ``unread`` holds the splits whose file could not be read, so
+    that they are not also reported as missing.
+    """
 
     layout: str
     missing_split: str  # the error for a missing split, with how to add it; "{split}" filled in
     splits: dict[str, list[SequenceRecord]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    record_errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unread: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,9 @@ class _Columns:
     separator: str
 
 
-def _missing_columns(path: Path, wanted: list[str], present: list[str], what: str) -> str | None:
+def _missing_columns(
+    path: Path, wanted: list[str], present: list[str], what: str, key: str
+) -> str | None:
     missing = [name for name in wanted if name not in present]
     if not missing:
         return None
@@ -71,7 +80,7 @@ def _missing_columns(path: Path, wanted: list[str], present: list[str], what: st
         hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
     return (
         f"{path}: no {what} {', '.join(hints)}; the file has {', '.join(present) or 'none'}. "
-        f"Rename the column, or set data.{'target_columns' if 'target' in what else what}"
+        f"Rename the column, or set data.{key}"
     )
 
 
@@ -87,19 +96,21 @@ def _split_of(raw: str, split_column: str) -> str:
 def _table_records(
     path: Path, columns: _Columns, fixed_split: str | None, result: SplitRecords
 ) -> None:
-    table = read_table(path)
-    required = {
-        "sequence column": [columns.sequence],
-        "target column(s)": columns.targets,
-        "split column": [] if fixed_split else [columns.split],
-    }
+    table = read_table(path, list_separator=columns.separator)
+    result.record_errors += table.problems
+    required = [
+        ("sequence column", "sequence_column", [columns.sequence]),
+        ("target column(s)", "target_columns", columns.targets),
+        ("split column", "split_column", [] if fixed_split else [columns.split]),
+    ]
     problems = [
         problem
-        for what, names in required.items()
-        if (problem := _missing_columns(path, names, table.columns, what.replace("column(s)", "")))
+        for what, key, names in required
+        if (problem := _missing_columns(path, names, table.columns, what, key))
     ]
     if problems:
         result.errors += problems
+        result.unread.update([fixed_split] if fixed_split else SPLITS)
         return
     has_ids = columns.id in table.columns
     if not has_ids:
@@ -121,7 +132,7 @@ def _fasta_records(
         missing = [key for key in keys if key not in fields]
         if missing:
             example = " ".join(f"{key}=..." for key in keys)
-            result.errors.append(
+            result.record_errors.append(
                 f"{record.where}: header has no {', '.join(f'{k}=' for k in missing)}; write "
                 f"'>{record.id} {example}' (or set data.target_columns / data.split_column)"
             )
@@ -149,7 +160,7 @@ def _add_record(
         split = _split_of(split_text, columns.split) if split_from_data else split_text
         target = parse_target(columns.task, values, columns.targets, columns.separator)
     except ValueError as problem:
-        result.errors.append(f"{record.where}: {problem}")
+        result.record_errors.append(f"{record.where}: {problem}")
         return
     result.splits.setdefault(split, []).append(
         SequenceRecord(identifier, sequence, target, source, line)

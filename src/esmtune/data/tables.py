@@ -3,13 +3,15 @@
 CSV and TSV go through the standard library's ``csv`` reader, which follows quoting rules and
 reports the line each row started on (quoted fields may span lines), so errors can point at it.
 Parquet goes through ``pyarrow``. Every value comes back as text; the task decides how to read it.
+A row whose field count does not match the header is skipped and reported in ``Table.problems``,
+so that one check lists every such row.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from esmtune.errors import DataError
@@ -34,12 +36,16 @@ def is_table(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class Table:
-    """A table's column names and rows; ``lines[i]`` is where ``rows[i]`` starts."""
+    """A table's column names and rows; ``lines[i]`` is where ``rows[i]`` starts.
+
+    ``problems`` describes rows that were skipped (file, line, what to do).
+    """
 
     path: Path
     columns: list[str]
     rows: list[dict[str, str]]
     lines: list[int]
+    problems: list[str] = field(default_factory=list)
 
 
 def _read_delimited(path: Path, delimiter: str) -> Table:
@@ -50,25 +56,36 @@ def _read_delimited(path: Path, delimiter: str) -> Table:
         if header is None:
             raise DataError(f"{path}: empty file; the first line must name the columns")
         columns = [name.strip() for name in header]
-        rows, lines = [], []
+        rows, lines, problems = [], [], []
         start = reader.line_num + 1
         for values in reader:
             if not any(value.strip() for value in values):
                 start = reader.line_num + 1
                 continue  # blank line
             if len(values) != len(columns):
-                raise DataError(
+                problems.append(
                     f"{path}, line {start}: {len(values)} field(s) where the header has "
                     f"{len(columns)}; is the delimiter right (.csv = comma, .tsv = tab) and are "
                     "fields holding the delimiter quoted?"
                 )
-            rows.append({name: value.strip() for name, value in zip(columns, values, strict=True)})
-            lines.append(start)
+            else:
+                rows.append(
+                    {name: value.strip() for name, value in zip(columns, values, strict=True)}
+                )
+                lines.append(start)
             start = reader.line_num + 1
-    return Table(path, columns, rows, lines)
+    return Table(path, columns, rows, lines, problems)
 
 
-def _read_parquet(path: Path) -> Table:
+def _as_text(value: object, list_separator: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):  # a list column, e.g. the GO terms of each protein
+        return list_separator.join(_as_text(x, list_separator) for x in value)
+    return str(value)
+
+
+def _read_parquet(path: Path, list_separator: str) -> Table:
     import pyarrow.parquet as pq  # only Parquet users pay for the import
 
     try:
@@ -77,17 +94,24 @@ def _read_parquet(path: Path) -> Table:
         raise DataError(f"{path}: cannot be read as Parquet: {error}") from None
     columns = list(table.column_names)
     rows = [
-        {name: "" if value is None else str(value) for name, value in row.items()}
+        {name: _as_text(value, list_separator) for name, value in row.items()}
         for row in table.to_pylist()
     ]
     return Table(path, columns, rows, list(range(1, len(rows) + 1)))
 
 
-def read_table(path: Path | str) -> Table:
+def read_table(path: Path | str, list_separator: str = ";") -> Table:
     """Read a CSV (comma), TSV (tab) or Parquet table, optionally gzipped (CSV/TSV).
 
+    Args:
+        path: The table.
+        list_separator: Joins the items of a Parquet list cell into one text value.
+
+    Returns:
+        The table; rows that do not match the header are left out and listed in ``problems``.
+
     Raises:
-        DataError: When the file is missing, unreadable, or a row does not match the header.
+        DataError: When the file is missing or unreadable, or column names repeat.
     """
     path = Path(path)
     if not path.is_file():
@@ -95,12 +119,15 @@ def read_table(path: Path | str) -> Table:
     kind = _suffix(path)
     try:
         if kind == ".parquet":
-            table = _read_parquet(path)
+            table = _read_parquet(path, list_separator)
         else:
             table = _read_delimited(path, "\t" if kind == ".tsv" else ",")
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, csv.Error) as error:
         raise DataError(f"{path}: cannot be read as a {kind[1:]} table: {error}") from None
     if len(set(table.columns)) != len(table.columns):
         repeated = sorted({c for c in table.columns if table.columns.count(c) > 1})
-        raise DataError(f"{path}: column name(s) {', '.join(repeated)} occur twice in the header")
+        raise DataError(
+            f"{path}: column name(s) {', '.join(repeated)} occur twice in the header; "
+            "rename or remove the repeats"
+        )
     return table

@@ -77,8 +77,9 @@ def parse_target(task: Task, values: list[str], columns: list[str], separator: s
                     "must be numeric"
                 ) from None
         if not math.isfinite(number):
+            shown = repr(value) if value.strip() else "empty"
             raise ValueError(
-                f"column '{column}' is {'empty' if not value.strip() else value!r}; "
+                f"column '{column}' is {shown}; "
                 "every regression target needs a finite number: fill it in or drop the row"
             )
         numbers.append(number)
