@@ -53,6 +53,9 @@ def _data_config(args: argparse.Namespace) -> tuple:
     from esmtune.config import load_config
 
     overrides = list(args.overrides)
+    if args.path is not None and "=" in str(args.path) and not args.path.exists():
+        overrides.insert(0, str(args.path))  # `--config FILE KEY=VALUE`: no PATH was given
+        args.path = None
     flags = {
         "data.path": args.path,
         "task": args.task,

@@ -14,7 +14,7 @@ from pathlib import Path
 from esmtune.config import DataConfig, Task
 from esmtune.data.fasta import SequenceRecord
 from esmtune.data.layout import SPLITS
-from esmtune.data.ontology import read_obo
+from esmtune.data.ontology import Ontology, read_obo
 from esmtune.data.sources import read_splits
 from esmtune.data.targets import format_target
 from esmtune.errors import DataError
@@ -272,7 +272,7 @@ def _find_leakage(splits: dict[str, list[SequenceRecord]], fatal: bool) -> tuple
     return [], f"{message} (set data.fail_on_leakage=true to make this fatal)"
 
 
-_POSITIVE_WORDS = ("1", "true", "yes", "y", "positive", "pos")
+_POSITIVE_WORDS = ("1", "1.0", "true", "yes", "y", "positive", "pos")
 
 
 def _positive_label(labels: list[str], train: list[SequenceRecord], chosen: str | None) -> str:
@@ -325,21 +325,23 @@ def _class_labels(report: DataReport, data: DataConfig) -> None:
     report.labels = labels
 
 
-def _multilabel_labels(report: DataReport, data: DataConfig) -> None:
-    """Vocabulary of multilabel data: propagate through the ontology, drop rare labels."""
-    if data.ontology is not None:
-        try:
-            ontology = read_obo(data.ontology)
-        except DataError as error:
-            report.errors.append(str(error))
-            return
-        for split, records in report.splits.items():
-            report.splits[split] = [
-                replace(r, target=tuple(sorted(ontology.propagate(r.target)))) for r in records
-            ]
-        report.notes.append(
-            f"multilabel: annotations propagated to their ancestors in {data.ontology}"
-        )
+def _propagate(report: DataReport, data: DataConfig) -> Ontology | None:
+    """Apply the ontology's true path rule to every record (before conflicts are judged)."""
+    try:
+        ontology = read_obo(data.ontology)
+    except DataError as error:
+        report.errors.append(str(error))
+        return None
+    for split, records in report.splits.items():
+        report.splits[split] = [
+            replace(r, target=tuple(sorted(ontology.propagate(r.target)))) for r in records
+        ]
+    report.notes.append(f"multilabel: annotations propagated to their ancestors in {data.ontology}")
+    return ontology
+
+
+def _multilabel_labels(report: DataReport, data: DataConfig, ontology: Ontology | None) -> None:
+    """Vocabulary of multilabel data: labels of train, rare ones dropped."""
     train = report.splits.get("train", [])
     counts = Counter(label for r in train for label in r.target)
     for split in ("validation", "test"):
@@ -377,7 +379,7 @@ def _multilabel_labels(report: DataReport, data: DataConfig) -> None:
             f"sequences; found {len(labels)} (lower data.min_label_count, or use task=binary)"
         )
     report.labels = labels
-    if data.ontology is not None:
+    if ontology is not None:
         report.label_names = {label: ontology.name(label) for label in labels}
         report.ancestors = ontology.ancestors_within(labels)
 
@@ -438,6 +440,11 @@ def check_dataset(
         notes += dropped
         report.splits[split] = records
 
+    ontology = None
+    if task is Task.MULTILABEL and data.ontology is not None:
+        ontology = _propagate(report, data)
+        if ontology is None:
+            return report  # the ontology error says what to do; labels cannot be judged
     report.splits, found_conflicts, dropped = _find_conflicts(report.splits, data.drop_conflicts)
     errors += found_conflicts
     notes += dropped
@@ -447,7 +454,7 @@ def check_dataset(
         report.warnings.append(leak_warning)
 
     if task is Task.MULTILABEL:
-        _multilabel_labels(report, data)
+        _multilabel_labels(report, data, ontology)
     elif task is Task.REGRESSION:
         report.labels = list(data.target_columns or default_targets)
     else:
