@@ -345,3 +345,22 @@ def test_each_readme_task_command_trains_on_its_bundled_example(
     assert main([*argv, *quick]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["task"] == task and metrics["history"]
+
+
+# --- selection on a lower-is-better metric ------------------------------------------------
+
+
+def test_a_lower_is_better_metric_selects_the_minimum(
+    learnable_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    run = _train_cli(
+        tiny_model_dir, learnable_data, tmp_path, "by-loss",
+        "training.early_stopping.metric=loss", "training.learning_rate=0.03",
+    )  # fmt: skip
+    metrics = json.loads((run / "metrics.json").read_text())
+    losses = [entry["loss"] for entry in metrics["history"]]
+    assert metrics["selection_metric"] == "loss"
+    assert metrics["best_value"] == min(losses)
+    assert metrics["best_epoch"] == 1 + losses.index(min(losses))
+    best = json.loads((run / "model" / "best_validation_metrics.json").read_text())
+    assert best["epoch"] == metrics["best_epoch"]

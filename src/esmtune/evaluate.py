@@ -66,10 +66,9 @@ def format_report(metrics: dict[str, Any]) -> str:
             f"macro-F1 {_number(metrics['macro_f1'])}  micro-AP {_number(metrics['micro_ap'])}  "
             f"macro-AP {_number(metrics['macro_ap'])}"
         )
-        table = _table(
-            metrics["per_label"], ["precision", "recall", "f1", "ap", "threshold", "support"],
-            "label",
-        )  # fmt: skip
+        names = metrics.get("label_names", {})
+        rows = {f"{k} {names[k]}" if k in names else k: v for k, v in metrics["per_label"].items()}
+        table = _table(rows, ["precision", "recall", "f1", "ap", "threshold", "support"], "label")
     else:
         head = (
             f"Spearman {_number(metrics['spearman'])}  Pearson {_number(metrics['pearson'])}  "
@@ -194,6 +193,8 @@ def evaluate_run(
         "data": str(data.path),
         **task.metrics(targets, outputs),
     }
+    if task.label_names:
+        metrics["label_names"] = task.label_names
     out = Path(run_dir) / "eval" / split
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     written = [out / "metrics.json", *_plots(task, targets, outputs, metrics, out)]

@@ -43,6 +43,7 @@ from esmtune.model.rundir import (
     atomic_write_text,
     save_run_files,
     save_weights,
+    saved_thresholds,
     weights_to_save,
 )
 from esmtune.model.tuning import (
@@ -279,6 +280,8 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         state = load_checkpoint(
             accelerator, checkpoint, accelerator.unwrap_model(model), optimizer, scheduler
         )
+        if (run_dir / WEIGHTS_FILE).is_file():  # the thresholds of the best weights so far
+            spec.thresholds = saved_thresholds(run_dir / WEIGHTS_FILE)
         _say(
             accelerator,
             f"resuming from {checkpoint} (epoch {state.epoch + 1}, step {state.global_step})",
