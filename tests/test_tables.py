@@ -997,3 +997,20 @@ def test_cli_binary_positive_label_from_an_override(
     argv = ["data", "check", str(path), "--task", "binary", "data.positive_label=cytoplasm"]
     assert main(argv) == 0
     assert "note: binary: positive class is 'Cytoplasm'" in capsys.readouterr().out
+
+
+def test_an_empty_id_is_an_error_and_an_all_zero_label_column_is_noted(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    path.write_text(
+        "id,sequence,a,b,never,split\n"
+        "p1,MKVL,1,0,0,train\n"
+        ",MKVA,0,1,0,train\n"
+        "p3,MKVG,1,1,0,train\n"
+        "p4,MKVW,1,0,0,validation\n"
+    )
+    data = DataConfig(path=path, target_columns=["a", "b", "never"])
+    report = check_dataset(data, Task.MULTILABEL)
+    error = only_error_with(report, "empty id")
+    assert f"{path}, line 3" in error
+    assert any("column(s) never are never 1 in train" in note for note in report.notes)
+    assert report.labels == ["a", "b"]

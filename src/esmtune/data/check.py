@@ -355,6 +355,12 @@ def _multilabel_labels(report: DataReport, data: DataConfig, ontology: Ontology 
                 f"{example.where}); add training examples of each, or remove them from {split}"
             )
     labels = sorted(label for label, n in counts.items() if n >= data.min_label_count)
+    columns = data.target_columns or []
+    never = [column for column in columns if len(columns) > 1 and column not in counts]
+    if never and train:
+        report.notes.append(
+            f"multilabel: label column(s) {', '.join(never)} are never 1 in train and are left out"
+        )
     rare = len(counts) - len(labels)
     if rare:
         report.notes.append(

@@ -157,6 +157,8 @@ def _add_record(
     sequence = "".join(sequence.split()).upper().removesuffix("*")
     record = SequenceRecord(identifier, sequence, None, source, line)
     try:
+        if not identifier.strip():
+            raise ValueError(f"empty id in column '{columns.id}'; give every record an id")
         split = _split_of(split_text, columns.split) if split_from_data else split_text
         target = parse_target(columns.task, values, columns.targets, columns.separator)
     except ValueError as problem:
