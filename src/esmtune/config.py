@@ -97,9 +97,9 @@ class DataConfig(_Section):
     sequence_column: str = Field("sequence", description="Tables: column holding the sequence.")
     target_columns: list[str] | None = Field(
         None,
-        description="Columns (or FASTA header keys) holding the targets "
-        "[default: label; regression: target]. multilabel: one ';'-separated column or one "
-        "0/1 column per label; regression: one column per target.",
+        description="Columns (or FASTA header keys) holding the targets. multilabel: one "
+        "';'-separated column or one 0/1 column per label; regression: one column per target. "
+        "[default: label; regression: target]",
     )
     split_column: str = Field(
         "split", description="Column (or FASTA header key) naming train/validation/test."
@@ -117,8 +117,8 @@ class DataConfig(_Section):
     )
     positive_label: str | None = Field(
         None,
-        description="binary: the positive class [default: 1/true/yes/positive if present, "
-        "else the rarer label in train].",
+        description="binary: the positive class. [default: the label named 1/true/yes/positive "
+        "if there is one, else the rarer label in train]",
     )
 
     @field_validator("positive_label", mode="before")
@@ -234,9 +234,10 @@ class EarlyStoppingConfig(_Section):
 
     metric: str | None = Field(
         None,
-        description="Validation metric that selects the best checkpoint [default per task: "
+        description="Validation metric that selects the best checkpoint, in its direction "
+        "(loss, rmse, mae, mse: lower is better). [default: per task: "
         + ", ".join(f"{task.value} {names[0]}" for task, names in TASK_METRICS.items())
-        + "]; lower-is-better metrics (loss, rmse, ...) are handled.",
+        + "]",
     )
     patience: int = Field(
         0, ge=0, description="Evaluations without improvement before stopping (0 = never stop)."
@@ -511,5 +512,13 @@ def describe_fields(
             continue
         default = field.get_default(call_default_factory=True)
         default_text = default.value if isinstance(default, StrEnum) else default
-        rows.append((key, f"{field.description} [default: {default_text}]"))
+        described = "[default: " in str(field.description)  # the description says it better
+        rows.append(
+            (
+                key,
+                field.description
+                if described
+                else f"{field.description} [default: {default_text}]",
+            )
+        )
     return rows
