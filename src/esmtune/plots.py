@@ -292,7 +292,13 @@ def plot_training_curves(
     figure, (loss_axes, metric_axes) = plt.subplots(1, 2, figsize=(10, 4))
 
     drawn = False
-    for key, label in (("train_loss", "train loss"), ("loss", "validation loss")):
+    # The training objective may carry class or positive weights and standardised regression
+    # targets; the validation loss is the plain metric: the legend says so, lest they be compared.
+    series = (
+        ("train_loss", "train (training objective)"),
+        ("loss", "validation (unweighted, original scale)"),
+    )
+    for key, label in series:
         epochs, values = _series(history, key)
         if epochs:
             loss_axes.plot(epochs, values, marker="o", label=label)
