@@ -151,7 +151,7 @@ def plot_roc_pr(
         predicted = scores >= threshold
         true_positives = int(np.sum(predicted & (truth == 1)))
         false_positives = int(np.sum(predicted & (truth == 0)))
-        label = f"threshold {threshold:g}"
+        label = f"threshold {threshold:.3g}"
         roc_axes.plot(
             false_positives / np.sum(truth == 0),
             true_positives / np.sum(truth == 1),
