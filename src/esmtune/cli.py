@@ -89,7 +89,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     for line in report.notes:
         print(f"note: {line}")
     report.raise_if_errors()
-    what = "targets" if task.value == "regression" else "labels"
+    what = "target(s)" if task.value == "regression" else "labels"
     print(f"OK: {data.path} can be trained on ({len(report.labels)} {what})")
     return 0
 
