@@ -10,8 +10,12 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from esmtune.errors import EsmtuneError
+
+if TYPE_CHECKING:
+    from esmtune.config import DataConfig, Task
 
 __all__ = ["build_parser", "main"]
 
@@ -48,7 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_config(args: argparse.Namespace) -> tuple:
+def _data_config(args: argparse.Namespace) -> tuple[Task, DataConfig]:
     """The task and data section that `data check` and `baseline` read, from a config and flags."""
     from esmtune.config import load_config
 

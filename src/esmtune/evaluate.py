@@ -81,7 +81,9 @@ def format_report(metrics: dict[str, Any]) -> str:
     return "\n".join([f"{metrics['split']} (n={metrics['n']}): {head}", "", *table])
 
 
-def _plots(task: TaskSpec, targets: np.ndarray, outputs: np.ndarray, metrics: dict, out: Path):
+def _plots(
+    task: TaskSpec, targets: np.ndarray, outputs: np.ndarray, metrics: dict[str, Any], out: Path
+) -> list[Path]:
     """The figures a person looks at for this task; returns the files written."""
     split = metrics["split"]
     written = []
