@@ -112,7 +112,7 @@ def test_predictor_api_matches_cli_and_rejects_bad_residues(trained_run: Path) -
     from esmtune import Predictor
     from esmtune.errors import DataError
 
-    predictor = Predictor.from_run(trained_run, batch_size=2)
+    predictor = Predictor.from_run(trained_run, max_tokens=256)
     sequences = {"long": "MKRKRKRKRKRKRKRKRKRKRKRKRKR", "short": "MDEDE", "mid": "MLIVLFVMLIV"}
     results = predictor.predict(sequences, top_k=1)
     assert [r["id"] for r in results] == ["long", "short", "mid"]  # input order, not length order

@@ -933,7 +933,7 @@ def test_cli_passes_a_good_regression_csv(
     out, err = capsys.readouterr()
     assert f"regression data, one file with a 'split' column: {path}" in out
     assert check_dataset(path, Task.REGRESSION).table() in out
-    assert f"OK: {path} can be trained on (1 targets)" in out
+    assert f"OK: {path} can be trained on (1 target(s))" in out
     assert err == ""
 
 

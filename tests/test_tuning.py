@@ -38,7 +38,8 @@ def _changed_after_step(model, tokenizer) -> set[str]:
     batch = tokenizer(["MKTAYIAKQR", "MLLVVAAGGD"], return_tensors="pt", padding=True)
     model.train()
     loss = torch.nn.functional.cross_entropy(
-        model(batch["input_ids"], batch["attention_mask"]), torch.tensor([0, 2])
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]),
+        torch.tensor([0, 2]),
     )
     loss.backward()
     optimizer.step()

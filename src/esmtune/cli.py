@@ -101,7 +101,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from esmtune.evaluate import evaluate_run, format_report
 
-    metrics, _, written = evaluate_run(args.run, args.data, args.split, args.batch_size)
+    metrics, _, written = evaluate_run(args.run, args.data, args.split, args.max_tokens)
     print(format_report(metrics))
     print(f"\nwritten: {', '.join(str(path) for path in written)}")
     return 0
@@ -130,13 +130,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from esmtune.predict import Predictor, write_predictions
 
     records = _read_inputs(args)
-    predictor = Predictor.from_run(args.run, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor.from_run(args.run, args.device, args.max_tokens, args.long_sequences)
     results = predictor.predict(records, top_k=args.top_k, progress=len(records) > 100)
-    truncated = sum(row["truncated"] for row in results)
-    if truncated:
+    long = [row for row in results if row["length"] > predictor.max_length]
+    if long:
+        how = {
+            "window": "read as overlapping windows and pooled together",
+            "truncate": f"cut to their first {predictor.max_length} residues",
+            "centre": f"cut to their central {predictor.max_length} residues",
+        }[predictor.long_sequences.value]
         print(
-            f"note: {truncated} sequence(s) longer than {predictor.max_length} residues were "
-            "truncated to their first residues",
+            f"note: {len(long)} sequence(s) longer than the model's {predictor.max_length} "
+            f"residues were {how} (--long-sequences)",
             file=sys.stderr,
         )
     fmt = args.format
@@ -293,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--split", default="test", choices=["train", "validation", "test"], help="split [test]"
     )
-    evaluate.add_argument("--batch-size", type=int, help="sequences per batch [training's]")
+    evaluate.add_argument(
+        "--max-tokens", type=int, help="token budget per batch [training.max_tokens of the run]"
+    )
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     predict = commands.add_parser(
@@ -325,7 +332,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["tsv", "csv", "json", "text"],
         help="output format; text is for reading, with probability bars [tsv, or from --output]",
     )
-    predict.add_argument("--batch-size", type=int, default=16, help="sequences per batch [16]")
+    predict.add_argument(
+        "--max-tokens",
+        type=int,
+        default=16384,
+        help="token budget per batch (inputs x longest input); lower it if memory runs out [16384]",
+    )
+    predict.add_argument(
+        "--long-sequences",
+        choices=["window", "truncate", "centre"],
+        default="window",
+        help="sequences longer than the run's max_length: overlapping windows pooled together, "
+        "or only the first / central residues [window]",
+    )
     predict.add_argument("--device", help="cpu, cuda, cuda:1 ... [cuda if available]")
     predict.set_defaults(handler=_cmd_predict)
 

@@ -30,6 +30,7 @@ __all__ = [
     "EarlyStoppingConfig",
     "FinetuneConfig",
     "FinetuneMode",
+    "LongSequences",
     "LoraConfig",
     "ModelConfig",
     "ObjectiveConfig",
@@ -69,6 +70,14 @@ class Pooling(StrEnum):
     MEAN = "mean"
     MAX = "max"
     ATTENTION = "attention"
+
+
+class LongSequences(StrEnum):
+    """What happens to sequences longer than the model's context (data.max_length)."""
+
+    TRUNCATE = "truncate"  # keep the first residues
+    CENTRE = "centre"  # keep the central residues
+    WINDOW = "window"  # overlapping windows, residue states averaged where they overlap
 
 
 class FinetuneMode(StrEnum):
@@ -121,6 +130,15 @@ class DataConfig(_Section):
         "if there is one, else the rarer label in train]",
     )
 
+    @model_validator(mode="after")
+    def _stride_within_window(self) -> DataConfig:
+        if self.window_stride is not None and self.window_stride > self.max_length:
+            raise ValueError(
+                f"data.window_stride ({self.window_stride}) exceeds data.max_length "
+                f"({self.max_length}): windows would leave residues out"
+            )
+        return self
+
     @field_validator("positive_label", mode="before")
     @classmethod
     def _label_as_text(cls, value: Any) -> Any:
@@ -130,7 +148,18 @@ class DataConfig(_Section):
         return value
 
     max_length: int = Field(
-        1022, ge=8, le=1022, description="Residues kept per sequence; longer ones are truncated."
+        1022,
+        ge=8,
+        le=1022,
+        description="Residues per model input (ESM2's context: 1,022); see long_sequences.",
+    )
+    long_sequences: LongSequences = Field(
+        LongSequences.TRUNCATE,
+        description="Longer sequences: truncate (keep the first max_length residues), centre "
+        "(keep the middle), or window (overlapping windows of max_length, pooled together).",
+    )
+    window_stride: int | None = Field(
+        None, ge=1, description="window: residues between window starts [default: max_length / 2]"
     )
     fail_on_leakage: bool = Field(
         False, description="Stop when a sequence occurs in both train and test (else warn)."
@@ -293,7 +322,15 @@ class TrainingConfig(_Section):
     """The optimisation loop."""
 
     epochs: int = Field(10, ge=1, description="Passes over the training split.")
-    batch_size: int = Field(8, ge=1, description="Sequences per batch on each process.")
+    max_tokens: int = Field(
+        8192,
+        ge=64,
+        description="Token budget of a batch on each process: inputs x longest input, padding "
+        "included. Sequences of similar length are batched together.",
+    )
+    batch_size: int | None = Field(
+        None, ge=1, description="Also at most this many sequences per batch [default: no limit]"
+    )
     gradient_accumulation: int = Field(1, ge=1, description="Batches per optimizer step.")
     learning_rate: float = Field(3e-4, gt=0, le=1, description="Peak learning rate.")
     head_learning_rate: float | None = Field(

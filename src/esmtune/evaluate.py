@@ -140,7 +140,7 @@ def evaluate_run(
     run_dir: Path | str,
     data_path: Path | str | None = None,
     split: str = "test",
-    batch_size: int | None = None,
+    max_tokens: int | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, Any], Path, list[Path]]:
     """Score a run's best model on one split and write metrics, plots and predictions.
@@ -149,7 +149,8 @@ def evaluate_run(
         run_dir: A finished run directory.
         data_path: Dataset (default: the one the run was trained on, read the same way).
         split: ``test``, ``validation`` or ``train``.
-        batch_size: Sequences per batch (default: the training batch size).
+        max_tokens: Token budget per batch (default: the training one). Long sequences are
+            handled as in training (data.long_sequences).
         progress: Show a progress bar.
 
     Returns:
@@ -179,13 +180,16 @@ def evaluate_run(
             f"{data.path}: targets {report.labels} differ from the model's {task.labels}"
         )
     report.raise_if_errors()
-    ids = encode(loaded.tokenizer, [r.sequence for r in records], config.data.max_length)
+    windows = encode(
+        loaded.tokenizer, [r.sequence for r in records], config.data.max_length,
+        config.data.long_sequences, config.data.window_stride,
+    )  # fmt: skip
     targets = task.encode_targets(records)
     outputs = predict_outputs(
         loaded.model,
-        EncodedDataset(ids, targets),
+        EncodedDataset(windows, targets),
         task.outputs,
-        batch_size or config.training.batch_size,
+        max_tokens or config.training.max_tokens,
         loaded.tokenizer.pad_token_id,
         progress=progress,
     )

@@ -11,16 +11,28 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from esmtune.data.batching import EncodedDataset, LengthGroupedBatchSampler, pad_collate
+from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, pad_collate
 
-__all__ = ["eval_loader", "iterate_outputs", "predict_outputs"]
+__all__ = ["eval_loader", "iterate_outputs", "model_inputs", "predict_outputs"]
 
 
 def eval_loader(
-    dataset: EncodedDataset, batch_size: int, pad_token_id: int, num_workers: int = 0
+    dataset: EncodedDataset,
+    max_tokens: int,
+    pad_token_id: int,
+    max_sequences: int | None = None,
+    num_replicas: int = 1,
+    num_workers: int = 0,
 ) -> DataLoader:
-    """Length-sorted batches padded to their own longest sequence."""
-    sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=False)
+    """Length-sorted batches filled to a token budget, padded to their own longest input."""
+    sampler = TokenBudgetBatchSampler(
+        dataset.tokens,
+        max_tokens,
+        shuffle=False,
+        window_counts=dataset.window_counts,
+        max_sequences=max_sequences,
+        num_replicas=num_replicas,
+    )
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -28,6 +40,20 @@ def eval_loader(
         num_workers=num_workers,
         generator=torch.Generator(),  # leaves the global RNG (dropout in training) untouched
     )
+
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "window_owner", "window_start", "residue_count")
+
+
+def model_inputs(
+    batch: dict[str, torch.Tensor], device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors of a batch the model takes (windows included), on ``device``."""
+    return {
+        key: batch[key] if device is None else batch[key].to(device)
+        for key in MODEL_INPUTS
+        if key in batch
+    }
 
 
 @torch.inference_mode()
@@ -42,10 +68,7 @@ def iterate_outputs(
     ``outputs`` turns logits into what the task reports (e.g. :meth:`TaskSpec.outputs`).
     """
     for batch in batches:
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        if device is not None:
-            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask)
+        logits = model(**model_inputs(batch, device))
         yield batch["index"].cpu().numpy(), outputs(logits)
 
 
@@ -53,13 +76,14 @@ def predict_outputs(
     model: nn.Module,
     dataset: EncodedDataset,
     outputs: Callable[[torch.Tensor], np.ndarray],
-    batch_size: int,
+    max_tokens: int,
     pad_token_id: int,
     progress: bool = False,
+    max_sequences: int | None = None,
 ) -> np.ndarray:
     """Outputs for every sequence of ``dataset``, in its order, on the model's device."""
     device = next(model.parameters()).device
-    loader = eval_loader(dataset, batch_size, pad_token_id)
+    loader = eval_loader(dataset, max_tokens, pad_token_id, max_sequences)
     rows: dict[int, np.ndarray] = {}
     bar = tqdm(total=len(dataset), desc="predict", unit="seq", disable=not progress)
     for indices, batch_outputs in iterate_outputs(model, loader, outputs, device):

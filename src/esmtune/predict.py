@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import torch
 
-from esmtune.config import Task
+from esmtune.config import LongSequences, Task
 from esmtune.data.batching import EncodedDataset, encode
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
@@ -45,21 +45,41 @@ def as_records(
 class Predictor:
     """A trained model ready to predict; batches by length internally, returns input order."""
 
-    def __init__(self, loaded: Any, device: str | torch.device | None = None, batch_size: int = 16):
+    def __init__(
+        self,
+        loaded: Any,
+        device: str | torch.device | None = None,
+        max_tokens: int = 16384,
+        long_sequences: LongSequences | str = LongSequences.WINDOW,
+    ):
         self.run = loaded
         self.task: TaskSpec = loaded.task
         self.labels: list[str] = loaded.labels
         self.max_length = loaded.config.data.max_length
-        self.batch_size = batch_size
+        self.window_stride = loaded.config.data.window_stride
+        self.long_sequences = LongSequences(long_sequences)
+        self.max_tokens = max_tokens
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = loaded.model.to(device).eval()
 
     @classmethod
     def from_run(
-        cls, run_dir: Path | str, device: str | torch.device | None = None, batch_size: int = 16
+        cls,
+        run_dir: Path | str,
+        device: str | torch.device | None = None,
+        max_tokens: int = 16384,
+        long_sequences: LongSequences | str = LongSequences.WINDOW,
     ) -> Predictor:
-        """Load the best model of a run directory."""
-        return cls(load_run(run_dir), device=device, batch_size=batch_size)
+        """Load the best model of a run directory.
+
+        Args:
+            run_dir: A finished run directory.
+            device: ``cpu``, ``cuda``, ``cuda:1`` ... (default: cuda when available).
+            max_tokens: Token budget per batch (inputs x longest input).
+            long_sequences: Sequences over the run's max_length: ``window`` (default; every
+                residue is seen), ``truncate`` or ``centre``.
+        """
+        return cls(load_run(run_dir), device, max_tokens, long_sequences)
 
     def _validate(self, records: list[SequenceRecord]) -> None:
         problems = [problem for record in records if (problem := sequence_problem(record))]
@@ -88,7 +108,8 @@ class Predictor:
             binary ``label``, ``probability`` (of the positive class), ``threshold``,
             ``probabilities``; multilabel ``labels`` (all at or above their threshold),
             ``top_k``, ``probabilities``, ``names`` (ontology names); regression ``value``
-            (one target) and ``values`` (by target name).
+            (one target) and ``values`` (by target name). ``windows`` says how many
+            overlapping windows a long sequence was read in.
 
         Raises:
             DataError: On empty sequences or invalid residues, naming every record.
@@ -97,23 +118,29 @@ class Predictor:
         if not records:
             return []
         self._validate(records)
-        ids = encode(self.run.tokenizer, [r.sequence for r in records], self.max_length)
+        windows = encode(
+            self.run.tokenizer, [r.sequence for r in records], self.max_length,
+            self.long_sequences, self.window_stride,
+        )  # fmt: skip
         outputs = predict_outputs(
             self.model,
-            EncodedDataset(ids),
+            EncodedDataset(windows),
             self.task.outputs,
-            self.batch_size,
+            self.max_tokens,
             self.run.tokenizer.pad_token_id,
             progress=progress,
         )
+        cut = self.long_sequences is not LongSequences.WINDOW
         results = []
-        for record, prediction in zip(records, self.task.predictions(outputs, top_k), strict=True):
+        predictions = self.task.predictions(outputs, top_k)
+        for record, prediction, parts in zip(records, predictions, windows, strict=True):
             results.append(
                 {
                     "id": record.id,
                     **prediction,
                     "length": len(record.sequence),
-                    "truncated": len(record.sequence) > self.max_length,
+                    "truncated": cut and len(record.sequence) > self.max_length,
+                    "windows": len(parts),
                 }
             )
         return results

@@ -30,10 +30,10 @@ from transformers import get_scheduler
 
 from esmtune.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from esmtune.config import TASK_METRICS, FinetuneMode, TrainConfig
-from esmtune.data.batching import EncodedDataset, LengthGroupedBatchSampler, encode, pad_collate
+from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, encode, pad_collate
 from esmtune.data.check import DataReport, check_dataset
 from esmtune.errors import RunDirError
-from esmtune.inference import eval_loader, iterate_outputs
+from esmtune.inference import eval_loader, iterate_outputs, model_inputs
 from esmtune.metrics import is_improvement
 from esmtune.model.backbone import check_backbone_available
 from esmtune.model.classifier import SequenceClassifier, build_model
@@ -62,12 +62,16 @@ logger = logging.getLogger("esmtune")
 
 
 def encode_split(
-    report: DataReport, split: str, tokenizer: Any, max_length: int, spec: TaskSpec
+    report: DataReport, split: str, tokenizer: Any, config: TrainConfig, spec: TaskSpec
 ) -> EncodedDataset:
-    """Token ids and encoded targets of one split."""
+    """Token windows and encoded targets of one split."""
     records = report.splits[split]
-    ids = encode(tokenizer, [r.sequence for r in records], max_length)
-    return EncodedDataset(ids, spec.encode_targets(records))
+    data = config.data
+    windows = encode(
+        tokenizer, [r.sequence for r in records], data.max_length, data.long_sequences,
+        data.window_stride,
+    )  # fmt: skip
+    return EncodedDataset(windows, spec.encode_targets(records))
 
 
 @dataclass
@@ -83,7 +87,7 @@ class _Run:
     optimizer: Any
     scheduler: Any
     train_loader: DataLoader
-    train_sampler: LengthGroupedBatchSampler
+    train_sampler: TokenBudgetBatchSampler
     val_loader: DataLoader
     masked_parameters: list[torch.nn.Parameter]
     writer: Any
@@ -131,19 +135,26 @@ def _parameter_groups(model: SequenceClassifier, config: TrainConfig) -> list[di
 
 
 def _make_train_loader(
-    dataset: EncodedDataset, config: TrainConfig, pad_token_id: int
-) -> tuple[DataLoader, LengthGroupedBatchSampler]:
-    sampler = LengthGroupedBatchSampler(
-        dataset.lengths, config.training.batch_size, shuffle=True, seed=config.training.seed
+    dataset: EncodedDataset, config: TrainConfig, pad_token_id: int, processes: int
+) -> tuple[DataLoader, TokenBudgetBatchSampler]:
+    training = config.training
+    sampler = TokenBudgetBatchSampler(
+        dataset.tokens,
+        training.max_tokens,
+        shuffle=True,
+        seed=training.seed,
+        window_counts=dataset.window_counts,
+        max_sequences=training.batch_size,
+        num_replicas=processes,
     )
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=partial(pad_collate, pad_token_id=pad_token_id),
-        num_workers=config.training.num_workers,
+        num_workers=training.num_workers,
         # Its own generator: creating an iterator then draws no number from the global RNG, so a
         # resumed run (which creates one more iterator) keeps the same dropout masks.
-        generator=torch.Generator().manual_seed(config.training.seed),
+        generator=torch.Generator().manual_seed(training.seed),
     )
     return loader, sampler
 
@@ -233,11 +244,16 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             model.backbone, unfrozen_layers_at(config.finetune, 0, num_layers)
         )
 
-    max_length = config.data.max_length
-    train_set = encode_split(report, "train", tokenizer, max_length, spec)
-    val_set = encode_split(report, "validation", tokenizer, max_length, spec)
-    train_loader, train_sampler = _make_train_loader(train_set, config, tokenizer.pad_token_id)
-    val_loader = eval_loader(val_set, config.training.batch_size, tokenizer.pad_token_id)
+    train_set = encode_split(report, "train", tokenizer, config, spec)
+    val_set = encode_split(report, "validation", tokenizer, config, spec)
+    processes = accelerator.num_processes
+    train_loader, train_sampler = _make_train_loader(
+        train_set, config, tokenizer.pad_token_id, processes
+    )
+    val_loader = eval_loader(
+        val_set, config.training.max_tokens, tokenizer.pad_token_id,
+        max_sequences=config.training.batch_size, num_replicas=processes,
+    )  # fmt: skip
     # The schedule counts optimizer steps over all processes, from the real loader length.
     steps_per_epoch = math.ceil(len(train_loader) / config.training.gradient_accumulation)
     total_steps = steps_per_epoch * config.training.epochs
@@ -377,7 +393,7 @@ def _train_one_epoch(
     window_batches, tick = 0, time.perf_counter()
     for batch in loader:
         with accelerator.accumulate(run.model):
-            logits = run.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = run.model(**model_inputs(batch))
             loss = run.spec.loss(logits.float(), batch["target"])
             accelerator.backward(loss)
             if accelerator.sync_gradients:

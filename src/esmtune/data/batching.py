@@ -1,12 +1,17 @@
-"""From records to padded tensors: tokenise once, group by length, pad to the batch's longest.
+"""From records to padded tensors: encode once, cut long sequences, fill batches to a token budget.
 
-Padding every batch to the maximum length wastes most of the compute on long-tailed protein
-lengths; sorting into length groups keeps the padding small while shuffling keeps training random.
+Protein lengths are long-tailed. Padding every batch to the maximum length, or using a fixed
+number of sequences per batch, wastes most of the compute on padding or starves the short
+batches; instead sequences of similar length are grouped and each batch is filled up to a budget
+of padded tokens. Training keeps randomness (shuffled groups and batch order, seeded per epoch).
+
+Sequences longer than the model's context are either truncated (head or centre) or cut into
+overlapping windows whose residue states the model stitches back together (see
+:class:`~esmtune.model.classifier.SequenceClassifier`).
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,114 +21,256 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["EncodedDataset", "LengthGroupedBatchSampler", "encode", "pad_collate"]
+from esmtune.config import LongSequences
+
+__all__ = [
+    "EncodedDataset",
+    "TokenBudgetBatchSampler",
+    "Window",
+    "encode",
+    "pad_collate",
+    "window_starts",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One model input: token ids with BOS/EOS, covering residues ``start`` onwards."""
+
+    start: int
+    ids: list[int]
+
+
+def window_starts(length: int, size: int, stride: int) -> list[int]:
+    """Residue offsets of overlapping windows of ``size`` that cover ``length`` residues.
+
+    The last window ends exactly at the sequence end, so no window is shorter than ``size``
+    and every residue is covered.
+    """
+    if length <= size:
+        return [0]
+    starts = list(range(0, length - size, stride))
+    return [*starts, length - size]
+
+
+class _Vocabulary:
+    """Residue letter → token id, read once from the tokenizer.
+
+    The ESM tokenizer splits a residue string into single letters, which a dictionary lookup does
+    some 50x faster; the result is the same (a test checks it).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        vocabulary = tokenizer.get_vocab()
+        self.unknown = tokenizer.unk_token_id
+        self.bos = tokenizer.cls_token_id
+        self.eos = tokenizer.eos_token_id
+        self.ids = {token: index for token, index in vocabulary.items() if len(token) == 1}
+
+    def __call__(self, residues: str) -> list[int]:
+        lookup = self.ids.get
+        return [self.bos, *(lookup(char, self.unknown) for char in residues), self.eos]
 
 
 def encode(
-    tokenizer: PreTrainedTokenizerBase, sequences: Sequence[str], max_length: int
-) -> list[list[int]]:
-    """Token ids with BOS/EOS, each sequence truncated to its first ``max_length`` residues.
+    tokenizer: PreTrainedTokenizerBase,
+    sequences: Sequence[str],
+    max_length: int,
+    long_sequences: LongSequences = LongSequences.TRUNCATE,
+    stride: int | None = None,
+) -> list[list[Window]]:
+    """Windows of token ids (with BOS/EOS) for each sequence.
 
-    Truncation happens here, explicitly, on the residue string; the tokenizer never cuts silently.
+    Args:
+        tokenizer: The ESM2 tokenizer (its vocabulary is used directly).
+        sequences: Residue strings, upper-case.
+        max_length: Residues per model input (ESM2: at most 1,022).
+        long_sequences: What to do with longer sequences: keep the first residues
+            (``truncate``), the central ones (``centre``), or cover them with overlapping
+            windows (``window``).
+        stride: Residues between window starts (default ``max_length // 2``).
+
+    Returns:
+        One list of windows per sequence; a single window unless ``window`` applies.
     """
-    clipped = [sequence[:max_length] for sequence in sequences]
-    return tokenizer(clipped, add_special_tokens=True, truncation=False)["input_ids"]
+    vocabulary = _Vocabulary(tokenizer)
+    stride = stride or max(1, max_length // 2)
+    encoded = []
+    for sequence in sequences:
+        if len(sequence) <= max_length:
+            encoded.append([Window(0, vocabulary(sequence))])
+        elif long_sequences is LongSequences.WINDOW:
+            starts = window_starts(len(sequence), max_length, stride)
+            encoded.append([Window(s, vocabulary(sequence[s : s + max_length])) for s in starts])
+        elif long_sequences is LongSequences.CENTRE:
+            start = (len(sequence) - max_length) // 2
+            encoded.append([Window(start, vocabulary(sequence[start : start + max_length]))])
+        else:
+            encoded.append([Window(0, vocabulary(sequence[:max_length]))])
+    return encoded
 
 
 @dataclass
 class EncodedDataset(Dataset):
-    """Token ids and (optional) targets, indexable by position.
+    """Encoded windows and (optional) targets, indexable by position.
 
     Targets are one row per sequence, as the task encodes them: class indices, 0/1, multi-hot
     rows or values.
     """
 
-    input_ids: list[list[int]]
+    windows: list[list[Window]]
     targets: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.windows)
 
-    def __getitem__(self, index: int) -> tuple[int, list[int], np.ndarray | None]:
+    def __getitem__(self, index: int) -> tuple[int, list[Window], np.ndarray | None]:
         target = None if self.targets is None else self.targets[index]
-        return index, self.input_ids[index], target
+        return index, self.windows[index], target
 
     @property
-    def lengths(self) -> list[int]:
-        """Token counts, for length grouping."""
-        return [len(ids) for ids in self.input_ids]
+    def tokens(self) -> list[int]:
+        """Tokens of each sequence's longest window (what padding is decided by)."""
+        return [max(len(w.ids) for w in windows) for windows in self.windows]
+
+    @property
+    def window_counts(self) -> list[int]:
+        """Model inputs each sequence needs."""
+        return [len(windows) for windows in self.windows]
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Batches of similar-length sequences.
+class TokenBudgetBatchSampler(Sampler[list[int]]):
+    """Batches of similar-length sequences whose padded size stays within a token budget.
 
-    Training (``shuffle=True``): shuffle all indices with a generator seeded by (seed, epoch), cut
-    them into mega-batches of ``group_batches`` batches, sort each by length, then shuffle the batch
-    order, so that each epoch differs, is reproducible, and pads little. Without shuffling, batches
-    follow sorted length (longest first, so an out-of-memory shows up at once); callers restore the
-    input order through the indices each batch carries.
+    A batch costs (model inputs in it) x (tokens of its longest input). Training
+    (``shuffle=True``): indices are shuffled with a generator seeded by (seed, epoch), cut into
+    groups of ``group_size`` sequences, sorted by length inside each group and filled greedily
+    into batches, whose order is shuffled again; so every epoch differs, is reproducible and pads
+    little. Without shuffling, batches follow sorted length (longest first, so an out-of-memory
+    shows up at once); callers restore the input order from the indices each batch carries.
+
+    Under several processes the number of batches is made a multiple of ``num_replicas`` by
+    splitting the largest batches, so that handing out batches round-robin gives each process the
+    same number of steps with no sample lost or repeated. A single sequence over the budget forms
+    a batch of its own.
     """
 
     def __init__(
         self,
-        lengths: Sequence[int],
-        batch_size: int,
+        tokens: Sequence[int],
+        max_tokens: int,
         shuffle: bool,
         seed: int = 0,
-        group_batches: int = 50,
+        window_counts: Sequence[int] | None = None,
+        max_sequences: int | None = None,
+        num_replicas: int = 1,
+        group_size: int = 2048,
     ) -> None:
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
+        if num_replicas > len(tokens) > 0:
+            raise ValueError(
+                f"{len(tokens)} sequence(s) cannot be shared by {num_replicas} processes "
+                "without repeating some; use fewer processes or more data"
+            )
+        self.tokens = list(tokens)
+        self.window_counts = list(window_counts or [1] * len(self.tokens))
+        self.max_tokens = max_tokens
+        self.max_sequences = max_sequences
         self.shuffle = shuffle
         self.seed = seed
-        self.group_batches = group_batches
+        self.num_replicas = num_replicas
+        self.group_size = group_size
         self.epoch = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration produces."""
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+    def _fill(self, ordered: list[int]) -> list[list[int]]:
+        """Greedy batches over indices sorted by length (longest first)."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        inputs = longest = 0
+        for index in ordered:
+            count, size = self.window_counts[index], self.tokens[index]
+            full = self.max_sequences is not None and len(current) >= self.max_sequences
+            over = (inputs + count) * max(longest, size) > self.max_tokens
+            if current and (full or over):
+                batches.append(current)
+                current, inputs, longest = [], 0, 0
+            current.append(index)
+            inputs += count
+            longest = max(longest, size)
+        if current:
+            batches.append(current)
+        return batches
+
+    def _even_out(self, batches: list[list[int]]) -> list[list[int]]:
+        """Split the largest batches until every process gets the same number."""
+        while len(batches) % self.num_replicas:
+            largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+            batch = batches[largest]
+            if len(batch) < 2:
+                break  # cannot happen: there are at least num_replicas sequences
+            half = len(batch) // 2
+            batches[largest : largest + 1] = [batch[:half], batch[half:]]
+        return batches
 
     def _batches(self) -> list[list[int]]:
-        indices = list(range(len(self.lengths)))
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
+        indices = list(range(len(self.tokens)))
         if not self.shuffle:
-            indices.sort(key=lambda i: -self.lengths[i])
-            return [
-                indices[i : i + self.batch_size] for i in range(0, len(indices), self.batch_size)
-            ]
-        rng = random.Random(self.seed * 100_003 + self.epoch)
-        rng.shuffle(indices)
-        group = self.batch_size * self.group_batches
-        ordered: list[int] = []
-        for start in range(0, len(indices), group):
-            ordered += sorted(indices[start : start + group], key=lambda i: -self.lengths[i])
-        batches = [
-            ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)
-        ]
-        rng.shuffle(batches)
+            indices.sort(key=lambda i: (-self.tokens[i], i))
+            batches = self._fill(indices)
+        else:
+            rng = random.Random(self.seed * 100_003 + self.epoch)
+            rng.shuffle(indices)
+            batches = []
+            for start in range(0, len(indices), self.group_size):
+                group = indices[start : start + self.group_size]
+                batches += self._fill(sorted(group, key=lambda i: -self.tokens[i]))
+            rng.shuffle(batches)
+        batches = self._even_out(batches)
+        self._cache = (self.epoch, batches)
         return batches
+
+    def __len__(self) -> int:
+        return len(self._batches())
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from self._batches()
 
 
 def pad_collate(
-    items: list[tuple[int, list[int], np.ndarray | None]], pad_token_id: int
+    items: list[tuple[int, list[Window], np.ndarray | None]], pad_token_id: int
 ) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence of this batch (never to the model's maximum)."""
-    longest = max(len(ids) for _, ids, _ in items)
-    input_ids = torch.full((len(items), longest), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
-    for row, (_, ids, _) in enumerate(items):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
+    """Pad to the longest input of this batch (never to the model's maximum).
+
+    When some sequence comes as several windows, the batch also says which sequence each input
+    belongs to (``window_owner``), where it starts (``window_start``) and how many residues each
+    sequence has (``residue_count``), so that the model can stitch the windows back together.
+    """
+    windows = [window for _, sequence_windows, _ in items for window in sequence_windows]
+    longest = max(len(window.ids) for window in windows)
+    input_ids = torch.full((len(windows), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(windows), longest), dtype=torch.long)
+    for row, window in enumerate(windows):
+        input_ids[row, : len(window.ids)] = torch.tensor(window.ids, dtype=torch.long)
+        attention_mask[row, : len(window.ids)] = 1
     batch = {
         "index": torch.tensor([index for index, _, _ in items], dtype=torch.long),
         "input_ids": input_ids,
         "attention_mask": attention_mask,
     }
+    if len(windows) > len(items):
+        batch["window_owner"] = torch.tensor(
+            [row for row, (_, ws, _) in enumerate(items) for _ in ws], dtype=torch.long
+        )
+        batch["window_start"] = torch.tensor([w.start for w in windows], dtype=torch.long)
+        batch["residue_count"] = torch.tensor(
+            [max(w.start + len(w.ids) - 2 for w in ws) for _, ws, _ in items], dtype=torch.long
+        )
     if items[0][2] is not None:
         batch["target"] = torch.from_numpy(np.stack([target for _, _, target in items]))
     return batch

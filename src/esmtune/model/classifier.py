@@ -10,6 +10,7 @@ from esmtune.config import FinetuneMode, TrainConfig
 from esmtune.model.backbone import load_backbone
 from esmtune.model.heads import MLPHead, Pooler
 from esmtune.model.tuning import apply_finetuning
+from esmtune.model.windows import stitch_windows
 
 __all__ = ["SequenceClassifier", "build_model"]
 
@@ -35,11 +36,32 @@ class SequenceClassifier(nn.Module):
             "special_token_ids", torch.tensor(special_token_ids, dtype=torch.long), persistent=False
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits of shape ``(batch, num_outputs)``."""
+    def residue_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        window_owner: torch.Tensor | None = None,
+        window_start: torch.Tensor | None = None,
+        residue_count: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone states, one row per sequence (windows stitched), and the residue mask."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        residues = attention_mask.bool() & ~torch.isin(input_ids, self.special_token_ids)
-        return self.head(self.pooler(hidden, residues))
+        if window_owner is None:
+            residues = attention_mask.bool() & ~torch.isin(input_ids, self.special_token_ids)
+            return hidden, residues
+        return stitch_windows(hidden, attention_mask, window_owner, window_start, residue_count)
+
+    def pooled(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """One embedding per sequence: backbone, then pooling."""
+        return self.pooler(*self.residue_states(**inputs))
+
+    def forward(
+        self, embeddings: torch.Tensor | None = None, **inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``(batch, num_outputs)`` from token inputs, or from cached pooled embeddings."""
+        if embeddings is None:
+            embeddings = self.pooled(**inputs)
+        return self.head(embeddings)
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters of pooling and head (they always train)."""
