@@ -17,6 +17,7 @@ RANKS = {
     "tasks": 3,
     "model": 4,
     "inference": 5,
+    "embeddings": 5,
     "checkpoint": 5,
     "plots": 5,
     "train": 6,

@@ -156,6 +156,43 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from esmtune.embeddings import embed_records, load_embedder, write_embeddings
+
+    if args.out.suffix.lower() not in (".h5", ".npz", ".safetensors"):
+        raise EsmtuneError(f"--out {args.out}: name a .h5, .npz or .safetensors file")
+    if args.out.exists() and not args.overwrite:
+        raise EsmtuneError(f"{args.out} exists; choose another --out or add --overwrite")
+    records = _read_inputs(args)
+    model, tokenizer, trained_length = load_embedder(args.model, args.revision)
+    max_length = args.max_length or trained_length
+    model.to(args.device or ("cuda" if _cuda_available() else "cpu"))
+    embeddings = embed_records(
+        model, tokenizer, records, args.pooling, max_length, args.long_sequences,
+        args.max_tokens, progress=True,
+    )  # fmt: skip
+    long = sum(len(r.sequence) > max_length for r in records)
+    if long:
+        how = "overlapping windows" if args.long_sequences == "window" else args.long_sequences
+        print(f"note: {long} sequence(s) over {max_length} residues: {how}", file=sys.stderr)
+    metadata = {
+        "model": args.model,
+        "pooling": args.pooling,
+        "max_length": str(max_length),
+        "long_sequences": args.long_sequences,
+    }
+    write_embeddings(args.out, [r.id for r in records], embeddings, metadata)
+    size = embeddings.shape[-1] if hasattr(embeddings, "shape") else embeddings[0].shape[-1]
+    print(f"{len(records)} {args.pooling} embedding(s) of size {size} written to {args.out}")
+    return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from esmtune.baseline import composition_baseline
 
@@ -347,6 +384,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--device", help="cpu, cuda, cuda:1 ... [cuda if available]")
     predict.set_defaults(handler=_cmd_predict)
+
+    embed = commands.add_parser(
+        "embed",
+        help="write ESM2 embeddings of sequences to .h5, .npz or .safetensors",
+        description="Embed sequences with a hub ESM2 (e.g. facebook/esm2_t33_650M_UR50D), a local "
+        "model folder or a trained run directory (its fine-tuned backbone), and write them with "
+        "their ids in the format --out names: pooled ones as `ids` + `embeddings` (n x hidden), "
+        "per-residue ones as one array per id. Long sequences are read as overlapping windows "
+        "unless told otherwise.",
+    )
+    embed.add_argument("model", metavar="MODEL", help="hub id, local model folder or run folder")
+    embed.add_argument(
+        "inputs", nargs="*", type=Path, metavar="FASTA", help="FASTA files ('-' = standard input)"
+    )
+    embed.add_argument(
+        "--sequence", action="append", metavar="SEQ", help="a raw sequence (repeatable)"
+    )
+    embed.add_argument(
+        "--pooling",
+        choices=["mean", "cls", "max", "per-residue"],
+        default="mean",
+        help="one vector per sequence (mean, cls, max) or one per residue [mean]",
+    )
+    embed.add_argument("--out", "-o", type=Path, required=True, help="output .h5/.npz/.safetensors")
+    embed.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    embed.add_argument(
+        "--max-length", type=int, help="residues per model input [a run's max_length, else 1022]"
+    )
+    embed.add_argument(
+        "--long-sequences",
+        choices=["window", "truncate", "centre"],
+        default="window",
+        help="longer sequences: overlapping windows pooled together, or the first / central "
+        "residues only [window]",
+    )
+    embed.add_argument(
+        "--max-tokens", type=int, default=16384, help="token budget per batch [16384]"
+    )
+    embed.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    embed.add_argument("--device", help="cpu, cuda, cuda:1 ... [cuda if available]")
+    embed.set_defaults(handler=_cmd_embed)
 
     baseline = commands.add_parser(
         "baseline",

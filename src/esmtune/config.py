@@ -204,6 +204,16 @@ class FinetuneConfig(_Section):
     unfreeze_step: int = Field(
         1, ge=1, description="partial: layers unfrozen at each progressive step."
     )
+    cache_embeddings: bool = Field(
+        True,
+        description="frozen: compute pooled embeddings once, cache them on disk and train the "
+        "head on them (not with attention pooling, which trains).",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Embedding cache folder [default: $ESMTUNE_CACHE, else "
+        "~/.cache/esmtune/embeddings]",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
     @model_validator(mode="after")

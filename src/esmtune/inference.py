@@ -23,8 +23,12 @@ def eval_loader(
     max_sequences: int | None = None,
     num_replicas: int = 1,
     num_workers: int = 0,
+    collate_fn: Callable[[list], dict[str, torch.Tensor]] | None = None,
 ) -> DataLoader:
-    """Length-sorted batches filled to a token budget, padded to their own longest input."""
+    """Length-sorted batches filled to a token budget, padded to their own longest input.
+
+    ``collate_fn`` replaces padding for datasets of cached embeddings.
+    """
     sampler = TokenBudgetBatchSampler(
         dataset.tokens,
         max_tokens,
@@ -36,13 +40,15 @@ def eval_loader(
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=partial(pad_collate, pad_token_id=pad_token_id),
+        collate_fn=collate_fn or partial(pad_collate, pad_token_id=pad_token_id),
         num_workers=num_workers,
         generator=torch.Generator(),  # leaves the global RNG (dropout in training) untouched
     )
 
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "window_owner", "window_start", "residue_count")
+MODEL_INPUTS = (
+    "input_ids", "attention_mask", "window_owner", "window_start", "residue_count", "embeddings",
+)  # fmt: skip
 
 
 def model_inputs(

@@ -29,9 +29,15 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from esmtune.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from esmtune.config import TASK_METRICS, FinetuneMode, TrainConfig
+from esmtune.config import TASK_METRICS, FinetuneMode, Pooling, TrainConfig
 from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, encode, pad_collate
 from esmtune.data.check import DataReport, check_dataset
+from esmtune.embeddings import (
+    EmbeddedDataset,
+    EmbeddingCache,
+    embedding_collate,
+    pooled_embeddings,
+)
 from esmtune.errors import RunDirError
 from esmtune.inference import eval_loader, iterate_outputs, model_inputs
 from esmtune.metrics import is_improvement
@@ -134,8 +140,61 @@ def _parameter_groups(model: SequenceClassifier, config: TrainConfig) -> list[di
     ]
 
 
+def _caches_embeddings(config: TrainConfig) -> bool:
+    """Frozen backbone and a pooling without parameters: the pooled embedding never changes."""
+    return (
+        config.finetune.mode is FinetuneMode.FROZEN
+        and config.finetune.cache_embeddings
+        and config.model.pooling is not Pooling.ATTENTION
+    )
+
+
+def _embed_once(
+    accelerator: Accelerator,
+    model: SequenceClassifier,
+    pad_token_id: int,
+    config: TrainConfig,
+    report: DataReport,
+    datasets: dict[str, EncodedDataset],
+) -> dict[str, EmbeddedDataset]:
+    """Pooled embeddings of every split, from the cache or computed once (main process)."""
+    root = config.finetune.cache_dir or (
+        Path(os.environ.get("ESMTUNE_CACHE", "~/.cache/esmtune")).expanduser() / "embeddings"
+    )
+    cache = EmbeddingCache.for_run(root, model, config)
+    model.to(accelerator.device)
+    embedded = {}
+    for split, dataset in datasets.items():
+        sequences = [r.sequence for r in report.splits[split]]
+
+        def compute(missing: list[int], dataset: EncodedDataset = dataset) -> torch.Tensor:
+            subset = EncodedDataset([dataset.windows[i] for i in missing])
+            return pooled_embeddings(
+                model, subset, pad_token_id, config.training.max_tokens,
+                progress=accelerator.is_main_process,
+            )  # fmt: skip
+
+        started = time.perf_counter()
+        computed = 0
+        if accelerator.is_main_process:
+            embeddings, computed = cache.fetch(sequences, compute)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            embeddings, _ = cache.fetch(sequences, compute)  # written by the main process
+        _say(
+            accelerator,
+            f"{split}: {computed} embedding(s) computed, {len(sequences) - computed} read from "
+            f"the cache {cache.folder} ({time.perf_counter() - started:.1f} s)",
+        )
+        embedded[split] = EmbeddedDataset(embeddings, dataset)
+    return embedded
+
+
 def _make_train_loader(
-    dataset: EncodedDataset, config: TrainConfig, pad_token_id: int, processes: int
+    dataset: EncodedDataset | EmbeddedDataset,
+    config: TrainConfig,
+    pad_token_id: int,
+    processes: int,
 ) -> tuple[DataLoader, TokenBudgetBatchSampler]:
     training = config.training
     sampler = TokenBudgetBatchSampler(
@@ -150,13 +209,19 @@ def _make_train_loader(
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=partial(pad_collate, pad_token_id=pad_token_id),
+        collate_fn=_collate(dataset, pad_token_id),
         num_workers=training.num_workers,
         # Its own generator: creating an iterator then draws no number from the global RNG, so a
         # resumed run (which creates one more iterator) keeps the same dropout masks.
         generator=torch.Generator().manual_seed(training.seed),
     )
     return loader, sampler
+
+
+def _collate(dataset: EncodedDataset | EmbeddedDataset, pad_token_id: int) -> Any:
+    if isinstance(dataset, EmbeddedDataset):
+        return embedding_collate
+    return partial(pad_collate, pad_token_id=pad_token_id)
 
 
 def _setup_logging(run_dir: Path, is_main: bool) -> None:
@@ -246,6 +311,11 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
 
     train_set = encode_split(report, "train", tokenizer, config, spec)
     val_set = encode_split(report, "validation", tokenizer, config, spec)
+    if _caches_embeddings(config):
+        # The backbone's only work: from here on the head trains on cached embeddings.
+        splits = {"train": train_set, "validation": val_set}
+        embedded = _embed_once(accelerator, model, tokenizer.pad_token_id, config, report, splits)
+        train_set, val_set = embedded["train"], embedded["validation"]
     processes = accelerator.num_processes
     train_loader, train_sampler = _make_train_loader(
         train_set, config, tokenizer.pad_token_id, processes
@@ -253,6 +323,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     val_loader = eval_loader(
         val_set, config.training.max_tokens, tokenizer.pad_token_id,
         max_sequences=config.training.batch_size, num_replicas=processes,
+        collate_fn=_collate(val_set, tokenizer.pad_token_id),
     )  # fmt: skip
     # The schedule counts optimizer steps over all processes, from the real loader length.
     steps_per_epoch = math.ceil(len(train_loader) / config.training.gradient_accumulation)
@@ -407,7 +478,8 @@ def _train_one_epoch(
         state.batches_done += 1
         window_loss += loss.detach()
         window_batches += 1
-        residues += batch["attention_mask"].sum() - 2 * len(batch["input_ids"])
+        if "attention_mask" in batch:  # (cached embeddings have no residues to count)
+            residues += batch["attention_mask"].sum() - 2 * len(batch["input_ids"])
         bar.update(1)
         if not accelerator.sync_gradients:
             continue

@@ -1,0 +1,369 @@
+"""Embeddings: computed once, cached on disk, and written for other tools.
+
+A frozen backbone gives the same pooled embedding for a sequence every epoch, so frozen-mode
+training computes it once and trains the head on the cache: from epoch 2 on the backbone never
+runs. The cache is keyed by what determines the embedding (model, revision or weights, pooling,
+max length, long-sequence handling) and, inside, by each sequence's hash, so a changed dataset
+reuses what is already there. ``esmtune embed`` writes embeddings with their ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from esmtune.config import LongSequences, Pooling, TrainConfig
+from esmtune.data.batching import EncodedDataset, encode
+from esmtune.data.check import sequence_problem
+from esmtune.data.fasta import SequenceRecord
+from esmtune.errors import DataError, EsmtuneError
+from esmtune.inference import eval_loader, model_inputs
+from esmtune.model.classifier import SequenceClassifier, build_model
+from esmtune.model.heads import Pooler
+from esmtune.model.rundir import CONFIG_FILE, WEIGHTS_FILE, load_run
+
+__all__ = [
+    "EMBEDDING_FORMATS",
+    "EmbeddedDataset",
+    "EmbeddingCache",
+    "backbone_fingerprint",
+    "embed_records",
+    "embedding_collate",
+    "load_embedder",
+    "pooled_embeddings",
+    "residue_embeddings",
+    "write_embeddings",
+]
+
+EMBEDDING_FORMATS = (".h5", ".npz", ".safetensors")
+
+
+def _progress(total: int, show: bool, what: str) -> tqdm:
+    return tqdm(total=total, desc=what, unit="seq", disable=not show, dynamic_ncols=True)
+
+
+@torch.inference_mode()
+def pooled_embeddings(
+    model: SequenceClassifier,
+    dataset: EncodedDataset,
+    pad_token_id: int,
+    max_tokens: int,
+    pooler: Pooler | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """One pooled vector per sequence of ``dataset``, in its order, as float32 on the CPU.
+
+    Args:
+        model: The model whose backbone (and, by default, pooling) is used; put in eval mode.
+        dataset: Encoded windows.
+        pad_token_id: Padding id of the tokenizer.
+        max_tokens: Token budget per batch.
+        pooler: Pooling to apply instead of the model's own (``esmtune embed``).
+        progress: Show a progress bar.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pool = pooler.to(device) if pooler is not None else model.pooler
+    rows: dict[int, torch.Tensor] = {}
+    bar = _progress(len(dataset), progress, "embed")
+    for batch in eval_loader(dataset, max_tokens, pad_token_id):
+        pooled = pool(*model.residue_states(**model_inputs(batch, device)))
+        rows.update(zip(batch["index"].tolist(), pooled.float().cpu(), strict=True))
+        bar.update(len(batch["index"]))
+    bar.close()
+    model.train(was_training)
+    return torch.stack([rows[i] for i in range(len(dataset))])
+
+
+@torch.inference_mode()
+def residue_embeddings(
+    model: SequenceClassifier,
+    dataset: EncodedDataset,
+    pad_token_id: int,
+    max_tokens: int,
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """Per-residue states ``(residues, hidden)`` of each sequence (no BOS/EOS), in order."""
+    model.eval()
+    device = next(model.parameters()).device
+    rows: dict[int, torch.Tensor] = {}
+    bar = _progress(len(dataset), progress, "embed")
+    for batch in eval_loader(dataset, max_tokens, pad_token_id):
+        states, mask = model.residue_states(**model_inputs(batch, device))
+        for index, row, keep in zip(batch["index"].tolist(), states, mask, strict=True):
+            rows[index] = row[keep].float().cpu()
+        bar.update(len(batch["index"]))
+    bar.close()
+    return [rows[i] for i in range(len(dataset))]
+
+
+def backbone_fingerprint(model: SequenceClassifier, config: TrainConfig) -> str:
+    """What identifies the backbone's weights.
+
+    A hub model is its id and revision; a local folder adds its weight files' sizes and times;
+    a randomly initialised backbone hashes its parameters, since nothing else identifies it.
+    """
+    name = config.model.name
+    if not config.model.pretrained:
+        digest = hashlib.sha256()
+        for key, tensor in sorted(model.backbone.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return f"random:{digest.hexdigest()}"
+    local = Path(name).expanduser()
+    if local.is_dir():
+        files = sorted(local.glob("*.safetensors")) + sorted(local.glob("*.bin"))
+        stamps = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        return f"local:{local.resolve()}:{stamps}"
+    return f"hub:{name}@{config.model.revision or 'main'}"
+
+
+def _sequence_key(sequence: str) -> str:
+    return hashlib.sha1(sequence.encode()).hexdigest()
+
+
+class EmbeddingCache:
+    """Pooled embeddings on disk, one folder per (backbone, pooling, length handling).
+
+    Each folder holds ``info.json`` (what the key stands for) and shard files written
+    atomically, each mapping sequence hashes to vectors. New sequences go into a new shard, so
+    concurrent or interrupted writers never corrupt what is there.
+    """
+
+    def __init__(self, root: Path, description: dict[str, object]) -> None:
+        text = json.dumps(description, sort_keys=True)
+        self.folder = Path(root).expanduser() / hashlib.sha256(text.encode()).hexdigest()[:24]
+        self.description = description
+
+    @classmethod
+    def for_run(cls, root: Path, model: SequenceClassifier, config: TrainConfig) -> EmbeddingCache:
+        """The cache entry of a training config's frozen backbone."""
+        data = config.data
+        return cls(
+            root,
+            {
+                "backbone": backbone_fingerprint(model, config),
+                "pooling": config.model.pooling.value,
+                "max_length": data.max_length,
+                "long_sequences": data.long_sequences.value,
+                "window_stride": data.window_stride,
+                "attn_implementation": config.model.attn_implementation,
+            },
+        )
+
+    def _stored(self) -> dict[str, Path]:
+        """Sequence hash -> shard file, for everything cached so far."""
+        found: dict[str, Path] = {}
+        if self.folder.is_dir():
+            for shard in sorted(self.folder.glob("shard-*.safetensors")):
+                with safe_open(str(shard), framework="pt") as handle:
+                    found.update(dict.fromkeys(handle.keys(), shard))
+        return found
+
+    def fetch(
+        self,
+        sequences: Sequence[str],
+        compute: Callable[[list[int]], torch.Tensor],
+    ) -> tuple[torch.Tensor, int]:
+        """Embeddings of ``sequences`` (in order): cached ones read, missing ones computed.
+
+        Args:
+            sequences: Residue strings.
+            compute: Called with the indices of the missing sequences; returns their
+                embeddings as a ``(missing, hidden)`` tensor.
+
+        Returns:
+            The ``(n, hidden)`` embeddings and how many had to be computed.
+        """
+        keys = [_sequence_key(s) for s in sequences]
+        stored = self._stored()
+        missing: list[int] = []
+        seen: set[str] = set()
+        for index, key in enumerate(keys):
+            if key not in stored and key not in seen:  # each new sequence computed once
+                seen.add(key)
+                missing.append(index)
+        vectors: dict[str, torch.Tensor] = {}
+        if missing:
+            computed = compute(missing)
+            fresh = {keys[i]: computed[row].contiguous() for row, i in enumerate(missing)}
+            self._write(fresh)
+            vectors.update(fresh)
+        by_shard: dict[Path, list[str]] = {}
+        for key in set(keys) - set(vectors):
+            by_shard.setdefault(stored[key], []).append(key)
+        for shard, wanted in by_shard.items():
+            with safe_open(str(shard), framework="pt") as handle:
+                vectors.update({key: handle.get_tensor(key) for key in wanted})
+        return torch.stack([vectors[key] for key in keys]), len(missing)
+
+    def _write(self, vectors: dict[str, torch.Tensor]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        info = self.folder / "info.json"
+        if not info.is_file():
+            info.write_text(json.dumps(self.description, indent=2) + "\n")
+        name = f"shard-{uuid.uuid4().hex}.safetensors"
+        temporary = self.folder / f".{name}.tmp"
+        save_file(vectors, str(temporary))
+        os.replace(temporary, self.folder / name)
+
+
+def write_embeddings(
+    path: Path,
+    ids: list[str],
+    embeddings: torch.Tensor | list[torch.Tensor],
+    metadata: dict[str, str],
+) -> None:
+    """Write embeddings with their ids, in the format the file's extension names.
+
+    Pooled embeddings (one tensor ``(n, hidden)``) go in as ``ids`` and ``embeddings``; per-residue
+    ones (one ``(residues, hidden)`` tensor per sequence) as one array per id.
+
+    Raises:
+        EsmtuneError: On an unknown extension or repeated ids.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in EMBEDDING_FORMATS:
+        raise EsmtuneError(
+            f"{path}: unknown embedding format '{suffix}'; use {', '.join(EMBEDDING_FORMATS)}"
+        )
+    if len(set(ids)) != len(ids):
+        raise EsmtuneError("repeated sequence ids; embeddings are stored by id, make them unique")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pooled = isinstance(embeddings, torch.Tensor)
+    temporary = path.with_name(f".{path.name}.tmp{suffix}")
+    if suffix == ".safetensors":
+        tensors = {"embeddings": embeddings} if pooled else dict(zip(ids, embeddings, strict=True))
+        save_file(
+            {k: v.contiguous() for k, v in tensors.items()},
+            str(temporary),
+            metadata={**metadata, "ids": json.dumps(ids)},
+        )
+    elif suffix == ".npz":
+        if pooled:
+            arrays = {"ids": np.asarray(ids), "embeddings": embeddings.numpy()}
+        else:
+            per_id = {i: e.numpy() for i, e in zip(ids, embeddings, strict=True)}
+            arrays = {"ids": np.asarray(ids), **per_id}
+        with temporary.open("wb") as handle:
+            np.savez(handle, **arrays)
+    else:
+        import h5py  # only .h5 users pay for the import
+
+        with h5py.File(temporary, "w") as handle:
+            handle.attrs.update(metadata)
+            names = np.asarray(ids, dtype=object)
+            handle.create_dataset("ids", data=names, dtype=h5py.string_dtype())
+            if pooled:
+                handle.create_dataset("embeddings", data=embeddings.numpy())
+            else:
+                group = handle.create_group("per_residue")  # one dataset per id ('/' escaped)
+                for identifier, states in zip(ids, embeddings, strict=True):
+                    group.create_dataset(identifier.replace("/", "%2F"), data=states.numpy())
+    os.replace(temporary, path)
+
+
+class EmbeddedDataset(Dataset):
+    """Cached pooled embeddings in place of token windows, batched exactly like them.
+
+    ``tokens`` and ``window_counts`` come from the encoded dataset, so the token-budget sampler
+    forms the same batches as it would from tokens; only the backbone's work disappears.
+    """
+
+    def __init__(self, embeddings: torch.Tensor, encoded: EncodedDataset) -> None:
+        self.embeddings = embeddings
+        self.targets = encoded.targets
+        self.tokens = encoded.tokens
+        self.window_counts = encoded.window_counts
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, np.ndarray | None]:
+        target = None if self.targets is None else self.targets[index]
+        return index, self.embeddings[index], target
+
+
+def embedding_collate(
+    items: list[tuple[int, torch.Tensor, np.ndarray | None]],
+) -> dict[str, torch.Tensor]:
+    """Stack cached embeddings (and targets) into a batch the model's head takes directly."""
+    batch = {
+        "index": torch.tensor([index for index, _, _ in items], dtype=torch.long),
+        "embeddings": torch.stack([embedding for _, embedding, _ in items]),
+    }
+    if items[0][2] is not None:
+        batch["target"] = torch.from_numpy(np.stack([target for _, _, target in items]))
+    return batch
+
+
+def load_embedder(
+    model: str, revision: str | None = None, attn_implementation: str = "sdpa"
+) -> tuple[SequenceClassifier, Any, int]:
+    """A backbone to embed with: a run directory's (fine-tuned) one, a local folder or a hub id.
+
+    Returns:
+        The model (its head is unused), the tokenizer, and the longest input it was trained on
+        (a run's data.max_length; 1,022 otherwise).
+
+    Raises:
+        ModelLoadError: When the model cannot be found (offline, typo), with the fix.
+    """
+    folder = Path(model).expanduser()
+    if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+        loaded = load_run(folder)
+        return loaded.model, loaded.tokenizer, loaded.config.data.max_length
+    config = TrainConfig.model_validate(
+        {
+            "model": {
+                "name": model,
+                "revision": revision,
+                "attn_implementation": attn_implementation,
+                "head_hidden": [],
+            },
+            "finetune": {"mode": "frozen"},
+        }
+    )
+    embedder, tokenizer = build_model(config, num_outputs=1)
+    return embedder, tokenizer, 1022
+
+
+def embed_records(
+    model: SequenceClassifier,
+    tokenizer: Any,
+    records: list[SequenceRecord],
+    pooling: str,
+    max_length: int,
+    long_sequences: LongSequences = LongSequences.WINDOW,
+    max_tokens: int = 16384,
+    progress: bool = True,
+) -> torch.Tensor | list[torch.Tensor]:
+    """Pooled ``(n, hidden)`` embeddings, or per-residue ones (``pooling='per-residue'``).
+
+    Raises:
+        DataError: On empty sequences or invalid residues, naming every record.
+    """
+    problems = [problem for record in records if (problem := sequence_problem(record))]
+    if problems:
+        raise DataError(f"{len(problems)} invalid sequence(s):\n  - " + "\n  - ".join(problems))
+    windows = encode(tokenizer, [r.sequence for r in records], max_length, long_sequences)
+    dataset = EncodedDataset(windows)
+    pad = tokenizer.pad_token_id
+    if pooling == "per-residue":
+        return residue_embeddings(model, dataset, pad, max_tokens, progress)
+    hidden = model.backbone.config.hidden_size
+    pooler = Pooler(Pooling(pooling), hidden)
+    return pooled_embeddings(model, dataset, pad, max_tokens, pooler, progress)
