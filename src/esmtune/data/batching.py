@@ -76,7 +76,7 @@ def encode(
     tokenizer: PreTrainedTokenizerBase,
     sequences: Sequence[str],
     max_length: int,
-    long_sequences: LongSequences = LongSequences.TRUNCATE,
+    long_sequences: LongSequences | str = LongSequences.TRUNCATE,
     stride: int | None = None,
 ) -> list[list[Window]]:
     """Windows of token ids (with BOS/EOS) for each sequence.
@@ -94,6 +94,7 @@ def encode(
         One list of windows per sequence; a single window unless ``window`` applies.
     """
     vocabulary = _Vocabulary(tokenizer)
+    long_sequences = LongSequences(long_sequences)  # accept the plain string too
     stride = stride or max(1, max_length // 2)
     encoded = []
     for sequence in sequences:
