@@ -326,15 +326,21 @@ def test_fewer_sequences_than_processes_is_an_error() -> None:
         TokenBudgetBatchSampler([10, 12], 100, shuffle=False, num_replicas=3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: _even_out cannot split one-sequence batches, so with batch_size=1 (or "
-    "every sequence over the budget) the batch count stays len(data), not a multiple of "
-    "num_replicas; accelerate then repeats a batch",
-)
 def test_one_sequence_batches_share_evenly_between_processes() -> None:
-    sampler = TokenBudgetBatchSampler([10] * 5, 1000, shuffle=False, max_sequences=1, num_replicas=2)
+    from accelerate.data_loader import BatchSamplerShard
+
+    sampler = TokenBudgetBatchSampler(
+        [10] * 5, 1000, shuffle=False, max_sequences=1, num_replicas=2
+    )
+    seen = [
+        i
+        for rank in range(2)
+        for batch in BatchSamplerShard(sampler, num_processes=2, process_index=rank)
+        for i in batch
+    ]
+    assert sorted(seen) == list(range(5))  # nothing lost, nothing repeated
     assert len(sampler) % 2 == 0
+    assert sorted(map(len, sampler)) == [1, 1, 1, 2]  # the two shortest share a batch
 
 
 # --- predict_outputs ------------------------------------------------------------------------
@@ -417,9 +423,7 @@ def test_residue_states_stitch_windows_like_a_manual_average(tiny_model_dir, tok
 
 
 @pytest.mark.parametrize("pooling", list(Pooling))
-def test_pooling_sees_the_stitched_sequence(
-    tiny_model_dir, tokenizer, pooling: Pooling
-) -> None:
+def test_pooling_sees_the_stitched_sequence(tiny_model_dir, tokenizer, pooling: Pooling) -> None:
     model = tiny_model(tiny_model_dir, pooling)
     sequence = random_protein(random.Random(10), 57)
     [windows] = encode(tokenizer, [sequence], 20, LongSequences.WINDOW, stride=10)

@@ -150,10 +150,10 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
     little. Without shuffling, batches follow sorted length (longest first, so an out-of-memory
     shows up at once); callers restore the input order from the indices each batch carries.
 
-    Under several processes the number of batches is made a multiple of ``num_replicas`` by
-    splitting the largest batches, so that handing out batches round-robin gives each process the
-    same number of steps with no sample lost or repeated. A single sequence over the budget forms
-    a batch of its own.
+    Under several processes the number of batches is made a multiple of ``num_replicas`` (see
+    :meth:`_even_out`), so that handing out batches round-robin gives each process the same
+    number of steps with no sample lost or repeated. A single sequence over the budget forms a
+    batch of its own.
     """
 
     def __init__(
@@ -207,14 +207,22 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         return batches
 
     def _even_out(self, batches: list[list[int]]) -> list[list[int]]:
-        """Split the largest batches until every process gets the same number."""
+        """Give every process the same number of batches, losing and repeating nothing.
+
+        The largest batch is split in two until the count is a multiple of the process count;
+        when every batch is a single sequence (batch_size 1, or all over the budget), the two
+        shortest are merged instead, the one case where a batch exceeds its limits.
+        """
         while len(batches) % self.num_replicas:
             largest = max(range(len(batches)), key=lambda i: len(batches[i]))
             batch = batches[largest]
-            if len(batch) < 2:
-                break  # cannot happen: there are at least num_replicas sequences
-            half = len(batch) // 2
-            batches[largest : largest + 1] = [batch[:half], batch[half:]]
+            if len(batch) >= 2:
+                half = len(batch) // 2
+                batches[largest : largest + 1] = [batch[:half], batch[half:]]
+                continue
+            by_cost = sorted(range(len(batches)), key=lambda i: self.tokens[batches[i][0]])
+            first, second = sorted(by_cost[:2])
+            batches[first] = batches[first] + batches.pop(second)
         return batches
 
     def _batches(self) -> list[list[int]]:
