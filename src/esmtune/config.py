@@ -354,6 +354,12 @@ class TrainingConfig(_Section):
         "linear", description="Learning-rate decay after warm-up."
     )
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 = off).")
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = Field(
+        None,
+        description="Autocast for training: bf16 (recent GPUs, AVX-512 CPUs), fp16 (older GPUs) "
+        "or no. [default: what accelerate is told (accelerate launch --mixed_precision, "
+        "configs/accelerate.yaml), else no]",
+    )
     eval_every_epochs: int = Field(1, ge=1, description="Evaluate on validation every N epochs.")
     checkpoint_every_steps: int = Field(
         0, ge=0, description="Also checkpoint every N optimizer steps (0 = at evaluations only)."

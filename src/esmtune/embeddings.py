@@ -29,7 +29,7 @@ from esmtune.data.batching import EncodedDataset, encode
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import DataError, EsmtuneError
-from esmtune.inference import eval_loader, model_inputs
+from esmtune.inference import eval_loader, model_inputs, precision_context
 from esmtune.model.classifier import SequenceClassifier, build_model
 from esmtune.model.heads import Pooler
 from esmtune.model.rundir import CONFIG_FILE, WEIGHTS_FILE, load_run
@@ -62,6 +62,7 @@ def pooled_embeddings(
     max_tokens: int,
     pooler: Pooler | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """One pooled vector per sequence of ``dataset``, in its order, as float32 on the CPU.
 
@@ -72,6 +73,7 @@ def pooled_embeddings(
         max_tokens: Token budget per batch.
         pooler: Pooling to apply instead of the model's own (``esmtune embed``).
         progress: Show a progress bar.
+        precision: ``fp32``, ``bf16`` or ``auto`` (see :func:`precision_context`).
     """
     was_training = model.training
     model.eval()
@@ -79,10 +81,11 @@ def pooled_embeddings(
     pool = pooler.to(device) if pooler is not None else model.pooler
     rows: dict[int, torch.Tensor] = {}
     bar = _progress(len(dataset), progress, "embed")
-    for batch in eval_loader(dataset, max_tokens, pad_token_id):
-        pooled = pool(*model.residue_states(**model_inputs(batch, device)))
-        rows.update(zip(batch["index"].tolist(), pooled.float().cpu(), strict=True))
-        bar.update(len(batch["index"]))
+    with precision_context(precision, device):
+        for batch in eval_loader(dataset, max_tokens, pad_token_id):
+            pooled = pool(*model.residue_states(**model_inputs(batch, device)))
+            rows.update(zip(batch["index"].tolist(), pooled.float().cpu(), strict=True))
+            bar.update(len(batch["index"]))
     bar.close()
     model.train(was_training)
     return torch.stack([rows[i] for i in range(len(dataset))])
@@ -95,17 +98,19 @@ def residue_embeddings(
     pad_token_id: int,
     max_tokens: int,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> list[torch.Tensor]:
     """Per-residue states ``(residues, hidden)`` of each sequence (no BOS/EOS), in order."""
     model.eval()
     device = next(model.parameters()).device
     rows: dict[int, torch.Tensor] = {}
     bar = _progress(len(dataset), progress, "embed")
-    for batch in eval_loader(dataset, max_tokens, pad_token_id):
-        states, mask = model.residue_states(**model_inputs(batch, device))
-        for index, row, keep in zip(batch["index"].tolist(), states, mask, strict=True):
-            rows[index] = row[keep].float().cpu()
-        bar.update(len(batch["index"]))
+    with precision_context(precision, device):
+        for batch in eval_loader(dataset, max_tokens, pad_token_id):
+            states, mask = model.residue_states(**model_inputs(batch, device))
+            for index, row, keep in zip(batch["index"].tolist(), states, mask, strict=True):
+                rows[index] = row[keep].float().cpu()
+            bar.update(len(batch["index"]))
     bar.close()
     return [rows[i] for i in range(len(dataset))]
 
@@ -350,6 +355,7 @@ def embed_records(
     long_sequences: LongSequences = LongSequences.WINDOW,
     max_tokens: int = 16384,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> torch.Tensor | list[torch.Tensor]:
     """Pooled ``(n, hidden)`` embeddings, or per-residue ones (``pooling='per-residue'``).
 
@@ -363,7 +369,7 @@ def embed_records(
     dataset = EncodedDataset(windows)
     pad = tokenizer.pad_token_id
     if pooling == "per-residue":
-        return residue_embeddings(model, dataset, pad, max_tokens, progress)
+        return residue_embeddings(model, dataset, pad, max_tokens, progress, precision)
     hidden = model.backbone.config.hidden_size
     pooler = Pooler(Pooling(pooling), hidden)
-    return pooled_embeddings(model, dataset, pad, max_tokens, pooler, progress)
+    return pooled_embeddings(model, dataset, pad, max_tokens, pooler, progress, precision)

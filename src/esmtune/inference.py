@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
 import numpy as np
@@ -13,7 +14,39 @@ from tqdm.auto import tqdm
 
 from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, pad_collate
 
-__all__ = ["eval_loader", "iterate_outputs", "model_inputs", "predict_outputs"]
+__all__ = [
+    "PRECISIONS",
+    "bf16_is_fast",
+    "eval_loader",
+    "iterate_outputs",
+    "model_inputs",
+    "precision_context",
+    "predict_outputs",
+]
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls run natively: CUDA with bf16 support, or an AVX-512 (or AMX) CPU.
+
+    On such CPUs oneDNN's bf16 kernels beat fp32 (see benchmarks/); elsewhere bf16 is emulated
+    and slower.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
+    return False
+
+
+def precision_context(precision: str, device: torch.device) -> AbstractContextManager:
+    """Autocast to bfloat16 (``bf16``, or ``auto`` where it is fast), or plain fp32."""
+    if precision == "auto":
+        precision = "bf16" if bf16_is_fast(device) else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def eval_loader(
@@ -86,14 +119,19 @@ def predict_outputs(
     pad_token_id: int,
     progress: bool = False,
     max_sequences: int | None = None,
+    precision: str = "fp32",
 ) -> np.ndarray:
-    """Outputs for every sequence of ``dataset``, in its order, on the model's device."""
+    """Outputs for every sequence of ``dataset``, in its order, on the model's device.
+
+    ``precision``: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where it is fast).
+    """
     device = next(model.parameters()).device
     loader = eval_loader(dataset, max_tokens, pad_token_id, max_sequences)
     rows: dict[int, np.ndarray] = {}
     bar = tqdm(total=len(dataset), desc="predict", unit="seq", disable=not progress)
-    for indices, batch_outputs in iterate_outputs(model, loader, outputs, device):
-        rows.update(zip(indices.tolist(), batch_outputs, strict=True))
-        bar.update(len(indices))
+    with precision_context(precision, device):
+        for indices, batch_outputs in iterate_outputs(model, loader, outputs, device):
+            rows.update(zip(indices.tolist(), batch_outputs, strict=True))
+            bar.update(len(indices))
     bar.close()
     return np.stack([rows[i] for i in range(len(dataset))])

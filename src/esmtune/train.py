@@ -225,8 +225,12 @@ def _collate(dataset: EncodedDataset | EmbeddedDataset, pad_token_id: int) -> An
 
 
 def _setup_logging(run_dir: Path, is_main: bool) -> None:
+    """Log to this run's train.log (appending on resume), and to no earlier run's."""
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
-    if is_main and not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
+    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(handler)  # left by an earlier train() in the same process
+        handler.close()
+    if is_main:
         handler = logging.FileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
@@ -268,6 +272,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     accelerator = Accelerator(
         gradient_accumulation_steps=config.training.gradient_accumulation,
         cpu=_distributed_without_devices(),
+        mixed_precision=config.training.mixed_precision,
     )
     set_seed(config.training.seed)
 
