@@ -48,3 +48,25 @@ def test_two_process_training_completes_and_learns(
     assert layer_keys and all(
         (second_epoch[k] == pretrained[k.removeprefix("backbone.")]).all() for k in layer_keys
     )
+
+
+def test_two_process_frozen_training_shares_one_embedding_cache(
+    tiny_model_dir: Path, learnable_data: Path, tmp_path: Path
+) -> None:
+    """The main process embeds and writes the cache; the other reads it; both train the head."""
+    overrides = tiny_overrides(tiny_model_dir, learnable_data, tmp_path, "frozen")
+    overrides += ["finetune.mode=frozen", f"finetune.cache_dir={tmp_path / 'cache'}"]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--multi_gpu",
+        "-m", "esmtune", "train", *overrides,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train: 120 embedding(s) computed" in result.stdout + result.stderr
+    (entry,) = (tmp_path / "cache").iterdir()
+    assert len(list(entry.glob("shard-*.safetensors"))) == 2  # train and validation
+    metrics = json.loads((tmp_path / "frozen" / "metrics.json").read_text())
+    assert len(metrics["history"]) == 4 and metrics["best_value"] > 0.6

@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="test", choices=["train", "validation", "test"], help="split [test]"
     )
     evaluate.add_argument(
-        "--max-tokens", type=int, help="token budget per batch [training.max_tokens of the run]"
+        "--max-tokens", type=int, help="token budget per batch [1024 on CPU, 16384 on GPU]"
     )
     evaluate.set_defaults(handler=_cmd_evaluate)
 
@@ -389,9 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["fp32", "bf16", "auto"],
         default="fp32",
-        help="bf16 autocast is about 2x faster on AVX-512 CPUs and recent GPUs with labels "
-        "nearly always unchanged (see the README's Performance section); auto = bf16 where the "
-        "hardware runs it natively [fp32]",
+        help="bf16 autocast: faster where the hardware runs bf16 natively (recent GPUs, CPUs "
+        "with AVX512-BF16 or AMX), slower where it is emulated; auto = bf16 exactly there; see "
+        "the README's Performance section [fp32]",
     )
     predict.set_defaults(handler=_cmd_predict)
 
@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
         "residues only [window]",
     )
     embed.add_argument(
-        "--max-tokens", type=int, default=16384, help="token budget per batch [16384]"
+        "--max-tokens", type=int, help="token budget per batch [1024 on CPU, 16384 on GPU]"
     )
     embed.add_argument("--revision", help="hub revision (branch, tag or commit)")
     embed.add_argument("--device", help="cpu, cuda, cuda:1 ... [cuda if available]")
@@ -438,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["fp32", "bf16", "auto"],
         default="fp32",
-        help="bf16 autocast: about 2x faster on AVX-512 CPUs and recent GPUs; auto = bf16 where "
-        "the hardware runs it natively [fp32]",
+        help="bf16 autocast: faster where the hardware runs bf16 natively (recent GPUs, CPUs "
+        "with AVX512-BF16 or AMX), slower where it is emulated; auto = bf16 exactly there [fp32]",
     )
     embed.set_defaults(handler=_cmd_embed)
 

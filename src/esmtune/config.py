@@ -333,10 +333,11 @@ class TrainingConfig(_Section):
 
     epochs: int = Field(10, ge=1, description="Passes over the training split.")
     max_tokens: int = Field(
-        8192,
+        4096,
         ge=64,
         description="Token budget of a batch on each process: inputs x longest input, padding "
-        "included. Sequences of similar length are batched together.",
+        "included; sequences of similar length are batched together. On CPUs smaller is faster "
+        "(see the README's Performance section); raise it on large GPUs.",
     )
     batch_size: int | None = Field(
         None, ge=1, description="Also at most this many sequences per batch [default: no limit]"
@@ -356,9 +357,9 @@ class TrainingConfig(_Section):
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 = off).")
     mixed_precision: Literal["no", "bf16", "fp16"] | None = Field(
         None,
-        description="Autocast for training: bf16 (recent GPUs, AVX-512 CPUs), fp16 (older GPUs) "
-        "or no. [default: what accelerate is told (accelerate launch --mixed_precision, "
-        "configs/accelerate.yaml), else no]",
+        description="Autocast for training: bf16 (recent GPUs, CPUs with AVX512-BF16 or AMX), "
+        "fp16 (older GPUs) or no. [default: what accelerate is told (accelerate launch "
+        "--mixed_precision, configs/accelerate.yaml), else no]",
     )
     eval_every_epochs: int = Field(1, ge=1, description="Evaluate on validation every N epochs.")
     checkpoint_every_steps: int = Field(

@@ -29,7 +29,7 @@ from esmtune.data.batching import EncodedDataset, encode
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import DataError, EsmtuneError
-from esmtune.inference import eval_loader, model_inputs, precision_context
+from esmtune.inference import eval_loader, inference_budget, model_inputs, precision_context
 from esmtune.model.classifier import SequenceClassifier, build_model
 from esmtune.model.heads import Pooler
 from esmtune.model.rundir import CONFIG_FILE, WEIGHTS_FILE, load_run
@@ -59,7 +59,7 @@ def pooled_embeddings(
     model: SequenceClassifier,
     dataset: EncodedDataset,
     pad_token_id: int,
-    max_tokens: int,
+    max_tokens: int | None,
     pooler: Pooler | None = None,
     progress: bool = False,
     precision: str = "fp32",
@@ -70,7 +70,7 @@ def pooled_embeddings(
         model: The model whose backbone (and, by default, pooling) is used; put in eval mode.
         dataset: Encoded windows.
         pad_token_id: Padding id of the tokenizer.
-        max_tokens: Token budget per batch.
+        max_tokens: Token budget per batch (None: the device's default).
         pooler: Pooling to apply instead of the model's own (``esmtune embed``).
         progress: Show a progress bar.
         precision: ``fp32``, ``bf16`` or ``auto`` (see :func:`precision_context`).
@@ -79,10 +79,11 @@ def pooled_embeddings(
     model.eval()
     device = next(model.parameters()).device
     pool = pooler.to(device) if pooler is not None else model.pooler
+    budget = max_tokens or inference_budget(device)
     rows: dict[int, torch.Tensor] = {}
     bar = _progress(len(dataset), progress, "embed")
     with precision_context(precision, device):
-        for batch in eval_loader(dataset, max_tokens, pad_token_id):
+        for batch in eval_loader(dataset, budget, pad_token_id):
             pooled = pool(*model.residue_states(**model_inputs(batch, device)))
             rows.update(zip(batch["index"].tolist(), pooled.float().cpu(), strict=True))
             bar.update(len(batch["index"]))
@@ -96,17 +97,18 @@ def residue_embeddings(
     model: SequenceClassifier,
     dataset: EncodedDataset,
     pad_token_id: int,
-    max_tokens: int,
+    max_tokens: int | None,
     progress: bool = False,
     precision: str = "fp32",
 ) -> list[torch.Tensor]:
     """Per-residue states ``(residues, hidden)`` of each sequence (no BOS/EOS), in order."""
     model.eval()
     device = next(model.parameters()).device
+    budget = max_tokens or inference_budget(device)
     rows: dict[int, torch.Tensor] = {}
     bar = _progress(len(dataset), progress, "embed")
     with precision_context(precision, device):
-        for batch in eval_loader(dataset, max_tokens, pad_token_id):
+        for batch in eval_loader(dataset, budget, pad_token_id):
             states, mask = model.residue_states(**model_inputs(batch, device))
             for index, row, keep in zip(batch["index"].tolist(), states, mask, strict=True):
                 rows[index] = row[keep].float().cpu()
@@ -353,7 +355,7 @@ def embed_records(
     pooling: str,
     max_length: int,
     long_sequences: LongSequences = LongSequences.WINDOW,
-    max_tokens: int = 16384,
+    max_tokens: int | None = None,
     progress: bool = True,
     precision: str = "fp32",
 ) -> torch.Tensor | list[torch.Tensor]:

@@ -149,8 +149,9 @@ def evaluate_run(
         run_dir: A finished run directory.
         data_path: Dataset (default: the one the run was trained on, read the same way).
         split: ``test``, ``validation`` or ``train``.
-        max_tokens: Token budget per batch (default: the training one). Long sequences are
-            handled as in training (data.long_sequences).
+        max_tokens: Token budget per batch (default: the device's, see
+            :func:`~esmtune.inference.inference_budget`). Long sequences are handled as in
+            training (data.long_sequences).
         progress: Show a progress bar.
 
     Returns:
@@ -189,7 +190,7 @@ def evaluate_run(
         loaded.model,
         EncodedDataset(windows, targets),
         task.outputs,
-        max_tokens or config.training.max_tokens,
+        max_tokens,
         loaded.tokenizer.pad_token_id,
         progress=progress,
     )

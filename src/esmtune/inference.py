@@ -18,6 +18,7 @@ __all__ = [
     "PRECISIONS",
     "bf16_is_fast",
     "eval_loader",
+    "inference_budget",
     "iterate_outputs",
     "model_inputs",
     "precision_context",
@@ -27,16 +28,26 @@ __all__ = [
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bfloat16 matmuls run natively: CUDA with bf16 support, or an AVX-512 (or AMX) CPU.
+def inference_budget(device: torch.device) -> int:
+    """Default token budget for inference: small batches on CPUs, large ones on GPUs.
 
-    On such CPUs oneDNN's bf16 kernels beat fp32 (see benchmarks/); elsewhere bf16 is emulated
-    and slower.
+    A CPU gains nothing from wide batches but loses its caches: on our 2-core machines a budget
+    of about 1,024 tokens (mostly one protein per batch, so no padding at all) ran ESM2 35M at
+    2.2x the speed of a 16,384-token budget (benchmarks/bench.py). A GPU needs the width.
+    """
+    return 16384 if device.type == "cuda" else 1024
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls run natively: CUDA with bf16, or a CPU with AVX512-BF16 or AMX.
+
+    Elsewhere bf16 is emulated: on our AVX-512 CPUs without those instructions, bf16 autocast ran
+    at half the fp32 speed (benchmarks/bench.py).
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return False
 
 
@@ -115,7 +126,7 @@ def predict_outputs(
     model: nn.Module,
     dataset: EncodedDataset,
     outputs: Callable[[torch.Tensor], np.ndarray],
-    max_tokens: int,
+    max_tokens: int | None,
     pad_token_id: int,
     progress: bool = False,
     max_sequences: int | None = None,
@@ -123,10 +134,12 @@ def predict_outputs(
 ) -> np.ndarray:
     """Outputs for every sequence of ``dataset``, in its order, on the model's device.
 
-    ``precision``: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where it is fast).
+    ``max_tokens``: token budget per batch (None: :func:`inference_budget`). ``precision``:
+    ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where it is fast).
     """
     device = next(model.parameters()).device
-    loader = eval_loader(dataset, max_tokens, pad_token_id, max_sequences)
+    budget = max_tokens or inference_budget(device)
+    loader = eval_loader(dataset, budget, pad_token_id, max_sequences)
     rows: dict[int, np.ndarray] = {}
     bar = tqdm(total=len(dataset), desc="predict", unit="seq", disable=not progress)
     with precision_context(precision, device):

@@ -49,7 +49,7 @@ class Predictor:
         self,
         loaded: Any,
         device: str | torch.device | None = None,
-        max_tokens: int = 16384,
+        max_tokens: int | None = None,
         long_sequences: LongSequences | str = LongSequences.WINDOW,
         precision: str = "fp32",
     ):
@@ -69,7 +69,7 @@ class Predictor:
         cls,
         run_dir: Path | str,
         device: str | torch.device | None = None,
-        max_tokens: int = 16384,
+        max_tokens: int | None = None,
         long_sequences: LongSequences | str = LongSequences.WINDOW,
         precision: str = "fp32",
     ) -> Predictor:
@@ -78,12 +78,13 @@ class Predictor:
         Args:
             run_dir: A finished run directory.
             device: ``cpu``, ``cuda``, ``cuda:1`` ... (default: cuda when available).
-            max_tokens: Token budget per batch (inputs x longest input).
+            max_tokens: Token budget per batch, inputs x longest input (default: 1,024 on a
+                CPU, where small batches run fastest; 16,384 on a GPU).
             long_sequences: Sequences over the run's max_length: ``window`` (default; every
                 residue is seen), ``truncate`` or ``centre``.
-            precision: ``fp32``; ``bf16`` autocast (about 2x faster on AVX-512 CPUs and recent
-                GPUs, labels nearly always unchanged: see benchmarks/); ``auto`` = bf16 where
-                the hardware runs it natively.
+            precision: ``fp32``; ``bf16`` autocast (faster and leaner where the hardware runs
+                bf16 natively: recent GPUs, CPUs with AVX512-BF16 or AMX; slower elsewhere);
+                ``auto`` = bf16 exactly there.
         """
         return cls(load_run(run_dir), device, max_tokens, long_sequences, precision)
 

@@ -170,9 +170,8 @@ def _embed_once(
         def compute(missing: list[int], dataset: EncodedDataset = dataset) -> torch.Tensor:
             subset = EncodedDataset([dataset.windows[i] for i in missing])
             return pooled_embeddings(
-                model, subset, pad_token_id, config.training.max_tokens,
-                progress=accelerator.is_main_process,
-            )  # fmt: skip
+                model, subset, pad_token_id, None, progress=accelerator.is_main_process
+            )
 
         started = time.perf_counter()
         computed = 0
