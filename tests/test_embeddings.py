@@ -205,3 +205,24 @@ def test_embed_refuses_to_overwrite_and_unknown_formats(
     assert "exists" in capsys.readouterr().err and out.read_text() == "keep me"
     assert main(["embed", str(tiny_model_dir), str(fasta), "--out", str(tmp_path / "e.csv")]) == 2
     assert ".h5, .npz or .safetensors" in capsys.readouterr().err
+
+
+def test_embed_from_a_run_uses_its_trained_backbone(
+    tiny_model_dir: Path, learnable_data: Path, fasta: Path, tmp_path: Path
+) -> None:
+    from esmtune.data.batching import EncodedDataset, encode
+    from esmtune.embeddings import pooled_embeddings
+    from esmtune.model.rundir import load_run
+
+    overrides = tiny_overrides(tiny_model_dir, learnable_data, tmp_path, "full")
+    assert main(["train", *overrides, "finetune.mode=full", "training.epochs=1"]) == 0
+    out = tmp_path / "e.safetensors"
+    assert main(["embed", str(tmp_path / "full"), str(fasta), "--out", str(out)]) == 0
+    loaded = load_run(tmp_path / "full")
+    sequences = ["MKTAYIAKQR", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ" * 2]
+    windows = encode(loaded.tokenizer, sequences, loaded.config.data.max_length, "window")
+    expected = pooled_embeddings(loaded.model, EncodedDataset(windows), 1, None)
+    got = load_file(out)["embeddings"]
+    assert torch.allclose(got, expected, atol=1e-5)
+    untrained = _direct(tiny_model_dir, sequences, "mean")
+    assert not torch.allclose(got[0], untrained[0], atol=1e-3)  # fine-tuning moved it
