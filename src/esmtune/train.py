@@ -189,6 +189,38 @@ def _embed_once(
     return embedded
 
 
+def _make_loaders(
+    accelerator: Accelerator,
+    config: TrainConfig,
+    report: DataReport,
+    tokenizer: Any,
+    spec: TaskSpec,
+    model: SequenceClassifier,
+) -> tuple[DataLoader, TokenBudgetBatchSampler, DataLoader]:
+    """Encoded (or, frozen, embedded) train and validation sets behind token-budget loaders."""
+    train_set: EncodedDataset | EmbeddedDataset = encode_split(
+        report, "train", tokenizer, config, spec
+    )
+    val_set: EncodedDataset | EmbeddedDataset = encode_split(
+        report, "validation", tokenizer, config, spec
+    )
+    if _caches_embeddings(config):
+        # The backbone's only work: from here on the head trains on cached embeddings.
+        splits = {"train": train_set, "validation": val_set}
+        embedded = _embed_once(accelerator, model, tokenizer.pad_token_id, config, report, splits)
+        train_set, val_set = embedded["train"], embedded["validation"]
+    processes = accelerator.num_processes
+    train_loader, train_sampler = _make_train_loader(
+        train_set, config, tokenizer.pad_token_id, processes
+    )
+    val_loader = eval_loader(
+        val_set, config.training.max_tokens, tokenizer.pad_token_id,
+        max_sequences=config.training.batch_size, num_replicas=processes,
+        collate_fn=_collate(val_set, tokenizer.pad_token_id),
+    )  # fmt: skip
+    return train_loader, train_sampler, val_loader
+
+
 def _make_train_loader(
     dataset: EncodedDataset | EmbeddedDataset,
     config: TrainConfig,
@@ -313,22 +345,10 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
             model.backbone, unfrozen_layers_at(config.finetune, 0, num_layers)
         )
 
-    train_set = encode_split(report, "train", tokenizer, config, spec)
-    val_set = encode_split(report, "validation", tokenizer, config, spec)
-    if _caches_embeddings(config):
-        # The backbone's only work: from here on the head trains on cached embeddings.
-        splits = {"train": train_set, "validation": val_set}
-        embedded = _embed_once(accelerator, model, tokenizer.pad_token_id, config, report, splits)
-        train_set, val_set = embedded["train"], embedded["validation"]
-    processes = accelerator.num_processes
-    train_loader, train_sampler = _make_train_loader(
-        train_set, config, tokenizer.pad_token_id, processes
+    train_loader, train_sampler, val_loader = _make_loaders(
+        accelerator, config, report, tokenizer, spec, model
     )
-    val_loader = eval_loader(
-        val_set, config.training.max_tokens, tokenizer.pad_token_id,
-        max_sequences=config.training.batch_size, num_replicas=processes,
-        collate_fn=_collate(val_set, tokenizer.pad_token_id),
-    )  # fmt: skip
+    train_set, val_set = train_loader.dataset, val_loader.dataset
     # The schedule counts optimizer steps over all processes, from the real loader length.
     steps_per_epoch = math.ceil(len(train_loader) / config.training.gradient_accumulation)
     total_steps = steps_per_epoch * config.training.epochs
