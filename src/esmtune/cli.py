@@ -222,6 +222,48 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as error:
+        raise EsmtuneError(
+            f"serving needs FastAPI and uvicorn ({error.name} is missing): "
+            "pip install 'esmtune[serve]'"
+        ) from None
+    from esmtune.serve import SETTINGS_ENV, create_app
+
+    if args.workers < 1:
+        raise EsmtuneError(f"--workers {args.workers}: give 1 or more")
+    settings = {
+        "max_sequences": args.max_sequences,
+        "max_residues": args.max_residues,
+        "long_sequences": args.long_sequences,
+        "batch_wait_ms": args.batch_wait_ms,
+        "max_batch_tokens": args.max_batch_tokens,
+        "max_tokens": args.max_tokens,
+        "device": args.device,
+    }
+    if args.workers == 1:
+        # Loading here, before the server starts, turns a bad run directory into one message.
+        app = create_app(args.run, **settings)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        return 0
+    # Several worker processes need an importable factory; each one loads its own model.
+    import os
+
+    os.environ[SETTINGS_ENV] = json.dumps({"run_dir": str(args.run), **settings})
+    uvicorn.run(
+        "esmtune.serve:_app_from_environment",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
+    return 0
+
+
 def _add_data_options(command: argparse.ArgumentParser) -> None:
     """Options shared by `data check` and `baseline`: where the data is and how to read it."""
     command.add_argument(
@@ -456,6 +498,61 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="test", choices=["validation", "test"], help="split to score [test]"
     )
     baseline.set_defaults(handler=_cmd_baseline)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a run's predictions over HTTP (FastAPI)",
+        description="An HTTP service over a trained run: POST /predict (JSON or FASTA), GET /info, "
+        "GET /health, a page for people at / and the API docs at /docs. Requests arriving "
+        "together are grouped into one model call (micro-batching). Needs the serve extra: "
+        "pip install 'esmtune[serve]'.",
+    )
+    serve.add_argument("run", type=Path, metavar="RUN", help="run directory")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
+    serve.add_argument("--port", type=int, default=8000, help="port [8000]")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes; each one loads its own copy of the model (memory x N) and "
+        "batches only its own requests, so more than 1 helps only with spare cores or GPUs [1]",
+    )
+    serve.add_argument(
+        "--max-sequences", type=int, default=256, help="most sequences per request [256]"
+    )
+    serve.add_argument(
+        "--max-residues", type=int, default=200_000, help="most residues per request [200000]"
+    )
+    serve.add_argument(
+        "--long-sequences",
+        choices=["window", "refuse"],
+        default="window",
+        help="sequences longer than the run's max_length: read in overlapping windows (the "
+        "answer warns) or refused with status 413 [window]",
+    )
+    serve.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=10.0,
+        help="how long a request waits for others to share its model call [10]",
+    )
+    serve.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=32_768,
+        help="residues after which a batch runs without waiting longer [32768]",
+    )
+    serve.add_argument(
+        "--max-tokens", type=int, help="token budget per forward pass [1024 on CPU, 16384 on GPU]"
+    )
+    serve.add_argument("--device", help="cpu, cuda, cuda:1 ... [cuda if available]")
+    serve.add_argument(
+        "--log-level",
+        choices=["critical", "error", "warning", "info", "debug"],
+        default="info",
+        help="uvicorn's log level [info]",
+    )
+    serve.set_defaults(handler=_cmd_serve)
     return parser
 
 
