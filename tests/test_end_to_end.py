@@ -176,3 +176,20 @@ def test_readme_python_example_runs(trained_run: Path, capsys) -> None:
     (snippet,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     exec(snippet.replace('"runs/demo"', repr(str(trained_run))), {})
     assert capsys.readouterr().out.startswith("P1 ")
+
+
+def test_predictor_returns_a_dataframe_with_one_row_per_sequence(trained_run: Path) -> None:
+    from esmtune import Predictor
+
+    predictor = Predictor.from_run(trained_run)
+    sequences = {"a": "MDEDEEDSTGANQDEDE", "b": "MKRKRRKSTGANQKRKR"}
+    frame = predictor.predict_frame(sequences)
+    records = predictor.predict(sequences)
+    assert list(frame["id"]) == ["a", "b"]
+    assert list(frame["label"]) == [r["label"] for r in records]
+    labels = ["Acidic", "Basic", "Hydrophobic"]
+    assert list(frame.columns) == [
+        "id", "label", "probability", *(f"p_{x}" for x in labels), "length", "truncated",
+        "windows",
+    ]  # fmt: skip
+    assert frame[[f"p_{x}" for x in labels]].sum(axis=1).round(5).tolist() == [1.0, 1.0]

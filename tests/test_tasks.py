@@ -364,3 +364,11 @@ def test_a_lower_is_better_metric_selects_the_minimum(
     assert metrics["best_epoch"] == 1 + losses.index(min(losses))
     best = json.loads((run / "model" / "best_validation_metrics.json").read_text())
     assert best["epoch"] == metrics["best_epoch"]
+
+
+def test_regression_dataframe_has_a_column_per_target(regression_run: Path) -> None:
+    from esmtune.predict import Predictor
+
+    frame = Predictor.from_run(regression_run).predict_frame(["MKRKRKSTGANQ", "MDEDESTGANQ"])
+    assert list(frame.columns)[:3] == ["id", "charge_plus", "charge_minus"]
+    assert frame["charge_plus"][0] > frame["charge_plus"][1]

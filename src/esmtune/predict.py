@@ -14,7 +14,7 @@ from esmtune.config import LongSequences, Task
 from esmtune.data.batching import EncodedDataset, encode
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
-from esmtune.errors import DataError
+from esmtune.errors import DataError, EsmtuneError
 from esmtune.inference import predict_outputs
 from esmtune.model.rundir import load_run
 from esmtune.tasks import TaskSpec
@@ -152,6 +152,40 @@ class Predictor:
                 }
             )
         return results
+
+    def predict_frame(
+        self,
+        sequences: Iterable[str | SequenceRecord] | Mapping[str, str],
+        top_k: int | None = None,
+        progress: bool = False,
+    ) -> Any:
+        """:meth:`predict` as a pandas DataFrame, one row per sequence, one column per number.
+
+        Columns: ``id``; the prediction (``label``, or ``labels`` joined by ';', or one column
+        per regression target); ``probability`` and ``threshold`` where the task has them;
+        ``p_<label>`` for every label; ``length``, ``truncated``, ``windows``.
+
+        Raises:
+            EsmtuneError: When pandas is not installed.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise EsmtuneError("predict_frame needs pandas: pip install pandas") from None
+        rows = []
+        for result in self.predict(sequences, top_k=top_k, progress=progress):
+            row: dict[str, Any] = {"id": result["id"]}
+            if "values" in result:
+                row.update(result["values"])
+            else:
+                row["label" if "label" in result else "labels"] = result.get(
+                    "label", ";".join(result.get("labels", []))
+                )
+                row.update({k: result[k] for k in ("probability", "threshold") if k in result})
+                row.update({f"p_{k}": v for k, v in result["probabilities"].items()})
+            row.update({k: result[k] for k in ("length", "truncated", "windows")})
+            rows.append(row)
+        return pd.DataFrame(rows)
 
 
 # Per-label probability columns stop being readable (and useful in a table) beyond this many.
