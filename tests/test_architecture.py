@@ -24,6 +24,7 @@ RANKS = {
     "evaluate": 6,
     "predict": 7,
     "serve": 8,
+    "export": 8,
     "cli": 9,
     "__init__": 9,
     "__main__": 9,

@@ -195,6 +195,14 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from esmtune.export import export_run
+
+    folder = export_run(args.run, args.out, args.format, args.quantize)
+    print(f"exported {args.run} as {args.format} to {folder} (model card: {folder / 'README.md'})")
+    return 0
+
+
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from esmtune.baseline import composition_baseline
 
@@ -484,6 +492,24 @@ def build_parser() -> argparse.ArgumentParser:
         "with AVX512-BF16 or AMX), slower where it is emulated; auto = bf16 exactly there [fp32]",
     )
     embed.set_defaults(handler=_cmd_embed)
+
+    export = commands.add_parser(
+        "export",
+        help="export a run as a Hugging Face folder or ONNX",
+        description="hf: LoRA merged into a standard EsmModel folder plus esmtune's head "
+        "(load with esmtune.export.load_export, or the backbone with transformers). onnx: "
+        "input_ids, attention_mask -> logits with dynamic batch and length; --quantize int8 "
+        "adds model.int8.onnx. ONNX needs the export extra: pip install 'esmtune[export]'.",
+    )
+    export.add_argument("run", type=Path, metavar="RUN", help="run directory")
+    export.add_argument("--format", choices=["hf", "onnx"], required=True, help="export format")
+    export.add_argument(
+        "--quantize", choices=["int8"], help="onnx: also write a dynamic int8 model.int8.onnx"
+    )
+    export.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="new or empty output folder"
+    )
+    export.set_defaults(handler=_cmd_export)
 
     baseline = commands.add_parser(
         "baseline",
