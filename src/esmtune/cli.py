@@ -310,6 +310,42 @@ def _add_data_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_sequence_inputs(command: argparse.ArgumentParser) -> None:
+    """Where `predict` and `embed` read sequences from."""
+    command.add_argument(
+        "inputs", nargs="*", type=Path, metavar="FASTA", help="FASTA files ('-' = standard input)"
+    )
+    command.add_argument(
+        "--sequence", action="append", metavar="SEQ", help="a raw sequence (repeatable)"
+    )
+
+
+def _add_inference_options(command: argparse.ArgumentParser) -> None:
+    """How `predict` and `embed` run the model: batches, long sequences, device, precision."""
+    command.add_argument(
+        "--max-tokens",
+        type=int,
+        help="token budget per batch (inputs x longest input); CPUs run fastest with small "
+        "batches, GPUs need wide ones [1024 on CPU, 16384 on GPU]",
+    )
+    command.add_argument(
+        "--long-sequences",
+        choices=["window", "truncate", "centre"],
+        default="window",
+        help="sequences longer than the model's max_length: overlapping windows pooled "
+        "together, or only the first / central residues [window]",
+    )
+    command.add_argument("--device", help="cpu, cuda, cuda:1 ... [cuda if available]")
+    command.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="bf16 autocast: faster where the hardware runs bf16 natively (recent GPUs, CPUs "
+        "with AVX512-BF16 or AMX), slower where it is emulated; auto = bf16 exactly there; see "
+        "the README's Performance section [fp32]",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every command and option documented."""
     parser = argparse.ArgumentParser(
@@ -402,12 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(multilabel), the value of each target (regression).",
     )
     predict.add_argument("run", type=Path, metavar="RUN", help="run directory")
-    predict.add_argument(
-        "inputs", nargs="*", type=Path, metavar="FASTA", help="FASTA files ('-' = standard input)"
-    )
-    predict.add_argument(
-        "--sequence", action="append", metavar="SEQ", help="a raw sequence (repeatable)"
-    )
+    _add_sequence_inputs(predict)
     predict.add_argument(
         "--top-k",
         type=int,
@@ -421,28 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["tsv", "csv", "json", "text"],
         help="output format; text is for reading, with probability bars [tsv, or from --output]",
     )
-    predict.add_argument(
-        "--max-tokens",
-        type=int,
-        default=16384,
-        help="token budget per batch (inputs x longest input); lower it if memory runs out [16384]",
-    )
-    predict.add_argument(
-        "--long-sequences",
-        choices=["window", "truncate", "centre"],
-        default="window",
-        help="sequences longer than the run's max_length: overlapping windows pooled together, "
-        "or only the first / central residues [window]",
-    )
-    predict.add_argument("--device", help="cpu, cuda, cuda:1 ... [cuda if available]")
-    predict.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "auto"],
-        default="fp32",
-        help="bf16 autocast: faster where the hardware runs bf16 natively (recent GPUs, CPUs "
-        "with AVX512-BF16 or AMX), slower where it is emulated; auto = bf16 exactly there; see "
-        "the README's Performance section [fp32]",
-    )
+    _add_inference_options(predict)
     predict.set_defaults(handler=_cmd_predict)
 
     embed = commands.add_parser(
@@ -455,12 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         "unless told otherwise.",
     )
     embed.add_argument("model", metavar="MODEL", help="hub id, local model folder or run folder")
-    embed.add_argument(
-        "inputs", nargs="*", type=Path, metavar="FASTA", help="FASTA files ('-' = standard input)"
-    )
-    embed.add_argument(
-        "--sequence", action="append", metavar="SEQ", help="a raw sequence (repeatable)"
-    )
+    _add_sequence_inputs(embed)
     embed.add_argument(
         "--pooling",
         choices=["mean", "cls", "max", "per-residue"],
@@ -472,25 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--max-length", type=int, help="residues per model input [a run's max_length, else 1022]"
     )
-    embed.add_argument(
-        "--long-sequences",
-        choices=["window", "truncate", "centre"],
-        default="window",
-        help="longer sequences: overlapping windows pooled together, or the first / central "
-        "residues only [window]",
-    )
-    embed.add_argument(
-        "--max-tokens", type=int, help="token budget per batch [1024 on CPU, 16384 on GPU]"
-    )
     embed.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    embed.add_argument("--device", help="cpu, cuda, cuda:1 ... [cuda if available]")
-    embed.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "auto"],
-        default="fp32",
-        help="bf16 autocast: faster where the hardware runs bf16 natively (recent GPUs, CPUs "
-        "with AVX512-BF16 or AMX), slower where it is emulated; auto = bf16 exactly there [fp32]",
-    )
+    _add_inference_options(embed)
     embed.set_defaults(handler=_cmd_embed)
 
     export = commands.add_parser(

@@ -55,6 +55,37 @@ def _progress(total: int, show: bool, what: str) -> tqdm:
 
 
 @torch.inference_mode()
+def _per_sequence(
+    model: SequenceClassifier,
+    dataset: EncodedDataset,
+    pad_token_id: int,
+    max_tokens: int | None,
+    reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | list[torch.Tensor]],
+    progress: bool,
+    precision: str,
+) -> list[torch.Tensor]:
+    """Run the backbone over ``dataset`` in budgeted batches, one tensor per sequence back.
+
+    ``reduce(states, mask)`` turns a batch's residue states into one tensor per sequence; the
+    results come back in dataset order, float32, on the CPU.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    budget = max_tokens or inference_budget(device)
+    rows: dict[int, torch.Tensor] = {}
+    bar = _progress(len(dataset), progress, "embed")
+    with precision_context(precision, device):
+        for batch in eval_loader(dataset, budget, pad_token_id):
+            reduced = reduce(*model.residue_states(**model_inputs(batch, device)))
+            indices = batch["index"].tolist()
+            rows.update(zip(indices, [r.float().cpu() for r in reduced], strict=True))
+            bar.update(len(batch["index"]))
+    bar.close()
+    model.train(was_training)
+    return [rows[i] for i in range(len(dataset))]
+
+
 def pooled_embeddings(
     model: SequenceClassifier,
     dataset: EncodedDataset,
@@ -67,7 +98,7 @@ def pooled_embeddings(
     """One pooled vector per sequence of ``dataset``, in its order, as float32 on the CPU.
 
     Args:
-        model: The model whose backbone (and, by default, pooling) is used; put in eval mode.
+        model: The model whose backbone (and, by default, pooling) is used.
         dataset: Encoded windows.
         pad_token_id: Padding id of the tokenizer.
         max_tokens: Token budget per batch (None: the device's default).
@@ -75,24 +106,12 @@ def pooled_embeddings(
         progress: Show a progress bar.
         precision: ``fp32``, ``bf16`` or ``auto`` (see :func:`precision_context`).
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     pool = pooler.to(device) if pooler is not None else model.pooler
-    budget = max_tokens or inference_budget(device)
-    rows: dict[int, torch.Tensor] = {}
-    bar = _progress(len(dataset), progress, "embed")
-    with precision_context(precision, device):
-        for batch in eval_loader(dataset, budget, pad_token_id):
-            pooled = pool(*model.residue_states(**model_inputs(batch, device)))
-            rows.update(zip(batch["index"].tolist(), pooled.float().cpu(), strict=True))
-            bar.update(len(batch["index"]))
-    bar.close()
-    model.train(was_training)
-    return torch.stack([rows[i] for i in range(len(dataset))])
+    rows = _per_sequence(model, dataset, pad_token_id, max_tokens, pool, progress, precision)
+    return torch.stack(rows)
 
 
-@torch.inference_mode()
 def residue_embeddings(
     model: SequenceClassifier,
     dataset: EncodedDataset,
@@ -102,19 +121,13 @@ def residue_embeddings(
     precision: str = "fp32",
 ) -> list[torch.Tensor]:
     """Per-residue states ``(residues, hidden)`` of each sequence (no BOS/EOS), in order."""
-    model.eval()
-    device = next(model.parameters()).device
-    budget = max_tokens or inference_budget(device)
-    rows: dict[int, torch.Tensor] = {}
-    bar = _progress(len(dataset), progress, "embed")
-    with precision_context(precision, device):
-        for batch in eval_loader(dataset, budget, pad_token_id):
-            states, mask = model.residue_states(**model_inputs(batch, device))
-            for index, row, keep in zip(batch["index"].tolist(), states, mask, strict=True):
-                rows[index] = row[keep].float().cpu()
-            bar.update(len(batch["index"]))
-    bar.close()
-    return [rows[i] for i in range(len(dataset))]
+
+    def residues_only(states: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        return [row[keep] for row, keep in zip(states, mask, strict=True)]
+
+    return _per_sequence(
+        model, dataset, pad_token_id, max_tokens, residues_only, progress, precision
+    )
 
 
 def backbone_fingerprint(model: SequenceClassifier, config: TrainConfig) -> str:

@@ -225,23 +225,15 @@ def load_export(
 
 
 class _TokenPath(nn.Module):
-    """``input_ids, attention_mask -> logits`` of a classifier, in ops ONNX has.
-
-    The same computation as :meth:`SequenceClassifier.forward` on tokens, except that special
-    tokens are found by comparison: ``torch.isin`` lowers to ``searchsorted``, which the ONNX
-    exporter cannot translate.
-    """
+    """``input_ids, attention_mask -> logits`` as positional inputs, for the ONNX exporter."""
 
     def __init__(self, model: SequenceClassifier) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        hidden = model.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        special = (input_ids.unsqueeze(-1) == model.special_token_ids).any(dim=-1)
-        residues = attention_mask.bool() & ~special
-        return model.head(model.pooler(hidden.last_hidden_state, residues))
+        """The classifier's own token path (no windows: ONNX inputs are single windows)."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
 
 
 def _write_onnx(

@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, pad_collate
 
 __all__ = [
-    "PRECISIONS",
     "bf16_is_fast",
     "eval_loader",
     "inference_budget",
@@ -24,8 +23,6 @@ __all__ = [
     "precision_context",
     "predict_outputs",
 ]
-
-PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def inference_budget(device: torch.device) -> int:

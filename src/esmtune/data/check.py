@@ -16,7 +16,7 @@ from esmtune.data.fasta import SequenceRecord
 from esmtune.data.layout import SPLITS
 from esmtune.data.ontology import Ontology, read_obo
 from esmtune.data.sources import read_splits
-from esmtune.data.targets import format_target
+from esmtune.data.targets import FALSE_WORDS, TRUE_WORDS, format_target
 from esmtune.errors import DataError
 
 __all__ = [
@@ -272,22 +272,19 @@ def _find_leakage(splits: dict[str, list[SequenceRecord]], fatal: bool) -> tuple
     return [], f"{message} (set data.fail_on_leakage=true to make this fatal)"
 
 
-_POSITIVE_WORDS = ("1", "1.0", "true", "yes", "y", "positive", "pos")
-
-
 def _positive_label(labels: list[str], train: list[SequenceRecord], chosen: str | None) -> str:
     """The binary task's positive class: as configured, a conventional name, or the rarer one."""
     if chosen is not None:
         matches = [label for label in labels if label.lower() == chosen.lower()]
         if not matches and chosen in ("true", "false"):  # YAML turned yes/no into a boolean
-            words = _POSITIVE_WORDS if chosen == "true" else ("0", "false", "no", "n", "negative")
+            words = TRUE_WORDS if chosen == "true" else FALSE_WORDS
             matches = [label for label in labels if label.lower() in words]
         if not matches:
             raise ValueError(
                 f"data.positive_label '{chosen}' is not a label of train ({', '.join(labels)})"
             )
         return matches[0]
-    conventional = [label for label in labels if label.lower() in _POSITIVE_WORDS]
+    conventional = [label for label in labels if label.lower() in TRUE_WORDS]
     if len(conventional) == 1:
         return conventional[0]
     counts = {label: sum(r.target == label for r in train) for label in labels}

@@ -12,7 +12,7 @@ import math
 from esmtune.config import Task
 from esmtune.data.fasta import Target
 
-__all__ = ["TRUE_WORDS", "format_target", "parse_target"]
+__all__ = ["FALSE_WORDS", "TRUE_WORDS", "format_target", "parse_target"]
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "y", "t", "1.0", "positive", "pos"})
 FALSE_WORDS = frozenset({"0", "false", "no", "n", "f", "0.0", "negative", "neg"})

@@ -47,7 +47,9 @@ class SequenceClassifier(nn.Module):
         """Backbone states, one row per sequence (windows stitched), and the residue mask."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if window_owner is None:
-            residues = attention_mask.bool() & ~torch.isin(input_ids, self.special_token_ids)
+            # A comparison rather than torch.isin, which the ONNX exporter cannot translate.
+            special = (input_ids.unsqueeze(-1) == self.special_token_ids).any(dim=-1)
+            residues = attention_mask.bool() & ~special
             return hidden, residues
         return stitch_windows(hidden, attention_mask, window_owner, window_start, residue_count)
 
