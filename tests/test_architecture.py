@@ -25,6 +25,7 @@ RANKS = {
     "predict": 7,
     "serve": 8,
     "export": 8,
+    "export_check": 8,
     "cli": 9,
     "__init__": 9,
     "__main__": 9,
@@ -68,4 +69,4 @@ def test_only_the_cli_package_root_and_server_import_from_predict() -> None:
         for p in PACKAGE.rglob("*.py")
         if any(name == "predict" for name in _imports(p))
     }
-    assert users <= {"cli", "__init__", "serve"}
+    assert users <= {"cli", "__init__", "serve", "export_check"}

@@ -1,7 +1,12 @@
-"""Exports give the run's own probabilities: merged hf backbone, ONNX fp32; int8 within bounds."""
+"""Exports give the run's own probabilities: merged hf backbone, ONNX fp32; int8 within bounds.
+
+The run reads 48 residues at a time, so the longer test sequences go through windows: the
+ONNX path stitches them between its two graphs and must still match the torch run.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +16,14 @@ import torch
 from conftest import make_learnable_dataset, tiny_overrides
 from esmtune.cli import main
 from esmtune.data.fasta import read_fasta
-from esmtune.errors import EsmtuneError
+from esmtune.errors import EsmtuneError, RunDirError
 from esmtune.export import INT8_FILE, ONNX_FILE, OnnxClassifier, export_run, load_export
 from esmtune.predict import Predictor
 
 pytest.importorskip("onnxruntime")
 
 LABELS = ["Acidic", "Basic", "Hydrophobic"]
+MAX_LENGTH = 48
 # Dynamic int8 moved probabilities of the tiny LoRA run by at most ~0.002 (measured); 0.05
 # leaves room for other seeds and onnxruntime versions while still catching a broken graph.
 INT8_TOLERANCE = 0.05
@@ -27,15 +33,18 @@ INT8_TOLERANCE = 0.05
 def run_dir(tiny_model_dir: Path, learnable_data: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export_runs")
     overrides = tiny_overrides(tiny_model_dir, learnable_data, out, "lora")
-    assert main(["train", *overrides, "finetune.mode=lora", "training.epochs=2"]) == 0
+    overrides += ["finetune.mode=lora", "training.epochs=2", f"data.max_length={MAX_LENGTH}"]
+    assert main(["train", *overrides]) == 0
     return out / "lora"
 
 
 @pytest.fixture(scope="module")
 def sequences(tmp_path_factory) -> list[str]:
-    """60 unseen sequences (20 per class), lengths 21 to 71."""
+    """60 unseen sequences (20 per class), lengths 21 to 71: a third of them need windows."""
     root = make_learnable_dataset(tmp_path_factory.mktemp("unseen"), {"test": 20}, seed=7)
-    return [r.sequence for path in sorted(root.glob("test/*.fasta")) for r in read_fasta(path)]
+    found = [r.sequence for path in sorted(root.glob("test/*.fasta")) for r in read_fasta(path)]
+    assert sum(len(s) > MAX_LENGTH for s in found) >= 10
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +59,8 @@ def onnx_dir(run_dir: Path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_probabilities(run_dir: Path, sequences: list[str]) -> np.ndarray:
-    """What esmtune's Predictor reports for the run itself, per label."""
-    predictor = Predictor.from_run(run_dir, device="cpu")
-    results = predictor.predict(sequences)
-    return np.array([[r["probabilities"][label] for label in LABELS] for r in results])
+    """What esmtune's Predictor reports for the run itself, per label (windows included)."""
+    return Predictor.from_run(run_dir, device="cpu").outputs(sequences)
 
 
 def _batch(tokenizer, sequences: list[str]) -> dict[str, torch.Tensor]:
@@ -61,18 +68,15 @@ def _batch(tokenizer, sequences: list[str]) -> dict[str, torch.Tensor]:
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
-def test_hf_export_rebuilds_the_same_classifier(
-    run_dir: Path, hf_dir: Path, sequences: list[str]
+def test_hf_export_predicts_as_the_run(
+    hf_dir: Path, sequences: list[str], run_probabilities: np.ndarray
 ) -> None:
-    run = Predictor.from_run(run_dir, device="cpu")
-    model, tokenizer, task, config = load_export(hf_dir)
-    assert task.labels == LABELS
-    assert config.finetune.mode.value == "frozen"
-    batch = _batch(tokenizer, sequences)
-    with torch.no_grad():
-        expected = run.task.outputs(run.model(**batch))
-        exported = task.outputs(model(**batch))
-    assert np.abs(exported - expected).max() < 1e-5
+    loaded = load_export(hf_dir)
+    assert loaded.task.labels == LABELS
+    assert loaded.config.finetune.mode.value == "frozen"  # adapters merged: nothing to add
+    predictor = Predictor.from_export(hf_dir, device="cpu")
+    assert predictor.runtime == "torch"
+    assert np.abs(predictor.outputs(sequences) - run_probabilities).max() < 1e-5
 
 
 def test_hf_backbone_loads_with_plain_transformers(hf_dir: Path, sequences: list[str]) -> None:
@@ -83,7 +87,7 @@ def test_hf_backbone_loads_with_plain_transformers(hf_dir: Path, sequences: list
     assert backbone.config.id2label == dict(enumerate(LABELS))
     assert backbone.config.label2id == {label: i for i, label in enumerate(LABELS)}
     assert (hf_dir / "model.safetensors").is_file()
-    model, *_ = load_export(hf_dir)
+    model = load_export(hf_dir).model
     batch = _batch(AutoTokenizer.from_pretrained(hf_dir), sequences[:8])
     with torch.no_grad():
         plain = backbone(**batch).last_hidden_state
@@ -91,29 +95,96 @@ def test_hf_backbone_loads_with_plain_transformers(hf_dir: Path, sequences: list
     torch.testing.assert_close(plain, rebuilt)
 
 
-def test_onnx_matches_the_run_at_any_batch_shape(
-    run_dir: Path, onnx_dir: Path, sequences: list[str], run_probabilities: np.ndarray
+def test_onnx_graph_matches_the_run_at_any_batch_shape(
+    run_dir: Path, onnx_dir: Path, sequences: list[str]
 ) -> None:
     onnx = OnnxClassifier(onnx_dir)
     run = Predictor.from_run(run_dir, device="cpu")
+    short = [s[:MAX_LENGTH] for s in sequences]
     # Batches of different sizes and widths, padded and not: the axes are dynamic.
-    for chosen in (sequences[:1], sequences[5:10], sequences[20:33]):
-        batch = _batch(onnx.tokenizer, chosen)
+    for chosen in (short[:1], short[5:10], short[20:33]):
+        batch = _batch(run.run.tokenizer, chosen)
         with torch.no_grad():
             expected = run.task.outputs(run.model(**batch))
-        assert np.abs(onnx.task.outputs(onnx(**batch)) - expected).max() < 1e-4
-    probabilities = onnx.outputs(sequences, batch_size=7)
-    assert np.abs(probabilities - run_probabilities).max() < 1e-4
+        assert np.abs(run.task.outputs(onnx(**batch)) - expected).max() < 1e-4
+
+
+def test_onnx_export_predicts_as_the_run_windows_included(
+    onnx_dir: Path, sequences: list[str], run_probabilities: np.ndarray
+) -> None:
+    predictor = Predictor.from_export(onnx_dir, runtime="onnx")
+    assert predictor.runtime == "onnx"
+    results = predictor.predict(sequences)
+    assert max(r["windows"] for r in results) > 1
+    got = np.array([[r["probabilities"][label] for label in LABELS] for r in results])
+    assert np.abs(got - run_probabilities).max() < 1e-4
 
 
 def test_int8_keeps_the_labels_and_is_smaller(
     onnx_dir: Path, sequences: list[str], run_probabilities: np.ndarray
 ) -> None:
-    probabilities = OnnxClassifier(onnx_dir, quantized=True).outputs(sequences)
+    probabilities = Predictor.from_export(onnx_dir, runtime="onnx-int8").outputs(sequences)
     same_label = (probabilities.argmax(1) == run_probabilities.argmax(1)).mean()
     assert same_label >= 0.99
     assert np.abs(probabilities - run_probabilities).max() < INT8_TOLERANCE
     assert (onnx_dir / INT8_FILE).stat().st_size < (onnx_dir / ONNX_FILE).stat().st_size
+
+
+def test_the_export_check_records_parity_and_picks_a_runtime_that_keeps_labels(
+    onnx_dir: Path, hf_dir: Path
+) -> None:
+    info = json.loads((onnx_dir / "export.json").read_text())
+    check = info["check"]
+    # The run's data is readable here, so the check used its validation split (36 sequences).
+    assert check["sequences"] == 32 and "validation split" in check["source"]
+    runtimes = check["runtimes"]
+    assert set(runtimes) == {"run", "onnx", "onnx-int8"}
+    assert runtimes["onnx"]["max_abs_difference"] < 1e-4
+    assert runtimes["onnx"]["label_agreement"] == 1.0
+    assert runtimes["onnx-int8"]["file_bytes"] < runtimes["onnx"]["file_bytes"]
+    kept = [n for n in ("onnx", "onnx-int8") if runtimes[n]["label_agreement"] >= 0.99]
+    fastest = max(kept, key=lambda n: runtimes[n]["residues_per_second"])
+    assert info["default_runtime"] == fastest
+    assert Predictor.from_export(onnx_dir).runtime == fastest
+    assert "## Checked against the run" in (onnx_dir / "README.md").read_text()
+    hf_info = json.loads((hf_dir / "export.json").read_text())
+    assert hf_info["default_runtime"] == "torch"
+    assert hf_info["check"]["runtimes"]["torch"]["max_abs_difference"] < 1e-5
+
+
+def test_runtime_choices_are_checked(run_dir: Path, hf_dir: Path, onnx_dir: Path) -> None:
+    with pytest.raises(EsmtuneError, match="hf export, which runs in torch"):
+        Predictor.from_export(hf_dir, runtime="onnx")
+    with pytest.raises(EsmtuneError, match="holds no torch weights"):
+        Predictor.from_export(onnx_dir, runtime="torch")
+    with pytest.raises(EsmtuneError, match="export it first"):
+        Predictor.load(run_dir, runtime="onnx")
+    with pytest.raises(RunDirError, match="not an esmtune export"):
+        Predictor.from_export(run_dir)
+    assert Predictor.load(onnx_dir, runtime="onnx").runtime == "onnx"
+    assert Predictor.load(run_dir).runtime == "torch"
+
+
+def test_predict_cli_reads_an_export(
+    onnx_dir: Path, sequences: list[str], run_probabilities: np.ndarray, tmp_path: Path, capsys
+) -> None:
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(sequences[:6])))
+    out = tmp_path / "predictions.json"
+    assert main(["predict", str(onnx_dir), str(fasta), "--runtime", "onnx", "-o", str(out)]) == 0
+    results = json.loads(out.read_text())
+    got = np.array([[r["probabilities"][label] for label in LABELS] for r in results])
+    assert np.abs(got - run_probabilities[:6]).max() < 1e-4
+
+
+def test_export_cli_prints_the_check(run_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli_export"
+    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(out),
+                 "--check-sequences", "4"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "checked against the run on 4 sequences" in printed
+    assert "default runtime for predict and serve: onnx" in printed
+    assert json.loads((out / "export.json").read_text())["default_runtime"] == "onnx"
 
 
 @pytest.mark.parametrize("export", ["hf_dir", "onnx_dir"])
@@ -124,6 +195,7 @@ def test_every_export_has_a_model_card_and_run_files(export: str, request) -> No
     assert all(label in card for label in LABELS)
     assert "## Training data" in card and "## Validation metrics" in card
     assert (folder / "config.yaml").is_file() and (folder / "labels.json").is_file()
+    assert (folder / "metrics.json").is_file() and (folder / "manifest.json").is_file()
     assert (folder / "vocab.txt").is_file()
 
 

@@ -130,8 +130,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from esmtune.predict import Predictor, write_predictions
 
     records = _read_inputs(args)
-    predictor = Predictor.from_run(
-        args.run, args.device, args.max_tokens, args.long_sequences, args.precision
+    predictor = Predictor.load(
+        args.run, args.runtime, args.device, args.max_tokens, args.long_sequences, args.precision
     )
     results = predictor.predict(records, top_k=args.top_k, progress=len(records) > 100)
     long = [row for row in results if row["length"] > predictor.max_length]
@@ -196,10 +196,25 @@ def _cuda_available() -> bool:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from esmtune.export import export_run
+    from esmtune.export import CHECK_SEQUENCES, export_run
+    from esmtune.model.exported import read_export_info
 
-    folder = export_run(args.run, args.out, args.format, args.quantize)
+    count = CHECK_SEQUENCES if args.check_sequences is None else args.check_sequences
+    folder = export_run(args.run, args.out, args.format, args.quantize, count)
     print(f"exported {args.run} as {args.format} to {folder} (model card: {folder / 'README.md'})")
+    info = read_export_info(folder)
+    if info.get("check"):
+        check = info["check"]
+        print(f"checked against the run on {check['sequences']} sequences ({check['source']}):")
+        for name, row in check["runtimes"].items():
+            extra = (
+                f", same label {row['label_agreement']:.1%}, max diff "
+                f"{row['max_abs_difference']:.2g}, {row['file_bytes'] / 2**20:.1f} MiB"
+                if name != "run"
+                else " (torch)"
+            )
+            print(f"  {name:<10} {row['residues_per_second']:>10,.0f} residues/s{extra}")
+    print(f"default runtime for predict and serve: {info.get('default_runtime')}")
     return 0
 
 
@@ -251,6 +266,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "max_batch_tokens": args.max_batch_tokens,
         "max_tokens": args.max_tokens,
         "device": args.device,
+        "runtime": args.runtime,
     }
     if args.workers == 1:
         # Loading here, before the server starts, turns a bad run directory into one message.
@@ -318,6 +334,20 @@ def _add_sequence_inputs(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--sequence", action="append", metavar="SEQ", help="a raw sequence (repeatable)"
     )
+
+
+_RUNTIME_HELP = (
+    "what runs the model: auto = torch for a run or an hf export; for an onnx export, the "
+    "graph its export check found fastest among those that keep the run's labels "
+    "(export.json); or force torch, onnx (fp32) or onnx-int8 [auto]"
+)
+
+
+def _add_runtime_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--runtime", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
+        help=_RUNTIME_HELP,
+    )  # fmt: skip
 
 
 def _add_inference_options(command: argparse.ArgumentParser) -> None:
@@ -431,14 +461,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="predict labels for new sequences",
-        description="Predictions of a run for each sequence, from FASTA files, --sequence or "
+        description="Predictions of a run (or of its export: hf in torch, onnx in "
+        "onnxruntime) for each sequence, from FASTA files, --sequence or "
         "standard input; TSV on standard output unless --output is given. Per task: the label "
         "and class probabilities (multiclass), the label at the tuned threshold and P(positive) "
         "(binary), every label above its threshold and the top-k ranked labels with names "
         "(multilabel), the value of each target (regression).",
     )
-    predict.add_argument("run", type=Path, metavar="RUN", help="run directory")
+    predict.add_argument(
+        "run", type=Path, metavar="RUN", help="run directory, or a folder of `esmtune export`"
+    )
     _add_sequence_inputs(predict)
+    _add_runtime_option(predict)
     predict.add_argument(
         "--top-k",
         type=int,
@@ -485,9 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="export a run as a Hugging Face folder or ONNX",
         description="hf: LoRA merged into a standard EsmModel folder plus esmtune's head "
-        "(load with esmtune.export.load_export, or the backbone with transformers). onnx: "
-        "input_ids, attention_mask -> logits with dynamic batch and length; --quantize int8 "
-        "adds model.int8.onnx. ONNX needs the export extra: pip install 'esmtune[export]'.",
+        "(the backbone loads with plain transformers). onnx: input_ids, attention_mask -> "
+        "logits with dynamic batch and length, plus head.onnx for long sequences in windows; "
+        "--quantize int8 adds model.int8.onnx. Every export is then checked against the run "
+        "on a sample of sequences (label agreement, largest difference, residues/s: "
+        "export.json and the model card README.md), and the fastest runtime that keeps the "
+        "labels becomes the default of `esmtune predict` and `esmtune serve` on the folder. "
+        "ONNX needs the export extra: pip install 'esmtune[export]'.",
     )
     export.add_argument("run", type=Path, metavar="RUN", help="run directory")
     export.add_argument("--format", choices=["hf", "onnx"], required=True, help="export format")
@@ -496,6 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="new or empty output folder"
+    )
+    export.add_argument(
+        "--check-sequences",
+        type=int,
+        metavar="N",
+        help="sequences the export is checked on, from the run's validation split when its "
+        "data is readable, else synthetic; 0 skips the check [32]",
     )
     export.set_defaults(handler=_cmd_export)
 
@@ -516,12 +561,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve a run's predictions over HTTP (FastAPI)",
-        description="An HTTP service over a trained run: POST /predict (JSON or FASTA), GET /info, "
-        "GET /health, a page for people at / and the API docs at /docs. Requests arriving "
-        "together are grouped into one model call (micro-batching). Needs the serve extra: "
-        "pip install 'esmtune[serve]'.",
+        description="An HTTP service over a trained run or its export: POST /predict (JSON or "
+        "FASTA), GET /info, GET /health, a page for people at / and the API docs at /docs. "
+        "Requests arriving together are grouped into one model call (micro-batching). Needs "
+        "the serve extra: pip install 'esmtune[serve]'.",
     )
-    serve.add_argument("run", type=Path, metavar="RUN", help="run directory")
+    serve.add_argument(
+        "run", type=Path, metavar="RUN", help="run directory, or a folder of `esmtune export`"
+    )
+    _add_runtime_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
     serve.add_argument("--port", type=int, default=8000, help="port [8000]")
     serve.add_argument(

@@ -10,25 +10,31 @@ onnxruntime, optionally with a dynamically quantised int8 copy. Every export car
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import shutil
-from collections.abc import Sequence
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from esmtune.config import FinetuneMode, LongSequences, TrainConfig, load_config
-from esmtune.data.batching import encode
-from esmtune.errors import EsmtuneError, ModelLoadError, RunDirError
-from esmtune.model.classifier import SequenceClassifier, build_model
+from esmtune.errors import EsmtuneError
+from esmtune.export_check import check_runtimes
+from esmtune.model.classifier import SequenceClassifier
+from esmtune.model.exported import (
+    EXPORT_INFO_FILE,
+    HEAD_FILE,
+    INT8_FILE,
+    ONNX_FILE,
+    POOL_HEAD_FILE,
+    OnnxClassifier,
+    load_export,
+    load_onnx_export,
+    require_modules,
+)
 from esmtune.model.rundir import (
     CONFIG_FILE,
     LABELS_FILE,
@@ -37,11 +43,12 @@ from esmtune.model.rundir import (
     LoadedRun,
     atomic_write_text,
     load_run,
+    read_json,
     save_weights,
 )
-from esmtune.tasks import TaskSpec, task_from_state
 
 __all__ = [
+    "CHECK_SEQUENCES",
     "FORMATS",
     "HEAD_FILE",
     "INT8_FILE",
@@ -49,13 +56,13 @@ __all__ = [
     "OnnxClassifier",
     "export_run",
     "load_export",
+    "load_onnx_export",
 ]
 
 FORMATS = ("hf", "onnx")
-HEAD_FILE = "esmtune_head.safetensors"
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
 CARD_FILE = "README.md"
+# Sequences the export compares its runtimes on (parity with the run, speed).
+CHECK_SEQUENCES = 32
 
 # Beyond 2 GB a protobuf cannot hold the weights; ONNX then keeps them in a side file.
 _PROTOBUF_LIMIT = 2**31 - 2**26
@@ -66,11 +73,15 @@ def export_run(
     out_dir: Path | str,
     fmt: Literal["hf", "onnx"],
     quantize: Literal["int8"] | None = None,
+    check_sequences: int = CHECK_SEQUENCES,
 ) -> Path:
-    """Export the best model of a run.
+    """Export the best model of a run, and check it against the run.
 
     The export is written to a hidden sibling folder and renamed into place at the end, so a
-    failure never leaves half an export behind.
+    failure never leaves half an export behind. Before that, each runtime of the export
+    predicts a sample of sequences next to the run (:func:`esmtune.export_check.check_runtimes`):
+    label agreement, largest difference and speed go to ``export.json`` and the model card, and
+    the fastest runtime that kept the labels becomes the default of ``predict`` and ``serve``.
 
     Args:
         run_dir: A finished run directory.
@@ -78,6 +89,7 @@ def export_run(
         fmt: ``hf`` (merged Hugging Face backbone + esmtune head) or ``onnx``.
         quantize: ``int8`` (onnx only): also write ``model.int8.onnx``, dynamically quantised
             by onnxruntime; ``model.onnx`` stays fp32.
+        check_sequences: How many sequences the check compares (0: no check).
 
     Returns:
         The export folder.
@@ -94,7 +106,7 @@ def export_run(
     if quantize and fmt != "onnx":
         raise EsmtuneError("--quantize int8 applies to --format onnx only")
     if fmt == "onnx":
-        _require("onnx", "onnxscript", *(["onnxruntime"] if quantize else []))
+        require_modules("onnx", "onnxscript", "onnxruntime")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise EsmtuneError(
             f"{out_dir} already exists and is not empty; export refuses to overwrite it: "
@@ -110,8 +122,16 @@ def export_run(
             _write_hf(loaded, model, staging)
         else:
             _write_onnx(loaded, model, staging, quantize)
+        del model
         _write_run_files(loaded, staging)
-        atomic_write_text(staging / CARD_FILE, _model_card(loaded, fmt, quantize, out_dir.name))
+        info = {
+            "format": fmt,
+            "quantize": quantize,
+            **check_runtimes(loaded, _candidates(staging, fmt, quantize), check_sequences),
+        }
+        atomic_write_text(staging / EXPORT_INFO_FILE, json.dumps(info, indent=2) + "\n")
+        card = _model_card(loaded, fmt, quantize, out_dir.name, info)
+        atomic_write_text(staging / CARD_FILE, card)
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above
         os.replace(staging, out_dir)
@@ -120,14 +140,21 @@ def export_run(
     return out_dir
 
 
-def _require(*modules: str) -> None:
-    """Fail before any work when an optional dependency of the export extra is missing."""
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
-    if missing:
-        raise EsmtuneError(
-            f"ONNX export needs {', '.join(missing)}, which is not installed: "
-            "pip install 'esmtune[export]'"
+def _candidates(
+    folder: Path, fmt: str, quantize: str | None
+) -> dict[str, tuple[LoadedRun, list[Path]]]:
+    """The runtimes an export offers, loaded from the written folder, with the files each reads."""
+    if fmt == "hf":
+        files = [*folder.glob("*.safetensors")]
+        return {"torch": (load_export(folder), files)}
+    graphs = {"onnx": ONNX_FILE, **({"onnx-int8": INT8_FILE} if quantize else {})}
+    return {
+        name: (
+            load_onnx_export(folder, quantized=name == "onnx-int8"),
+            [*folder.glob(f"{graph}*"), folder / POOL_HEAD_FILE],
         )
+        for name, graph in graphs.items()
+    }
 
 
 def _merged_classifier(model: SequenceClassifier) -> SequenceClassifier:
@@ -143,8 +170,14 @@ def _merged_classifier(model: SequenceClassifier) -> SequenceClassifier:
 
 
 def _write_run_files(loaded: LoadedRun, folder: Path) -> None:
-    """The run's config and label map (with the decision thresholds of the exported weights)."""
+    """The run's config, label map (with the exported weights' thresholds), metrics, manifest.
+
+    The metrics and manifest are what ``serve``'s /info reports about the model.
+    """
     shutil.copyfile(loaded.run_dir / CONFIG_FILE, folder / CONFIG_FILE)
+    for name in (METRICS_FILE, MANIFEST_FILE):
+        if (loaded.run_dir / name).is_file():
+            shutil.copyfile(loaded.run_dir / name, folder / name)
     atomic_write_text(folder / LABELS_FILE, json.dumps(loaded.task.state(), indent=2) + "\n")
 
 
@@ -169,99 +202,81 @@ def _write_hf(loaded: LoadedRun, model: SequenceClassifier, folder: Path) -> Non
     save_weights(_head_tensors(model), folder / HEAD_FILE, loaded.task.thresholds)
 
 
-def _read_task(folder: Path) -> tuple[TrainConfig, TaskSpec]:
-    for required in (CONFIG_FILE, LABELS_FILE):
-        if not (folder / required).is_file():
-            raise RunDirError(
-                f"{folder} is not an esmtune export: {required} is missing "
-                "(create one with `esmtune export RUN --format hf|onnx --out DIR`)"
-            )
-    config = load_config(folder / CONFIG_FILE)
-    task = task_from_state(json.loads((folder / LABELS_FILE).read_text()))
-    return config, task
-
-
-def load_export(
-    export_dir: Path | str,
-) -> tuple[SequenceClassifier, PreTrainedTokenizerBase, TaskSpec, TrainConfig]:
-    """Rebuild the classifier of an ``hf`` export, from the folder alone.
-
-    The backbone comes from the export's own weights (``model.name`` = the folder,
-    ``finetune.mode=frozen`` so no adapters are added); pooling and head from
-    ``esmtune_head.safetensors``.
-
-    Returns:
-        The model (eval mode, CPU), its tokenizer, the task (with thresholds) and the config.
-
-    Raises:
-        RunDirError: When the folder is not an ``hf`` export.
-        ModelLoadError: When the head does not fit the rebuilt model.
-    """
-    folder = Path(export_dir)
-    if (folder / ONNX_FILE).is_file():
-        raise RunDirError(f"{folder} is an ONNX export: load it with esmtune.export.OnnxClassifier")
-    if not (folder / HEAD_FILE).is_file():
-        raise RunDirError(
-            f"{folder} is not an esmtune hf export: {HEAD_FILE} is missing "
-            "(create one with `esmtune export RUN --format hf --out DIR`)"
-        )
-    config, task = _read_task(folder)
-    config.model.name = str(folder)
-    config.model.revision = None
-    config.model.pretrained = True
-    config.model.gradient_checkpointing = False
-    config.finetune.mode = FinetuneMode.FROZEN
-    model, tokenizer = build_model(config, task.num_outputs)
-    head = load_file(str(folder / HEAD_FILE))
-    result = model.load_state_dict(head, strict=False)
-    missing_head = [name for name in result.missing_keys if name.startswith(("pooler.", "head."))]
-    if result.unexpected_keys or missing_head:
-        raise ModelLoadError(
-            f"{folder / HEAD_FILE} does not fit the model rebuilt from {folder / CONFIG_FILE} "
-            f"(unexpected: {result.unexpected_keys[:3]}, missing: {missing_head[:3]}); "
-            "was config.yaml edited after export?"
-        )
-    return model.eval(), tokenizer, task, config
-
-
 class _TokenPath(nn.Module):
-    """``input_ids, attention_mask -> logits`` as positional inputs, for the ONNX exporter."""
+    """``input_ids, attention_mask -> logits, hidden_states`` for the ONNX exporter.
+
+    The residue states are a second output so that windows of a long sequence can be stitched
+    outside the graph and pooled by ``head.onnx``.
+    """
 
     def __init__(self, model: SequenceClassifier) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The classifier's own token path (no windows: ONNX inputs are single windows)."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classifier's own token path, one window per input."""
+        hidden, residues = self.model.residue_states(input_ids, attention_mask)
+        return self.model.head(self.model.pooler(hidden, residues)), hidden
+
+
+class _PoolHead(nn.Module):
+    """``hidden_states, residue_mask -> logits``: pooling and head on stitched windows."""
+
+    def __init__(self, model: SequenceClassifier) -> None:
+        super().__init__()
+        self.pooler, self.head = model.pooler, model.head
+
+    def forward(self, hidden_states: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
+        """Pool the residues of each row, then the head."""
+        return self.head(self.pooler(hidden_states, residue_mask))
+
+
+def _onnx_program(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], outputs: list[str]
+) -> Any:
+    """Trace with the torch.export-based (dynamo) exporter; inputs' axes 0, 1 are dynamic."""
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with warnings.catch_warnings():
+        # Both inputs share their axes, which the exporter reports once per axis; harmless.
+        warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
+        return torch.onnx.export(
+            module.eval(),
+            inputs,
+            input_names=names,
+            output_names=outputs,
+            dynamic_shapes={name: {0: batch, 1: sequence} for name in names},
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
 
 
 def _write_onnx(
     loaded: LoadedRun, model: SequenceClassifier, folder: Path, quantize: str | None
 ) -> None:
-    """Trace with the torch.export-based (dynamo) exporter; dynamic batch and sequence axes."""
+    """``model.onnx`` (+ ``model.int8.onnx``) for the token path, ``head.onnx`` for windows."""
     path = folder / ONNX_FILE
     # Three sequences, the last one shorter and padded: the trace sees padding and specials.
     sample = loaded.tokenizer(
         ["MKTAYIAKQR", "MDEDEKRLIV", "MKTAY"], padding=True, return_tensors="pt"
     )
     input_ids, attention_mask = sample["input_ids"], sample["attention_mask"]
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    program = torch.onnx.export(
-        _TokenPath(model).eval(),
+    program = _onnx_program(
+        _TokenPath(model),
         (input_ids, attention_mask),
-        input_names=["input_ids", "attention_mask"],
-        output_names=["logits"],
-        dynamic_shapes={
-            "input_ids": {0: batch, 1: sequence},
-            "attention_mask": {0: batch, 1: sequence},
-        },
-        dynamo=True,
-        optimize=True,
-        verbose=False,
+        ["input_ids", "attention_mask"],
+        ["logits", "hidden_states"],
     )
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     program.save(str(path), external_data=weight_bytes > _PROTOBUF_LIMIT)
+    with torch.no_grad():
+        hidden, residues = model.residue_states(input_ids, attention_mask)
+    head = _onnx_program(
+        _PoolHead(model), (hidden, residues), ["hidden_states", "residue_mask"], ["logits"]
+    )
+    head.save(str(folder / POOL_HEAD_FILE))
     loaded.tokenizer.save_pretrained(folder)
     if quantize == "int8":
         import onnx
@@ -277,83 +292,6 @@ def _write_onnx(
             weight_type=QuantType.QInt8,
             use_external_data_format=weight_bytes > _PROTOBUF_LIMIT,
         )
-
-
-class OnnxClassifier:
-    """An ONNX export run by onnxruntime; returns logits as torch tensors for ``TaskSpec``.
-
-    Windows over long sequences are not part of the exported graph: :meth:`outputs` keeps the
-    first ``data.max_length`` residues (or the central ones with ``long_sequences="centre"``).
-
-    Example:
-        >>> onnx = OnnxClassifier("export/")
-        >>> probabilities = onnx.outputs(["MKTAYIAKQR", "MDEDEEDSTG"])
-        >>> onnx.task.predictions(probabilities, top_k=None)
-    """
-
-    def __init__(
-        self,
-        export_dir: Path | str,
-        quantized: bool = False,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
-    ) -> None:
-        """Open ``model.onnx`` (or ``model.int8.onnx`` with ``quantized``) of an export."""
-        _require("onnxruntime")
-        import onnxruntime
-
-        folder = Path(export_dir)
-        path = folder / (INT8_FILE if quantized else ONNX_FILE)
-        if not path.is_file():
-            hint = "--quantize int8 " if quantized else ""
-            raise RunDirError(
-                f"{path} is missing: create it with "
-                f"`esmtune export RUN --format onnx {hint}--out {folder}`"
-            )
-        self.config, self.task = _read_task(folder)
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.session = onnxruntime.InferenceSession(str(path), providers=list(providers))
-
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits ``(batch, num_outputs)`` for a padded batch, as the run's model returns them."""
-        feeds = {
-            "input_ids": np.asarray(input_ids, dtype=np.int64),
-            "attention_mask": np.asarray(attention_mask, dtype=np.int64),
-        }
-        return torch.from_numpy(self.session.run(["logits"], feeds)[0])
-
-    def outputs(
-        self,
-        sequences: Sequence[str],
-        batch_size: int = 16,
-        long_sequences: LongSequences | str = LongSequences.TRUNCATE,
-    ) -> np.ndarray:
-        """``TaskSpec.outputs`` (probabilities or values) for upper-case residue strings."""
-        if LongSequences(long_sequences) is LongSequences.WINDOW:
-            raise EsmtuneError(
-                "the ONNX graph reads one window per sequence: use long_sequences=truncate or "
-                "centre, or the hf export (esmtune's Predictor) for windows"
-            )
-        windows = encode(self.tokenizer, list(sequences), self.config.data.max_length,
-                         long_sequences)  # fmt: skip
-        rows = []
-        pad = self.tokenizer.pad_token_id
-        for start in range(0, len(windows), batch_size):
-            ids = [parts[0].ids for parts in windows[start : start + batch_size]]
-            width = max(len(x) for x in ids)
-            input_ids = np.full((len(ids), width), pad, dtype=np.int64)
-            attention_mask = np.zeros((len(ids), width), dtype=np.int64)
-            for row, tokens in enumerate(ids):
-                input_ids[row, : len(tokens)] = tokens
-                attention_mask[row, : len(tokens)] = 1
-            rows.append(self.task.outputs(self(input_ids, attention_mask)))
-        return np.concatenate(rows) if rows else np.empty((0,))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _data_summary(manifest: dict[str, Any]) -> list[str]:
@@ -394,11 +332,37 @@ def _metrics_summary(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _model_card(loaded: LoadedRun, fmt: str, quantize: str | None, name: str) -> str:
+def _check_summary(info: dict[str, Any]) -> list[str]:
+    """The export check as a table: each runtime against the run."""
+    check = info.get("check")
+    if not check:
+        return ["No check was run (`--check-sequences 0`)."]
+    lines = [
+        f"Each runtime predicted {check['sequences']} sequences ({check['residues']:,} residues; "
+        f"{check['source']}) next to the run itself, on the exporting machine's CPU. "
+        f"Default runtime: **{info['default_runtime']}** (the fastest that kept the labels).",
+        "",
+        "| runtime | residues/s | same label as the run | max abs difference | file size |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in check["runtimes"].items():
+        if name == "run":
+            lines.append(f"| run (torch) | {row['residues_per_second']:,.0f} | - | - | - |")
+            continue
+        lines.append(
+            f"| {name} | {row['residues_per_second']:,.0f} | {row['label_agreement']:.1%} | "
+            f"{row['max_abs_difference']:.2g} | {row['file_bytes'] / 2**20:,.1f} MiB |"
+        )
+    return lines
+
+
+def _model_card(
+    loaded: LoadedRun, fmt: str, quantize: str | None, name: str, info: dict[str, Any]
+) -> str:
     """README.md in the Hugging Face model-card layout (YAML front matter, then markdown)."""
     config, task = loaded.config, loaded.task
-    manifest = _read_json(loaded.run_dir / MANIFEST_FILE)
-    metrics = _read_json(loaded.run_dir / METRICS_FILE)
+    manifest = read_json(loaded.run_dir / MANIFEST_FILE)
+    metrics = read_json(loaded.run_dir / METRICS_FILE)
     base = config.model.name if config.model.pretrained else f"{config.model.name} (random init)"
     front = {
         "library_name": "transformers" if fmt == "hf" else "onnx",
@@ -432,6 +396,10 @@ def _model_card(loaded: LoadedRun, fmt: str, quantize: str | None, name: str) ->
         "",
         *_metrics_summary(metrics),
         "",
+        "## Checked against the run",
+        "",
+        *_check_summary(info),
+        "",
         "## How to load it",
         "",
         *(_hf_usage() if fmt == "hf" else _onnx_usage(quantize)),
@@ -440,21 +408,28 @@ def _model_card(loaded: LoadedRun, fmt: str, quantize: str | None, name: str) ->
     return "\n".join(lines)
 
 
-def _hf_usage() -> list[str]:
+def _esmtune_usage() -> list[str]:
     return [
-        "With esmtune (the full classifier: backbone, pooling, head, thresholds):",
+        "With esmtune (backbone, pooling, head, thresholds; long sequences in windows):",
         "",
-        "```python",
-        "import torch",
-        "from esmtune.export import load_export",
-        "",
-        'model, tokenizer, task, config = load_export("path/to/this/folder")',
-        'batch = tokenizer(["MKTAYIAKQR"], return_tensors="pt", padding=True)',
-        "with torch.no_grad():",
-        "    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)",
-        "print(task.predictions(task.outputs(logits), top_k=None))",
+        "```bash",
+        "esmtune predict path/to/this/folder sequences.fasta -o predictions.tsv",
+        "esmtune serve path/to/this/folder --port 8000",
         "```",
         "",
+        "```python",
+        "from esmtune import Predictor",
+        "",
+        'predictor = Predictor.from_export("path/to/this/folder")',
+        'print(predictor.predict(["MKTAYIAKQR"], top_k=3))',
+        "```",
+        "",
+    ]
+
+
+def _hf_usage() -> list[str]:
+    return [
+        *_esmtune_usage(),
         "With plain transformers (the fine-tuned backbone only; the head is esmtune's, in "
         f"`{HEAD_FILE}`):",
         "",
@@ -471,18 +446,11 @@ def _hf_usage() -> list[str]:
 def _onnx_usage(quantize: str | None) -> list[str]:
     files = f"`{ONNX_FILE}` (fp32)" + (f" and `{INT8_FILE}` (dynamic int8)" if quantize else "")
     return [
-        f"Files: {files}; inputs `input_ids`, `attention_mask` (int64, batch x tokens, with "
-        "`<cls>`/`<eos>`), output `logits` (batch x outputs).",
-        "",
-        "```python",
-        "from esmtune.export import OnnxClassifier",
-        "",
-        f'onnx = OnnxClassifier("path/to/this/folder"{", quantized=True" if quantize else ""})',
-        'probabilities = onnx.outputs(["MKTAYIAKQR"])',
-        "print(onnx.task.predictions(probabilities, top_k=None))",
-        "```",
-        "",
-        "Or with onnxruntime alone:",
+        *_esmtune_usage(),
+        f"With onnxruntime alone: {files}; inputs `input_ids`, `attention_mask` (int64, batch x "
+        "tokens, with `<cls>`/`<eos>`), outputs `logits` (batch x outputs, before the "
+        f"task's sigmoid/softmax) and `hidden_states`; `{POOL_HEAD_FILE}` pools stitched "
+        "windows.",
         "",
         "```python",
         "import onnxruntime",

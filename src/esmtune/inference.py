@@ -8,7 +8,6 @@ from functools import partial
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -105,7 +104,7 @@ def model_inputs(
 
 @torch.inference_mode()
 def iterate_outputs(
-    model: nn.Module,
+    model: Callable[..., torch.Tensor],
     batches: Iterable[dict[str, torch.Tensor]],
     outputs: Callable[[torch.Tensor], np.ndarray],
     device: torch.device | None = None,
@@ -120,7 +119,7 @@ def iterate_outputs(
 
 
 def predict_outputs(
-    model: nn.Module,
+    model: Callable[..., torch.Tensor],
     dataset: EncodedDataset,
     outputs: Callable[[torch.Tensor], np.ndarray],
     max_tokens: int | None,
@@ -128,13 +127,16 @@ def predict_outputs(
     progress: bool = False,
     max_sequences: int | None = None,
     precision: str = "fp32",
+    device: torch.device | None = None,
 ) -> np.ndarray:
     """Outputs for every sequence of ``dataset``, in its order, on the model's device.
 
     ``max_tokens``: token budget per batch (None: :func:`inference_budget`). ``precision``:
-    ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where it is fast).
+    ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where it is fast). ``device``: where the
+    batches go (default: the model's parameters' device); an onnxruntime model, which has no
+    parameters, takes CPU tensors.
     """
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     budget = max_tokens or inference_budget(device)
     loader = eval_loader(dataset, budget, pad_token_id, max_sequences)
     rows: dict[int, np.ndarray] = {}

@@ -1,4 +1,4 @@
-"""An HTTP service over a trained run: ``esmtune serve RUN``, or ``create_app(run_dir)``.
+"""An HTTP service over a trained run or an export: ``esmtune serve PATH``, or ``create_app``.
 
 Requests from many clients are queued and answered by one background worker that groups them
 into a single model call (micro-batching): one forward pass over 30 short sequences costs little
@@ -27,7 +27,8 @@ from esmtune.config import LongSequences, Task, load_config
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord, parse_fasta
 from esmtune.errors import DataError, EsmtuneError
-from esmtune.model.rundir import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE
+from esmtune.model.exported import export_format
+from esmtune.model.rundir import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_json
 from esmtune.predict import Predictor, as_records
 
 __all__ = ["SETTINGS_ENV", "create_app"]
@@ -233,26 +234,22 @@ def _records_from_text(body: bytes) -> list[SequenceRecord]:
         raise _bad_request(422, f"malformed FASTA: {error}") from None
 
 
-def _read_json_file(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _run_info(run_dir: Path, predictor: Predictor) -> dict[str, Any]:
     """What /info says about the run: the model, its labels, how it scored, what made it."""
-    metrics = _read_json_file(run_dir / METRICS_FILE)
-    manifest = _read_json_file(run_dir / MANIFEST_FILE)
+    metrics = read_json(run_dir / METRICS_FILE)
+    manifest = read_json(run_dir / MANIFEST_FILE)
+    saved = load_config(run_dir / CONFIG_FILE)
     task = predictor.task
     return {
         "run": run_dir.name,
+        "source": export_format(run_dir) or "run",  # run, or an hf / onnx export
+        "runtime": predictor.runtime,
         "task": task.task.value,
         "labels": predictor.labels,
         "label_names": task.label_names,
         # The saved config names the base model; load_run points random-init runs elsewhere.
-        "base_model": load_config(run_dir / CONFIG_FILE).model.name,
-        "finetune_mode": predictor.run.config.finetune.mode.value,
+        "base_model": saved.model.name,
+        "finetune_mode": saved.finetune.mode.value,
         "max_length": predictor.max_length,
         "metrics": {
             key: metrics.get(key)
@@ -273,11 +270,12 @@ def create_app(
     max_batch_tokens: int = 32_768,
     max_tokens: int | None = None,
     device: str | None = None,
+    runtime: str = "auto",
 ) -> FastAPI:
     """A FastAPI app serving a run's predictions; the model loads here, before any request.
 
     Args:
-        run_dir: A finished run directory.
+        run_dir: A finished run directory, or an ``esmtune export`` folder (hf or onnx).
         max_sequences: Most sequences one request may send (more: 413).
         max_residues: Most residues one request may send, all sequences together (more: 413).
         long_sequences: Sequences over the run's max_length: ``window`` (read in overlapping
@@ -287,6 +285,8 @@ def create_app(
         max_batch_tokens: Residues (+2 per sequence) after which a batch runs without waiting.
         max_tokens: Token budget of each forward pass inside a batch (Predictor's default).
         device: ``cpu``, ``cuda`` ... (default: cuda when available).
+        runtime: ``auto`` (default; an ONNX export runs the graph its export check chose),
+            ``torch``, ``onnx`` or ``onnx-int8`` (see :meth:`Predictor.from_export`).
 
     Returns:
         The app: ``POST /predict``, ``GET /info``, ``GET /health``, ``GET /`` and ``/docs``.
@@ -302,7 +302,7 @@ def create_app(
             "batch_wait_ms not negative"
         )
     run_dir = Path(run_dir)
-    predictor = Predictor.from_run(run_dir, device, max_tokens, LongSequences.WINDOW)
+    predictor = Predictor.load(run_dir, runtime, device, max_tokens, LongSequences.WINDOW)
     info = _run_info(run_dir, predictor)
     default_top_k = _default_top_k(predictor)
     batcher = _Batcher(predictor, batch_wait_ms / 1000, max_batch_tokens)

@@ -39,6 +39,7 @@ __all__ = [
     "library_versions",
     "load_run",
     "load_weights",
+    "read_json",
     "save_run_files",
     "save_weights",
     "saved_thresholds",
@@ -70,6 +71,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file a run or export may hold (metrics, manifest); {} when absent or unreadable.
+
+    These files describe a model and are never needed to run it, so they never fail a load.
+    """
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def weights_to_save(model: SequenceClassifier, config: TrainConfig) -> dict[str, torch.Tensor]:
