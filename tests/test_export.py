@@ -209,3 +209,22 @@ def test_export_refuses_to_overwrite(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(EsmtuneError, match="onnx only"):
         export_run(run_dir, tmp_path / "new", "hf", quantize="int8")
     assert not (tmp_path / "new").exists()
+
+
+def test_serve_answers_from_an_onnx_export(onnx_dir: Path, sequences: list[str]) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from esmtune.serve import create_app
+
+    expected = Predictor.from_export(onnx_dir, runtime="onnx").predict(sequences[:5])
+    with TestClient(create_app(onnx_dir, runtime="onnx", batch_wait_ms=0)) as client:
+        info = client.get("/info").json()
+        assert info["source"] == "onnx" and info["runtime"] == "onnx"
+        assert info["labels"] == LABELS and info["metrics"]["best_epoch"] is not None
+        body = {"sequences": [{"id": f"s{i}", "sequence": s} for i, s in enumerate(sequences[:5])]}
+        answer = client.post("/predict", json=body)
+    assert answer.status_code == 200, answer.text
+    for got, want in zip(answer.json()["predictions"], expected, strict=True):
+        assert got["label"] == want["label"]
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)

@@ -190,6 +190,17 @@ def test_settings_are_checked(served_run: Path) -> None:
         create_app(served_run / "nowhere")
 
 
+def test_several_workers_report_a_bad_model_once(served_run: Path, capsys) -> None:
+    """Each worker would load the model itself; what stops them is said once, before any start."""
+    assert main(["serve", str(served_run / "nowhere"), "--workers", "2"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("not a finished esmtune run") == 1
+    assert main(["serve", str(served_run), "--workers", "2", "--runtime", "onnx"]) == 2
+    assert "export it first" in capsys.readouterr().err
+    assert main(["serve", str(served_run), "--workers", "2", "--max-sequences", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

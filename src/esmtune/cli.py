@@ -254,7 +254,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"serving needs FastAPI and uvicorn ({error.name} is missing): "
             "pip install 'esmtune[serve]'"
         ) from None
-    from esmtune.serve import SETTINGS_ENV, create_app
+    from esmtune.serve import SETTINGS_ENV, check_settings, create_app
 
     if args.workers < 1:
         raise EsmtuneError(f"--workers {args.workers}: give 1 or more")
@@ -273,8 +273,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(args.run, **settings)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
         return 0
-    # Several worker processes need an importable factory; each one loads its own model.
+    # Several worker processes need an importable factory; each one loads its own model, so
+    # what would stop them all is found here first and reported once.
     import os
+
+    from esmtune.predict import check_loadable
+
+    check_settings(
+        args.max_sequences, args.max_residues, args.long_sequences, args.batch_wait_ms,
+        args.max_batch_tokens,
+    )  # fmt: skip
+    check_loadable(args.run, args.runtime)
 
     os.environ[SETTINGS_ENV] = json.dumps({"run_dir": str(args.run), **settings})
     uvicorn.run(

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -233,14 +236,27 @@ class _PoolHead(nn.Module):
         return self.head(self.pooler(hidden_states, residue_mask))
 
 
+@contextmanager
+def _quiet_logs(logger: logging.Logger) -> Iterator[None]:
+    """Errors only from ``logger`` for a while: exporter notes that ask nothing of the user."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _onnx_program(
     module: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], outputs: list[str]
 ) -> Any:
     """Trace with the torch.export-based (dynamo) exporter; inputs' axes 0, 1 are dynamic."""
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with warnings.catch_warnings():
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    with warnings.catch_warnings(), _quiet_logs(registry):  # "torchvision is not installed"
         # Both inputs share their axes, which the exporter reports once per axis; harmless.
         warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
         return torch.onnx.export(
             module.eval(),
             inputs,
@@ -286,12 +302,13 @@ def _write_onnx(
         # The exporter's recorded intermediate shapes trip onnx's strict re-inference inside
         # quantize_dynamic ("inferred shape and existing shape differ"); it re-infers them all.
         del graph.graph.value_info[:]
-        quantize_dynamic(
-            graph,
-            folder / INT8_FILE,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=weight_bytes > _PROTOBUF_LIMIT,
-        )
+        with _quiet_logs(logging.getLogger()):  # "consider pre-processing": static int8 advice
+            quantize_dynamic(
+                graph,
+                folder / INT8_FILE,
+                weight_type=QuantType.QInt8,
+                use_external_data_format=weight_bytes > _PROTOBUF_LIMIT,
+            )
 
 
 def _data_summary(manifest: dict[str, Any]) -> list[str]:

@@ -18,18 +18,21 @@ from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import DataError, EsmtuneError, RunDirError
 from esmtune.inference import predict_outputs
+from esmtune.model.backbone import check_backbone_available
 from esmtune.model.exported import (
     HEAD_FILE,
+    INT8_FILE,
     ONNX_FILE,
     choose_runtime,
     export_format,
     load_export,
     load_onnx_export,
+    read_export,
 )
-from esmtune.model.rundir import LoadedRun, load_run
+from esmtune.model.rundir import LoadedRun, load_run, read_run
 from esmtune.tasks import TaskSpec
 
-__all__ = ["Predictor", "as_records", "write_predictions"]
+__all__ = ["Predictor", "as_records", "check_loadable", "write_predictions"]
 
 
 def as_records(
@@ -50,6 +53,37 @@ def as_records(
             SequenceRecord(record.id, sequence, record.target, record.source, record.line)
         )
     return cleaned
+
+
+def check_loadable(path: Path | str, runtime: str = "auto") -> None:
+    """Fail within seconds where :meth:`Predictor.load` would fail, without loading weights.
+
+    For a server whose worker processes each load the model: one clear message up front
+    instead of one traceback per worker.
+
+    Raises:
+        RunDirError: When ``path`` is neither a finished run nor an export (or lacks a graph).
+        ModelLoadError: When a run's backbone cannot be found (offline, not in the cache).
+        EsmtuneError: On a runtime the path cannot run in.
+    """
+    path = Path(path)
+    if export_format(path) is not None:
+        read_export(path)
+        chosen = choose_runtime(path, runtime)
+        graph = {"onnx": ONNX_FILE, "onnx-int8": INT8_FILE}.get(chosen)
+        if graph and not (path / graph).is_file():
+            raise RunDirError(f"{path / graph} is missing: export the run again with that form")
+        return
+    if runtime not in ("auto", "torch"):
+        raise EsmtuneError(_NEEDS_EXPORT.format(runtime=runtime, path=path))
+    config, _ = read_run(path)
+    check_backbone_available(config.model)
+
+
+_NEEDS_EXPORT = (
+    "runtime {runtime} needs an ONNX export; {path} is a run directory, which runs in torch: "
+    "export it first (`esmtune export {path} --format onnx --quantize int8 --out DIR`)"
+)
 
 
 class Predictor:
@@ -164,11 +198,7 @@ class Predictor:
         if export_format(path) is not None:
             return cls.from_export(path, runtime, device, max_tokens, long_sequences, precision)
         if runtime not in ("auto", "torch"):
-            raise EsmtuneError(
-                f"runtime {runtime} needs an ONNX export; {path} is a run directory, which runs "
-                f"in torch: export it first (`esmtune export {path} --format onnx "
-                "--quantize int8 --out DIR`)"
-            )
+            raise EsmtuneError(_NEEDS_EXPORT.format(runtime=runtime, path=path))
         return cls.from_run(path, device, max_tokens, long_sequences, precision)
 
     def _validate(self, records: list[SequenceRecord]) -> None:

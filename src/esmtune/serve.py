@@ -31,7 +31,7 @@ from esmtune.model.exported import export_format
 from esmtune.model.rundir import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_json
 from esmtune.predict import Predictor, as_records
 
-__all__ = ["SETTINGS_ENV", "create_app"]
+__all__ = ["SETTINGS_ENV", "check_settings", "create_app"]
 
 # `esmtune serve --workers N` hands each worker process its settings through this variable.
 SETTINGS_ENV = "ESMTUNE_SERVE_SETTINGS"
@@ -260,6 +260,27 @@ def _run_info(run_dir: Path, predictor: Predictor) -> dict[str, Any]:
     }
 
 
+def check_settings(
+    max_sequences: int,
+    max_residues: int,
+    long_sequences: str,
+    batch_wait_ms: float,
+    max_batch_tokens: int,
+) -> None:
+    """Reject settings no server can run with (see :func:`create_app`).
+
+    Raises:
+        EsmtuneError: Naming the setting and what it must be.
+    """
+    if long_sequences not in ("window", "refuse"):
+        raise EsmtuneError(f"long_sequences must be 'window' or 'refuse', not {long_sequences!r}")
+    if max_sequences < 1 or max_residues < 1 or batch_wait_ms < 0 or max_batch_tokens < 1:
+        raise EsmtuneError(
+            "max_sequences, max_residues and max_batch_tokens must be positive and "
+            "batch_wait_ms not negative"
+        )
+
+
 def create_app(
     run_dir: Path | str,
     *,
@@ -294,13 +315,7 @@ def create_app(
     Raises:
         EsmtuneError: On invalid settings, or a run directory that cannot be loaded.
     """
-    if long_sequences not in ("window", "refuse"):
-        raise EsmtuneError(f"long_sequences must be 'window' or 'refuse', not {long_sequences!r}")
-    if max_sequences < 1 or max_residues < 1 or batch_wait_ms < 0 or max_batch_tokens < 1:
-        raise EsmtuneError(
-            "max_sequences, max_residues and max_batch_tokens must be positive and "
-            "batch_wait_ms not negative"
-        )
+    check_settings(max_sequences, max_residues, long_sequences, batch_wait_ms, max_batch_tokens)
     run_dir = Path(run_dir)
     predictor = Predictor.load(run_dir, runtime, device, max_tokens, LongSequences.WINDOW)
     info = _run_info(run_dir, predictor)

@@ -39,6 +39,7 @@ __all__ = [
     "export_format",
     "load_export",
     "load_onnx_export",
+    "read_export",
     "read_export_info",
     "require_modules",
 ]
@@ -108,9 +109,14 @@ def choose_runtime(export_dir: Path | str, runtime: str = "auto") -> str:
     return runtime
 
 
-def _read_task(folder: Path) -> tuple[TrainConfig, TaskSpec]:
+def read_export(folder: Path) -> tuple[TrainConfig, TaskSpec]:
+    """An export's config and task (with thresholds), without any weights.
+
+    Raises:
+        RunDirError: When the folder lacks them.
+    """
     for required in (CONFIG_FILE, LABELS_FILE):
-        if not (folder / required).is_file():
+        if not (Path(folder) / required).is_file():
             raise RunDirError(
                 f"{folder} is not an esmtune export: {required} is missing "
                 "(create one with `esmtune export RUN --format hf|onnx --out DIR`)"
@@ -142,7 +148,7 @@ def load_export(export_dir: Path | str) -> LoadedRun:
             f"{folder} is not an esmtune hf export: {HEAD_FILE} is missing "
             "(create one with `esmtune export RUN --format hf --out DIR`)"
         )
-    config, task = _read_task(folder)
+    config, task = read_export(folder)
     config.model.name = str(folder)
     config.model.revision = None
     config.model.pretrained = True
@@ -246,7 +252,7 @@ def load_onnx_export(
         EsmtuneError: When onnxruntime is not installed.
     """
     folder = Path(export_dir)
-    config, task = _read_task(folder)
+    config, task = read_export(folder)
     model = OnnxClassifier(folder, quantized=quantized, threads=threads)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return LoadedRun(folder, config, task, model, tokenizer)  # type: ignore[arg-type]

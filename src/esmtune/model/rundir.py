@@ -40,6 +40,7 @@ __all__ = [
     "load_run",
     "load_weights",
     "read_json",
+    "read_run",
     "save_run_files",
     "save_weights",
     "saved_thresholds",
@@ -176,14 +177,12 @@ class LoadedRun:
         return self.task.labels
 
 
-def load_run(run_dir: Path | str) -> LoadedRun:
-    """Rebuild the best model of a run, from the folder alone (plus the hub cache if pretrained).
+def read_run(run_dir: Path) -> tuple[TrainConfig, TaskSpec]:
+    """A run's config (backbone pointed where it loads from) and task, without any weights.
 
     Raises:
         RunDirError: When the folder is not a finished run.
-        ModelLoadError: When the backbone or the weights cannot be loaded.
     """
-    run_dir = Path(run_dir)
     for required in (CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE):
         if not (run_dir / required).is_file():
             raise RunDirError(
@@ -196,6 +195,18 @@ def load_run(run_dir: Path | str) -> LoadedRun:
     if not config.model.pretrained:
         # The random-init architecture and tokenizer were saved with the run.
         config.model.name = str(run_dir / BACKBONE_DIR)
+    return config, task
+
+
+def load_run(run_dir: Path | str) -> LoadedRun:
+    """Rebuild the best model of a run, from the folder alone (plus the hub cache if pretrained).
+
+    Raises:
+        RunDirError: When the folder is not a finished run.
+        ModelLoadError: When the backbone or the weights cannot be loaded.
+    """
+    run_dir = Path(run_dir)
+    config, task = read_run(run_dir)
     model, tokenizer = build_model(config, task.num_outputs)
     load_weights(model, run_dir / WEIGHTS_FILE, complete=not config.model.pretrained)
     model.eval()
