@@ -156,17 +156,24 @@ def test_readme_commands_parse() -> None:
             assert exit.code == 0, argv
 
 
-def test_readme_predict_examples_run(trained_run: Path, tmp_path: Path, monkeypatch) -> None:
+def test_readme_export_and_predict_examples_run(
+    trained_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """The README's export commands, then its predict commands (on the run and on an export)."""
+    pytest.importorskip("onnxruntime")
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "examples").symlink_to(root / "examples")
-    ran = 0
-    for argv in readme_commands():
-        if argv[0] == "predict":
-            argv = [str(trained_run) if a == "runs/demo" else a for a in argv]
-            assert main(argv) == 0, argv
-            ran += 1
-    assert ran >= 2 and (tmp_path / "predictions.csv").is_file()
+    commands = readme_commands()
+    ran = []
+    for command in ("export", "predict"):
+        for argv in commands:
+            if argv[0] == command:
+                argv = [str(trained_run) if a == "runs/demo" else a for a in argv]
+                assert main(argv) == 0, argv
+                ran.append(argv[0])
+    assert ran.count("export") >= 2 and ran.count("predict") >= 3
+    assert (tmp_path / "predictions.csv").is_file() and (tmp_path / "exported.tsv").is_file()
 
 
 def test_readme_python_example_runs(trained_run: Path, capsys) -> None:

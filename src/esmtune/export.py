@@ -3,8 +3,10 @@
 ``hf`` merges LoRA adapters into the backbone and saves it as a standard ``EsmModel`` folder that
 plain transformers loads, plus esmtune's pooling + head weights, config and label map, so
 :func:`load_export` rebuilds exactly the run's classifier. ``onnx`` traces the token path
-(``input_ids, attention_mask -> logits``) with dynamic batch and sequence axes for
-onnxruntime, optionally with a dynamically quantised int8 copy. Every export carries a model card.
+(``input_ids, attention_mask -> logits, hidden_states``) with dynamic batch and sequence axes,
+plus ``head.onnx`` (stitched window states -> logits) for long sequences, optionally with a
+dynamically quantised int8 copy. Each export is checked against the run before it is handed
+over (``export_check``) and carries a model card.
 """
 
 from __future__ import annotations
