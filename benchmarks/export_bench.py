@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import MODELS, naive_batches, naive_inference, workload  # noqa: E402
+from bench import MODELS, naive_batches, naive_inference, workload
 
-from esmtune.cli import main as esmtune  # noqa: E402
-from esmtune.data.batching import encode  # noqa: E402
-from esmtune.predict import Predictor  # noqa: E402
+from esmtune.cli import main as esmtune
+from esmtune.data.batching import encode
+from esmtune.predict import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "scl3"

@@ -436,6 +436,7 @@ _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>esmtune</title>
+<link rel="icon" href="data:,">
 <style>
  body{font:15px/1.45 system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem;
       color:#1d2330}
@@ -452,8 +453,10 @@ _PAGE = """<!doctype html>
  .bar span{display:block;height:100%;border-radius:3px;background:#2f5bd3}
  .name{overflow:hidden;text-overflow:ellipsis;white-space:nowrap} .num{text-align:right}
  .error{color:#b3261e;white-space:pre-wrap} .warn{color:#8a5a00;font-size:.88rem}
+ #labels{font-size:.85rem;margin-top:.2rem}
 </style></head><body>
 <h1>esmtune</h1><div id="info">loading model information…</div>
+<div id="labels" class="meta"></div>
 <p>Paste protein sequences, one per line, or FASTA:</p>
 <form id="form">
 <textarea id="input" name="sequences" spellcheck="false"
@@ -466,13 +469,34 @@ const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({"&":"&amp;","<":"&lt;",">":"&gt;",
   '"':"&quot;"}[c]));
 let names = {};
-fetch("info").then((r) => r.json()).then((i) => {
+// An answer's body as JSON, or null when it is not JSON (a plain-text 500, a proxy's HTML page).
+async function readAnswer(response) {
+  const text = await response.text();
+  try { return {json: JSON.parse(text), text}; } catch { return {json: null, text}; }
+}
+function failure(response, answer) {
+  const d = answer.json && answer.json.detail;
+  if (d) return typeof d === "string" ? d : JSON.stringify(d);
+  return `${response.status} ${response.statusText}: ${answer.text.slice(0, 300)}`;
+}
+const infoReady = fetch("info").then(async (response) => {
+  const answer = await readAnswer(response);
+  if (!response.ok || !answer.json) throw new Error(failure(response, answer));
+  const i = answer.json;
   names = i.label_names || {};
   const m = i.metrics || {};
   const score = m.best_value == null ? "" :
     ` · best ${m.selection_metric} ${Number(m.best_value).toFixed(3)} (epoch ${m.best_epoch})`;
+  const runtime = i.runtime && i.runtime !== "torch" ? ` · ${i.runtime}` : "";
   $("info").textContent = `${i.task} model on ${i.base_model} · ${i.labels.length} ` +
-    `${i.task === "regression" ? "target(s)" : "labels"}${score}`;
+    `${i.task === "regression" ? "target(s)" : "labels"}${score}${runtime}`;
+  const shown = i.labels.slice(0, 30).map((x) => names[x] ? `${x} ${names[x]}` : x);
+  const more = i.labels.length > 30 ? `, … ${i.labels.length - 30} more` : "";
+  $("labels").textContent = `${i.task === "regression" ? "targets" : "labels"}: ` +
+    shown.join(", ") + more;
+}).catch((error) => {
+  $("info").innerHTML = `<span class="error">model information unavailable: ` +
+    `${esc(error.message || error)}</span>`;
 });
 function bars(pairs) {
   return pairs.map(([label, p]) => `<div class="row"><div class="name" title="${esc(label)}">` +
@@ -486,8 +510,9 @@ function card(r) {
     body = Object.entries(r.values).map(([k, v]) => `<div>${esc(k)}: <b>${v.toPrecision(4)}` +
       `</b></div>`).join("");
   } else if (r.top_k) {
-    body = (r.labels ? `<div>labels: <b>${esc(r.labels.join(", ") || "none")}</b></div>` : "") +
-      bars(r.top_k);
+    const chosen = r.labels ? `<div>labels: <b>${esc(r.labels.join(", ") || "none")}</b></div>`
+      : `<div>label: <b>${esc(r.label)}</b> (${r.probability.toFixed(3)})</div>`;
+    body = chosen + bars(r.top_k);
   } else {
     body = `<div>label: <b>${esc(r.label)}</b> (threshold ${r.threshold.toFixed(3)})</div>` +
       bars(Object.entries(r.probabilities));
@@ -500,15 +525,15 @@ $("form").addEventListener("submit", async (event) => {
   event.preventDefault();
   $("go").disabled = true;
   try {
+    await infoReady;  // label names (ontology terms) come with the model information
     const response = await fetch("predict", {method: "POST",
       headers: {"Content-Type": "text/plain"}, body: $("input").value});
-    const answer = await response.json();
-    if (!response.ok) {
-      const d = answer.detail;
-      $("out").innerHTML = `<p class="error">${esc(typeof d === "string" ? d :
-        JSON.stringify(d))}</p>`;
+    const reply = await readAnswer(response);
+    if (!response.ok || !reply.json) {
+      $("out").innerHTML = `<p class="error">${esc(failure(response, reply))}</p>`;
       return;
     }
+    const answer = reply.json;
     $("out").innerHTML = (answer.warnings || []).map((w) => `<p class="warn">${esc(w)}</p>`)
       .join("") + answer.predictions.map(card).join("");
   } catch (error) {
