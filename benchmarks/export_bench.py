@@ -1,7 +1,7 @@
 """Residues/s and file size of every form a trained model can take, in one run on this machine.
 
-Run:  python benchmarks/export_bench.py                 (t6_8M, 64 sequences, about 3 min)
-      python benchmarks/export_bench.py --model t12_35M --sequences 32 --json export.json
+Run:  python benchmarks/export_bench.py       (t6_8M and t12_35M, 64 sequences, about 8 min)
+      python benchmarks/export_bench.py --models t6_8M --sequences 32 --json export.json
 
 A run is trained briefly (frozen mode, one epoch) on a slice of the bundled SCL example with a
 random-weight ESM2 of the chosen shape (speed does not depend on the weights; nothing is
@@ -145,14 +145,18 @@ def table(result: dict[str, object]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=sorted(MODELS), default="t6_8M")
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     parser.add_argument("--sequences", type=int, default=64, help="workload size [64]")
-    parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path(__file__).with_name("export_results.json"),
+        help="where the numbers are written [benchmarks/export_results.json]",
+    )
     args = parser.parse_args()
-    result = measure(args.model, args.sequences)
-    print(table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    results = [measure(model, args.sequences) for model in args.models]
+    print("\n\n".join(table(result) for result in results))
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

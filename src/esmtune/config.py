@@ -249,9 +249,17 @@ class ModelConfig(_Section):
         description="false = same architecture with random weights (offline runs, benchmarks).",
     )
     pooling: Pooling = Field(Pooling.MEAN, description="cls, mean, max or attention pooling.")
+    head: Literal["mlp", "esm"] = Field(
+        "mlp",
+        description="mlp: dropout, then Linear + GELU + dropout per head_hidden size, then a "
+        "linear layer. esm: the head of transformers' EsmForSequenceClassification (the <cls> "
+        "state, a dense layer of the model's width, tanh, a linear layer; needs pooling: cls), "
+        "so that `esmtune export --format hf` loads with AutoModelForSequenceClassification.",
+    )
     head_hidden: list[int] = Field(
         default_factory=lambda: [256],
-        description="Hidden layer sizes of the MLP head ([] = linear).",
+        description="Hidden layer sizes of the mlp head ([] = linear); the esm head has one "
+        "of the model's width.",
     )
     head_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout inside the head.")
     gradient_checkpointing: bool = Field(
@@ -265,6 +273,11 @@ class ModelConfig(_Section):
     def _positive_hidden(self) -> ModelConfig:
         if any(size < 1 for size in self.head_hidden):
             raise ValueError("model.head_hidden: every size must be >= 1")
+        if self.head == "esm" and self.pooling is not Pooling.CLS:
+            raise ValueError(
+                "model.head=esm reads the <cls> state, as EsmForSequenceClassification does: "
+                f"set model.pooling=cls (it is {self.pooling.value})"
+            )
         return self
 
 

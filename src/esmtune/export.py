@@ -26,6 +26,7 @@ import torch
 import yaml
 from torch import nn
 
+from esmtune.config import Task
 from esmtune.errors import EsmtuneError
 from esmtune.export_check import check_runtimes
 from esmtune.model.classifier import SequenceClassifier
@@ -51,6 +52,7 @@ from esmtune.model.rundir import (
     read_json,
     save_weights,
 )
+from esmtune.model.transformers_head import to_sequence_classification
 
 __all__ = [
     "CHECK_SEQUENCES",
@@ -69,6 +71,10 @@ CARD_FILE = "README.md"
 # Sequences the export compares its runtimes on (parity with the run, speed).
 CHECK_SEQUENCES = 32
 
+# Opset 23 has a fused Attention operator (onnxruntime >= 1.23 runs it on the CPU): ESM2's
+# attention then runs as one kernel instead of a dozen matmul/softmax/mask nodes, which made
+# model.onnx 1.8x faster on t6_8M (benchmarks/export_bench.py).
+ONNX_OPSET = 23
 # Beyond 2 GB a protobuf cannot hold the weights; ONNX then keeps them in a side file.
 _PROTOBUF_LIMIT = 2**31 - 2**26
 
@@ -197,12 +203,20 @@ def _head_tensors(model: SequenceClassifier) -> dict[str, torch.Tensor]:
 
 
 def _write_hf(loaded: LoadedRun, model: SequenceClassifier, folder: Path) -> None:
-    """The export folder is itself a Hugging Face EsmModel folder, plus esmtune's head."""
-    backbone = model.backbone
-    labels = loaded.task.labels
-    backbone.config.id2label = dict(enumerate(labels))
-    backbone.config.label2id = {label: i for i, label in enumerate(labels)}
-    backbone.save_pretrained(folder, safe_serialization=True)
+    """The export folder is itself a Hugging Face model folder, plus esmtune's head.
+
+    With the ``esm`` head it is an ``EsmForSequenceClassification`` (loads with
+    ``AutoModelForSequenceClassification``); otherwise an ``EsmModel``, the head being
+    esmtune's own. Either way ``EsmModel.from_pretrained`` loads the backbone.
+    """
+    if loaded.config.model.head == "esm":
+        to_sequence_classification(model, loaded.task).save_pretrained(folder)
+    else:
+        backbone = model.backbone
+        labels = loaded.task.labels
+        backbone.config.id2label = dict(enumerate(labels))
+        backbone.config.label2id = {label: i for i, label in enumerate(labels)}
+        backbone.save_pretrained(folder, safe_serialization=True)
     loaded.tokenizer.save_pretrained(folder)
     save_weights(_head_tensors(model), folder / HEAD_FILE, loaded.task.thresholds)
 
@@ -259,16 +273,27 @@ def _onnx_program(
         # Both inputs share their axes, which the exporter reports once per axis; harmless.
         warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
-        return torch.onnx.export(
+        program = torch.onnx.export(
             module.eval(),
             inputs,
             input_names=names,
             output_names=outputs,
             dynamic_shapes={name: {0: batch, 1: sequence} for name in names},
             dynamo=True,
-            optimize=True,
+            opset_version=ONNX_OPSET,
+            # onnxscript's fusions turn the rotary embeddings into a RotaryEmbedding node whose
+            # caches only fit a batch of one (onnxruntime 1.31 fails on wider batches), so the
+            # graph is exported plain and only constant-folded below.
+            optimize=False,
             verbose=False,
         )
+    # Folding puts every weight into its matmul pre-transposed, which int8 quantisation needs
+    # (it quantises matmuls whose weight is a stored tensor). No size limit: large models'
+    # weight matrices are larger than onnxscript's default folding limit.
+    from onnxscript import optimizer
+
+    optimizer.optimize(program.model, input_size_limit=2**62, output_size_limit=2**62)
+    return program
 
 
 def _write_onnx(
@@ -309,6 +334,9 @@ def _write_onnx(
                 graph,
                 folder / INT8_FILE,
                 weight_type=QuantType.QInt8,
+                # Only the weight matmuls: the quantiser would turn the Attention node into
+                # onnxruntime's QAttention, which is a different operator and fails to load.
+                op_types_to_quantize=["MatMul", "Gemm"],
                 use_external_data_format=weight_bytes > _PROTOBUF_LIMIT,
             )
 
@@ -387,6 +415,7 @@ def _model_card(
         "library_name": "transformers" if fmt == "hf" else "onnx",
         "tags": ["esmtune", "esm2", "protein", task.task.value],
         **({"base_model": config.model.name} if config.model.pretrained else {}),
+        **({"pipeline_tag": "text-classification"} if _standard_head(loaded, fmt) else {}),
     }
     thresholds = f"; decision thresholds: {task.thresholds}" if task.thresholds else ""
     lines = [
@@ -421,7 +450,7 @@ def _model_card(
         "",
         "## How to load it",
         "",
-        *(_hf_usage() if fmt == "hf" else _onnx_usage(quantize)),
+        *(_hf_usage(loaded) if fmt == "hf" else _onnx_usage(quantize)),
         "",
     ]
     return "\n".join(lines)
@@ -446,7 +475,41 @@ def _esmtune_usage() -> list[str]:
     ]
 
 
-def _hf_usage() -> list[str]:
+def _standard_head(loaded: LoadedRun, fmt: str) -> bool:
+    """Whether the export is an EsmForSequenceClassification folder."""
+    return fmt == "hf" and loaded.config.model.head == "esm"
+
+
+_AFTER_LOGITS = {
+    Task.MULTICLASS: "probabilities = logits.softmax(-1)",
+    Task.BINARY: "probabilities = logits.softmax(-1)  # [:, 1] is P(positive)",
+    Task.MULTILABEL: "probabilities = logits.sigmoid()",
+    Task.REGRESSION: "values = logits  # in the targets' own units",
+}
+
+
+def _hf_usage(loaded: LoadedRun) -> list[str]:
+    if _standard_head(loaded, "hf"):
+        thresholds = loaded.task.thresholds
+        note = f" (esmtune's decision thresholds: {thresholds})" if thresholds else ""
+        return [
+            *_esmtune_usage(),
+            "With plain transformers, the whole classifier (esmtune's `esm` head is "
+            f"EsmForSequenceClassification's){note}:",
+            "",
+            "```python",
+            "import torch",
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+            "",
+            'model = AutoModelForSequenceClassification.from_pretrained("path/to/this/folder")',
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+            'batch = tokenizer(["MKTAYIAKQR"], return_tensors="pt", padding=True)',
+            "with torch.no_grad():",
+            "    logits = model(**batch).logits",
+            _AFTER_LOGITS[loaded.task.task],
+            "print(model.config.id2label)",
+            "```",
+        ]
     return [
         *_esmtune_usage(),
         "With plain transformers (the fine-tuned backbone only; the head is esmtune's, in "
@@ -466,10 +529,10 @@ def _onnx_usage(quantize: str | None) -> list[str]:
     files = f"`{ONNX_FILE}` (fp32)" + (f" and `{INT8_FILE}` (dynamic int8)" if quantize else "")
     return [
         *_esmtune_usage(),
-        f"With onnxruntime alone: {files}; inputs `input_ids`, `attention_mask` (int64, batch x "
-        "tokens, with `<cls>`/`<eos>`), outputs `logits` (batch x outputs, before the "
-        f"task's sigmoid/softmax) and `hidden_states`; `{POOL_HEAD_FILE}` pools stitched "
-        "windows.",
+        f"With onnxruntime >= 1.23 alone (ONNX opset {ONNX_OPSET}): {files}; inputs "
+        "`input_ids`, `attention_mask` (int64, batch x tokens, with `<cls>`/`<eos>`), "
+        "outputs `logits` (batch x outputs, before the task's sigmoid/softmax) and "
+        f"`hidden_states`; `{POOL_HEAD_FILE}` pools stitched windows.",
         "",
         "```python",
         "import onnxruntime",

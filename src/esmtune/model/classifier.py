@@ -29,9 +29,12 @@ class SequenceClassifier(nn.Module):
         hidden = backbone.config.hidden_size
         self.backbone = backbone
         self.pooler = Pooler(config.model.pooling, hidden)
-        self.head = MLPHead(
-            hidden, config.model.head_hidden, num_outputs, config.model.head_dropout
-        )
+        if config.model.head == "esm":  # EsmClassificationHead's layers, for hf exports
+            self.head = MLPHead(hidden, [hidden], num_outputs, config.model.head_dropout, nn.Tanh)
+        else:
+            self.head = MLPHead(
+                hidden, config.model.head_hidden, num_outputs, config.model.head_dropout
+            )
         self.register_buffer(
             "special_token_ids", torch.tensor(special_token_ids, dtype=torch.long), persistent=False
         )

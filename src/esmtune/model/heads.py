@@ -44,15 +44,24 @@ class Pooler(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """Dropout → (Linear → GELU → Dropout) per hidden size → Linear to the outputs."""
+    """Dropout → (Linear → activation → Dropout) per hidden size → Linear to the outputs.
+
+    With one hidden layer of the input's width and ``tanh`` it is, layer for layer,
+    transformers' ``EsmClassificationHead`` (the ``esm`` head).
+    """
 
     def __init__(
-        self, in_size: int, hidden_sizes: list[int], out_size: int, dropout: float
+        self,
+        in_size: int,
+        hidden_sizes: list[int],
+        out_size: int,
+        dropout: float,
+        activation: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         for size in hidden_sizes:
-            layers += [nn.Linear(in_size, size), nn.GELU(), nn.Dropout(dropout)]
+            layers += [nn.Linear(in_size, size), activation(), nn.Dropout(dropout)]
             in_size = size
         layers.append(nn.Linear(in_size, out_size))
         self.layers = nn.Sequential(*layers)
