@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from esmtune.config import Task
 from esmtune.data.check import check_dataset, sequence_problem
@@ -100,17 +101,21 @@ def check_runtimes(
     if count <= 0:
         return {"check": None, "default_runtime": names[0]}
     sequences, source = check_sample(reference, count)
-    run = Predictor(reference, device="cpu")
-    expected, speed = _timed_outputs(run, sequences)
+    bar = tqdm(total=len(names) + 1, desc=f"checking the export on {len(sequences)} sequences",
+               unit="runtime", leave=False)  # fmt: skip
+    expected, speed = _timed_outputs(Predictor(reference, device="cpu"), sequences)
+    bar.update()
     runtimes: dict[str, Any] = {"run": {"residues_per_second": round(speed, 1)}}
     for name, (loaded, files) in candidates.items():
         outputs, speed = _timed_outputs(Predictor(loaded, device="cpu"), sequences)
+        bar.update()
         runtimes[name] = {
             "residues_per_second": round(speed, 1),
             "label_agreement": _agreement(reference.task, expected, outputs),
             "max_abs_difference": float(np.abs(outputs - expected).max()),
             "file_bytes": sum(path.stat().st_size for path in files if path.is_file()),
         }
+    bar.close()
     kept = [n for n in names if runtimes[n]["label_agreement"] >= LABEL_AGREEMENT]
     default = max(kept, key=lambda n: runtimes[n]["residues_per_second"]) if kept else names[0]
     check = {
