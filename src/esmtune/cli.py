@@ -527,14 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         help="export a run as a Hugging Face folder or ONNX",
-        description="hf: LoRA merged into a standard EsmModel folder plus esmtune's head "
-        "(the backbone loads with plain transformers). onnx: input_ids, attention_mask -> "
-        "logits with dynamic batch and length, plus head.onnx for long sequences in windows; "
-        "--quantize int8 adds model.int8.onnx. Every export is then checked against the run "
-        "on a sample of sequences (label agreement, largest difference, residues/s: "
-        "export.json and the model card README.md), and the fastest runtime that keeps the "
-        "labels becomes the default of `esmtune predict` and `esmtune serve` on the folder. "
-        "ONNX needs the export extra: pip install 'esmtune[export]'.",
+        description="hf: LoRA merged into a standard Hugging Face folder plus esmtune's head "
+        "(plain transformers loads the backbone; with model.head=esm, "
+        "AutoModelForSequenceClassification loads the whole classifier). onnx: input_ids, "
+        "attention_mask -> logits with dynamic batch and length, plus head.onnx for long "
+        "sequences in windows; --quantize int8 adds model.int8.onnx. Every export is then "
+        "checked against the run on a sample of sequences (label agreement, largest difference,"
+        " residues/s: export.json and the model card README.md), and the fastest runtime that "
+        "keeps the labels becomes the default of `esmtune predict` and `esmtune serve` on the "
+        "folder. ONNX needs the export extra: pip install 'esmtune[export]'.",
     )
     export.add_argument("run", type=Path, metavar="RUN", help="run directory")
     export.add_argument("--format", choices=["hf", "onnx"], required=True, help="export format")
