@@ -161,6 +161,8 @@ def test_runtime_choices_are_checked(run_dir: Path, hf_dir: Path, onnx_dir: Path
         Predictor.load(run_dir, runtime="onnx")
     with pytest.raises(RunDirError, match="not an esmtune export"):
         Predictor.from_export(run_dir)
+    with pytest.raises(EsmtuneError, match="onnxruntime-gpu"):  # CPU-only onnxruntime here
+        Predictor.from_export(onnx_dir, device="cuda")
     assert Predictor.load(onnx_dir, runtime="onnx").runtime == "onnx"
     assert Predictor.load(run_dir).runtime == "torch"
 

@@ -116,7 +116,7 @@ class Predictor:
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
             self.model = loaded.model.to(self.device).eval()
         else:
-            self.device = torch.device("cpu")  # onnxruntime's CPU provider reads host memory
+            self.device = torch.device("cpu")  # onnxruntime takes numpy arrays from host memory
             self.model = loaded.model
 
     @classmethod
@@ -162,7 +162,8 @@ class Predictor:
                 that keep the labels (``export.json``: int8 when it agreed with the run on at
                 least 99% of the checked sequences and ran faster, else fp32). Or force
                 ``torch`` (hf exports), ``onnx`` (fp32 graph) or ``onnx-int8``.
-            device: torch device for ``hf`` exports; ONNX runs on the CPU.
+            device: torch device for ``hf`` exports; for ONNX, ``cpu`` (default) or ``cuda``
+                (onnxruntime-gpu's CUDA provider; inputs and outputs pass through host memory).
             max_tokens: Token budget per batch (see :meth:`from_run`).
             long_sequences: As in :meth:`from_run`; windows work with ONNX too.
             precision: torch only (see :meth:`from_run`).
@@ -181,7 +182,8 @@ class Predictor:
         if chosen == "torch":
             loaded = load_export(export_dir)
         else:
-            loaded = load_onnx_export(export_dir, quantized=chosen == "onnx-int8")
+            where = None if device is None else str(device)
+            loaded = load_onnx_export(export_dir, chosen == "onnx-int8", device=where)
         return cls(loaded, device, max_tokens, long_sequences, precision)
 
     @classmethod

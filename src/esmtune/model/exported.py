@@ -39,6 +39,7 @@ __all__ = [
     "export_format",
     "load_export",
     "load_onnx_export",
+    "onnx_providers",
     "read_export",
     "read_export_info",
     "require_modules",
@@ -242,17 +243,42 @@ class OnnxClassifier:
         return torch.from_numpy(self.head.run(["logits"], head_feeds)[0])
 
 
+def onnx_providers(device: str | None) -> tuple[str, ...]:
+    """The execution providers of onnxruntime for a torch-style device name (None or cpu: CPU).
+
+    Raises:
+        EsmtuneError: When a GPU is asked for and this onnxruntime has no CUDA provider.
+    """
+    if device is None or not str(device).startswith("cuda"):
+        return ("CPUExecutionProvider",)
+    require_modules("onnxruntime")
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise EsmtuneError(
+            f"device {device}: this onnxruntime runs on the CPU only; install onnxruntime-gpu "
+            "for ONNX on a GPU, or use an hf export (torch) there"
+        )
+    return ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
 def load_onnx_export(
-    export_dir: Path | str, quantized: bool = False, threads: int | None = None
+    export_dir: Path | str,
+    quantized: bool = False,
+    threads: int | None = None,
+    device: str | None = None,
 ) -> LoadedRun:
     """An ONNX export as a :class:`LoadedRun` whose model is an :class:`OnnxClassifier`.
 
+    ``device``: None or ``cpu`` (default), or ``cuda`` with onnxruntime-gpu installed.
+
     Raises:
         RunDirError: When the folder is not an ONNX export (or lacks the int8 graph).
-        EsmtuneError: When onnxruntime is not installed.
+        EsmtuneError: When onnxruntime is not installed, or has no GPU provider for ``cuda``.
     """
     folder = Path(export_dir)
     config, task = read_export(folder)
-    model = OnnxClassifier(folder, quantized=quantized, threads=threads)
+    providers = onnx_providers(device)
+    model = OnnxClassifier(folder, quantized=quantized, providers=providers, threads=threads)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return LoadedRun(folder, config, task, model, tokenizer)  # type: ignore[arg-type]
