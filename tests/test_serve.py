@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -207,24 +209,41 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_real_server_batches_concurrent_requests(served_run: Path, predictor) -> None:
+@contextmanager
+def serve_process(run_dir: Path, *options: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`esmtune serve` starting on a free loopback port, and its base URL; stopped on exit."""
     port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "esmtune", "serve", str(served_run), "--port", str(port)]
-    command += ["--batch-wait-ms", "50", "--device", "cpu", "--log-level", "warning"]
-    server = subprocess.Popen(command, env=os.environ.copy())
+    command = [sys.executable, "-m", "esmtune", "serve", str(run_dir), "--port", str(port)]
+    command += ["--device", "cpu", "--log-level", "warning", *options]
+    process = subprocess.Popen(command, env=os.environ.copy())
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, "the server exited"
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not answer /health in 60 s"
-            time.sleep(0.2)
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
+
+def wait_until_healthy(process: subprocess.Popen, base: str, seconds: float = 60) -> None:
+    """Poll /health until the server answers (it loads the model first)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None, "the server exited"
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"the server did not answer /health in {seconds} s"
+        time.sleep(0.1)
+
+
+def test_real_server_batches_concurrent_requests(served_run: Path, predictor) -> None:
+    with serve_process(served_run, "--batch-wait-ms", "50") as (server, base):
+        wait_until_healthy(server, base)
         pool = [ACID, BASE, OILY, ACID[:12], BASE[3:], OILY + OILY]
         requests = [
             {"sequences": [{"id": f"r{i}", "sequence": pool[i % len(pool)]}, pool[(i + 1) % 6]]}
@@ -244,10 +263,3 @@ def test_real_server_batches_concurrent_requests(served_run: Path, predictor) ->
         info = httpx.get(f"{base}/info").json()
         assert info["sequences_served"] == 48
         assert 1 <= info["batches_run"] < len(requests)  # requests shared model calls
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,9 +32,10 @@ from tests.test_serve import (  # noqa: E402
     LONG,
     MAX_LENGTH,
     OILY,
-    _free_port,
     predictor,  # noqa: F401
+    serve_process,
     served_run,  # noqa: F401
+    wait_until_healthy,
 )
 
 from esmtune.tasks import task_from_state  # noqa: E402
@@ -77,35 +76,15 @@ def browser() -> Iterator[sync_api.Browser]:
 @pytest.fixture(scope="module")
 def server_process(served_run: Path) -> Iterator[tuple[subprocess.Popen, str]]:  # noqa: F811
     """`esmtune serve` starting on a free loopback port, and its base URL."""
-    port = _free_port()
-    command = [sys.executable, "-m", "esmtune", "serve", str(served_run), "--port", str(port)]
-    command += ["--device", "cpu", "--log-level", "warning"]
-    process = subprocess.Popen(command, env=os.environ.copy())
-    try:
-        yield process, f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serve_process(served_run) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def server(server_process: tuple[subprocess.Popen, str], browser: sync_api.Browser) -> str:
     """The server's base URL once it answers /health (Chromium starts while it loads)."""
-    process, base = server_process
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, "the server exited"
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return base
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not answer /health in 60 s"
-        time.sleep(0.1)
+    wait_until_healthy(*server_process)
+    return server_process[1]
 
 
 @pytest.fixture

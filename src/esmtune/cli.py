@@ -131,8 +131,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     records = _read_inputs(args)
     predictor = Predictor.load(
-        args.run, args.runtime, args.device, args.max_tokens, args.long_sequences, args.precision
-    )
+        args.run, args.runtime, device=args.device, max_tokens=args.max_tokens,
+        long_sequences=args.long_sequences, precision=args.precision,
+    )  # fmt: skip
     results = predictor.predict(records, top_k=args.top_k, progress=len(records) > 100)
     long = [row for row in results if row["length"] > predictor.max_length]
     if long:

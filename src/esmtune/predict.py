@@ -187,21 +187,16 @@ class Predictor:
         return cls(loaded, device, max_tokens, long_sequences, precision)
 
     @classmethod
-    def load(
-        cls,
-        path: Path | str,
-        runtime: str = "auto",
-        device: str | torch.device | None = None,
-        max_tokens: int | None = None,
-        long_sequences: LongSequences | str = LongSequences.WINDOW,
-        precision: str = "fp32",
-    ) -> Predictor:
-        """A run directory (:meth:`from_run`) or an export folder (:meth:`from_export`)."""
+    def load(cls, path: Path | str, runtime: str = "auto", **options: Any) -> Predictor:
+        """A run directory (:meth:`from_run`) or an export folder (:meth:`from_export`).
+
+        ``options``: ``device``, ``max_tokens``, ``long_sequences``, ``precision``, as there.
+        """
         if export_format(path) is not None:
-            return cls.from_export(path, runtime, device, max_tokens, long_sequences, precision)
+            return cls.from_export(path, runtime, **options)
         if runtime not in ("auto", "torch"):
             raise EsmtuneError(_NEEDS_EXPORT.format(runtime=runtime, path=path))
-        return cls.from_run(path, device, max_tokens, long_sequences, precision)
+        return cls.from_run(path, **options)
 
     def _validate(self, records: list[SequenceRecord]) -> None:
         problems = [problem for record in records if (problem := sequence_problem(record))]
@@ -221,8 +216,8 @@ class Predictor:
             DataError: On empty sequences or invalid residues, naming every record.
         """
         records = as_records(sequences)
-        if not records:
-            return np.empty((0, len(self.labels)), dtype=np.float32)
+        if not records:  # the task's own shape for no sequences
+            return self.task.outputs(torch.empty(0, self.task.num_outputs))
         return self._outputs(records, progress)[0]
 
     def _outputs(

@@ -317,7 +317,9 @@ def create_app(
     """
     check_settings(max_sequences, max_residues, long_sequences, batch_wait_ms, max_batch_tokens)
     run_dir = Path(run_dir)
-    predictor = Predictor.load(run_dir, runtime, device, max_tokens, LongSequences.WINDOW)
+    predictor = Predictor.load(
+        run_dir, runtime, device=device, max_tokens=max_tokens, long_sequences=LongSequences.WINDOW
+    )
     info = _run_info(run_dir, predictor)
     default_top_k = _default_top_k(predictor)
     batcher = _Batcher(predictor, batch_wait_ms / 1000, max_batch_tokens)
