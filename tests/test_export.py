@@ -15,6 +15,7 @@ import torch
 
 from conftest import make_learnable_dataset, tiny_overrides
 from esmtune.cli import main
+from esmtune.config import Pooling
 from esmtune.data.fasta import read_fasta
 from esmtune.errors import EsmtuneError, RunDirError
 from esmtune.export import INT8_FILE, ONNX_FILE, OnnxClassifier, export_run, load_export
@@ -118,6 +119,22 @@ def test_onnx_export_predicts_as_the_run_windows_included(
     assert max(r["windows"] for r in results) > 1
     got = np.array([[r["probabilities"][label] for label in LABELS] for r in results])
     assert np.abs(got - run_probabilities).max() < 1e-4
+
+
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_onnx_reads_long_sequences_in_passes_as_the_run(
+    run_dir: Path, onnx_dir: Path, sequences: list[str], pooling: str
+) -> None:
+    """Windows beyond the token budget go through model.onnx a few at a time, then head.onnx.
+
+    Mean pooling streams into one summary residue; the attention path keeps the stitched
+    states instead (forced here on the same mean-pooled graph, which must agree all the same).
+    """
+    long = ["".join(sequences[i : i + 4]) for i in range(0, 40, 4)]  # 150-280 residues
+    expected = Predictor.from_run(run_dir, device="cpu", max_tokens=100_000).outputs(long)
+    onnx = Predictor.from_export(onnx_dir, runtime="onnx", max_tokens=2 * (MAX_LENGTH + 2))
+    onnx.model.pooling = Pooling(pooling)
+    assert np.abs(onnx.outputs(long) - expected).max() < 1e-4
 
 
 def test_int8_keeps_the_labels_and_is_smaller(

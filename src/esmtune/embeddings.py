@@ -29,10 +29,18 @@ from esmtune.data.batching import EncodedDataset, encode
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import DataError, EsmtuneError
-from esmtune.inference import eval_loader, inference_budget, model_inputs, precision_context
+from esmtune.inference import (
+    eval_loader,
+    inference_budget,
+    model_inputs,
+    over_budget,
+    precision_context,
+    stream_windows,
+)
 from esmtune.model.classifier import SequenceClassifier, build_model
-from esmtune.model.heads import Pooler
+from esmtune.model.heads import Pooler, StreamingPooler
 from esmtune.model.rundir import CONFIG_FILE, WEIGHTS_FILE, load_run
+from esmtune.model.windows import ResidueSink
 
 __all__ = [
     "EMBEDDING_FORMATS",
@@ -61,13 +69,15 @@ def _per_sequence(
     pad_token_id: int,
     max_tokens: int | None,
     reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | list[torch.Tensor]],
+    make_sink: Callable[[], ResidueSink],
     progress: bool,
     precision: str,
 ) -> list[torch.Tensor]:
     """Run the backbone over ``dataset`` in budgeted batches, one tensor per sequence back.
 
-    ``reduce(states, mask)`` turns a batch's residue states into one tensor per sequence; the
-    results come back in dataset order, float32, on the CPU.
+    ``reduce(states, mask)`` turns a batch's residue states into one tensor per sequence; a long
+    sequence whose windows exceed the budget is read in passes into ``make_sink()`` instead,
+    which must give the same result. Results come back in dataset order, float32, on the CPU.
     """
     was_training = model.training
     model.eval()
@@ -77,7 +87,10 @@ def _per_sequence(
     bar = _progress(len(dataset), progress, "embed")
     with precision_context(precision, device):
         for batch in eval_loader(dataset, budget, pad_token_id):
-            reduced = reduce(*model.residue_states(**model_inputs(batch, device)))
+            if over_budget(batch, budget):
+                reduced = stream_windows(model.window_states, batch, budget, make_sink, device)
+            else:
+                reduced = reduce(*model.residue_states(**model_inputs(batch, device)))
             indices = batch["index"].tolist()
             rows.update(zip(indices, [r.float().cpu() for r in reduced], strict=True))
             bar.update(len(batch["index"]))
@@ -108,8 +121,24 @@ def pooled_embeddings(
     """
     device = next(model.parameters()).device
     pool = pooler.to(device) if pooler is not None else model.pooler
-    rows = _per_sequence(model, dataset, pad_token_id, max_tokens, pool, progress, precision)
+    rows = _per_sequence(
+        model, dataset, pad_token_id, max_tokens, pool, lambda: StreamingPooler(pool),
+        progress, precision,
+    )  # fmt: skip
     return torch.stack(rows)
+
+
+class _ResidueCollector:
+    """Keeps a long sequence's stitched residue states: per-residue embeddings are the output."""
+
+    def __init__(self) -> None:
+        self.pieces: list[torch.Tensor] = []
+
+    def add_residues(self, states: torch.Tensor) -> None:
+        self.pieces.append(states)
+
+    def close(self, cls_state: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.pieces)
 
 
 def residue_embeddings(
@@ -126,8 +155,9 @@ def residue_embeddings(
         return [row[keep] for row, keep in zip(states, mask, strict=True)]
 
     return _per_sequence(
-        model, dataset, pad_token_id, max_tokens, residues_only, progress, precision
-    )
+        model, dataset, pad_token_id, max_tokens, residues_only, _ResidueCollector, progress,
+        precision,
+    )  # fmt: skip
 
 
 def backbone_fingerprint(model: SequenceClassifier, config: TrainConfig) -> str:

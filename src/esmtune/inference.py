@@ -1,10 +1,17 @@
-"""Running a model over encoded sequences, batched by length, results back in input order."""
+"""Running a model over encoded sequences, batched by length, results back in input order.
+
+Memory is bounded by the token budget, whatever the sequences' lengths: batches are filled to
+the budget, and a sequence whose windows alone exceed it (a 35,000-residue titin is some 70
+windows of 1,022) is read a few windows per forward pass, its windows stitched and pooled as they
+come (:class:`~esmtune.model.windows.WindowStitcher`), never all held at once.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, pad_collate
+from esmtune.model.windows import ResidueSink, WindowStitcher
 
 __all__ = [
     "bf16_is_fast",
@@ -19,8 +27,10 @@ __all__ = [
     "inference_budget",
     "iterate_outputs",
     "model_inputs",
+    "over_budget",
     "precision_context",
     "predict_outputs",
+    "stream_windows",
 ]
 
 
@@ -102,19 +112,95 @@ def model_inputs(
     }
 
 
+def over_budget(batch: dict[str, torch.Tensor], max_tokens: int) -> bool:
+    """Whether a batch is the windows of long sequence(s) too many to run in one pass.
+
+    The sampler puts a sequence whose windows exceed the budget in a batch of its own; such a
+    batch goes through :func:`stream_windows` instead of one forward pass.
+    """
+    return "window_owner" in batch and batch["input_ids"].numel() > max_tokens
+
+
+def stream_windows(
+    window_states: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    max_tokens: int,
+    make_sink: Callable[[], ResidueSink],
+    device: torch.device | None = None,
+) -> list[torch.Tensor]:
+    """Each sequence of a windowed batch, read a few windows per pass; one result per sequence.
+
+    Args:
+        window_states: The backbone: ``(input_ids, attention_mask) -> (rows, tokens, hidden)``.
+        batch: A collated batch with ``window_owner`` and ``window_start`` (see ``pad_collate``).
+        max_tokens: Token budget of each forward pass (at least one window per pass).
+        make_sink: A fresh :class:`ResidueSink` per sequence (pooling, head, or a collector).
+        device: Where the inputs go.
+
+    Returns:
+        What each sequence's sink returned at ``close``, in the batch's sequence order.
+    """
+    owners = batch["window_owner"]
+    starts = batch["window_start"]
+    width = batch["input_ids"].shape[1]
+    per_pass = max(1, max_tokens // width)
+    results = []
+    for owner in range(int(owners.max()) + 1):
+        rows = (owners == owner).nonzero(as_tuple=True)[0]
+        rows = rows[torch.argsort(starts[rows], stable=True)]
+        stitcher = WindowStitcher(make_sink())
+        for first in range(0, len(rows), per_pass):
+            chunk = rows[first : first + per_pass]
+            mask = batch["attention_mask"][chunk]
+            longest = int(mask.sum(dim=1).max())
+            ids, mask = batch["input_ids"][chunk, :longest], mask[:, :longest]
+            if device is not None:
+                ids, mask = ids.to(device), mask.to(device)
+            hidden = window_states(ids, mask)
+            lengths = mask.sum(dim=1).tolist()
+            for row, length in enumerate(lengths):
+                start = int(starts[chunk[row]])
+                stitcher.add(start, hidden[row, 0], hidden[row, 1 : length - 1])
+        results.append(stitcher.finish())
+    return results
+
+
+def _unwrapped(model: Any) -> Any:
+    """The model inside a DistributedDataParallel wrapper (which hides its methods)."""
+    return getattr(model, "module", model)
+
+
+def _batch_logits(
+    model: Any, batch: dict[str, torch.Tensor], device: torch.device | None, max_tokens: int | None
+) -> torch.Tensor:
+    """One forward pass, or passes within the budget for windows that exceed it."""
+    if "window_owner" in batch:  # (batches of cached embeddings have no tokens at all)
+        budget = max_tokens or inference_budget(device or batch["input_ids"].device)
+        if over_budget(batch, budget):
+            inner = _unwrapped(model)
+            passes = stream_windows(
+                inner.window_states, batch, budget, inner.long_sequence_sink, device
+            )
+            return torch.cat(passes)
+    return model(**model_inputs(batch, device))
+
+
 @torch.inference_mode()
 def iterate_outputs(
     model: Callable[..., torch.Tensor],
     batches: Iterable[dict[str, torch.Tensor]],
     outputs: Callable[[torch.Tensor], np.ndarray],
     device: torch.device | None = None,
+    max_tokens: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (input indices, outputs) per batch; the model must be in eval mode.
 
-    ``outputs`` turns logits into what the task reports (e.g. :meth:`TaskSpec.outputs`).
+    ``outputs`` turns logits into what the task reports (e.g. :meth:`TaskSpec.outputs`). A batch
+    of long sequences whose windows exceed ``max_tokens`` (default: :func:`inference_budget`)
+    is read in passes within it.
     """
     for batch in batches:
-        logits = model(**model_inputs(batch, device))
+        logits = _batch_logits(model, batch, device, max_tokens)
         yield batch["index"].cpu().numpy(), outputs(logits)
 
 
@@ -142,7 +228,7 @@ def predict_outputs(
     rows: dict[int, np.ndarray] = {}
     bar = tqdm(total=len(dataset), desc="predict", unit="seq", disable=not progress)
     with precision_context(precision, device):
-        for indices, batch_outputs in iterate_outputs(model, loader, outputs, device):
+        for indices, batch_outputs in iterate_outputs(model, loader, outputs, device, budget):
             rows.update(zip(indices.tolist(), batch_outputs, strict=True))
             bar.update(len(indices))
     bar.close()

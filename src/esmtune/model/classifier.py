@@ -8,9 +8,9 @@ from transformers import PreTrainedTokenizerBase
 
 from esmtune.config import FinetuneMode, TrainConfig
 from esmtune.model.backbone import load_backbone
-from esmtune.model.heads import MLPHead, Pooler
+from esmtune.model.heads import MLPHead, Pooler, StreamingPooler
 from esmtune.model.tuning import apply_finetuning
-from esmtune.model.windows import stitch_windows
+from esmtune.model.windows import ResidueSink, stitch_windows
 
 __all__ = ["SequenceClassifier", "build_model"]
 
@@ -39,6 +39,14 @@ class SequenceClassifier(nn.Module):
             "special_token_ids", torch.tensor(special_token_ids, dtype=torch.long), persistent=False
         )
 
+    def window_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Backbone states of each input row ``(windows, tokens, hidden)``, nothing stitched."""
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def long_sequence_sink(self) -> ResidueSink:
+        """Pools one long sequence's stitched states as they arrive; ``close`` gives its logits."""
+        return _LogitsSink(StreamingPooler(self.pooler), self.head)
+
     def residue_states(
         self,
         input_ids: torch.Tensor,
@@ -48,7 +56,7 @@ class SequenceClassifier(nn.Module):
         residue_count: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone states, one row per sequence (windows stitched), and the residue mask."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.window_states(input_ids, attention_mask)
         if window_owner is None:
             # A comparison rather than torch.isin, which the ONNX exporter cannot translate.
             special = (input_ids.unsqueeze(-1) == self.special_token_ids).any(dim=-1)
@@ -71,6 +79,22 @@ class SequenceClassifier(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters of pooling and head (they always train)."""
         return [*self.pooler.parameters(), *self.head.parameters()]
+
+
+class _LogitsSink:
+    """Streaming pooling, then the head: the logits ``(1, outputs)`` of one long sequence."""
+
+    def __init__(self, pooler: StreamingPooler, head: nn.Module) -> None:
+        self.pooler = pooler
+        self.head = head
+
+    def add_residues(self, states: torch.Tensor) -> None:
+        self.pooler.add_residues(states)
+
+    def close(self, cls_state: torch.Tensor) -> torch.Tensor:
+        pooled = self.pooler.close(cls_state).unsqueeze(0)
+        weight = next(self.head.parameters())
+        return self.head(pooled.to(weight.dtype))
 
 
 def build_model(

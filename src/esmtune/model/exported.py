@@ -20,11 +20,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from esmtune.config import FinetuneMode, TrainConfig, load_config
+from esmtune.config import FinetuneMode, Pooling, TrainConfig, load_config
 from esmtune.errors import EsmtuneError, ModelLoadError, RunDirError
 from esmtune.model.classifier import build_model
+from esmtune.model.heads import Pooler, StreamingPooler
 from esmtune.model.rundir import CONFIG_FILE, LABELS_FILE, LoadedRun, read_json
-from esmtune.model.windows import stitch_windows
+from esmtune.model.windows import ResidueSink, stitch_windows
 from esmtune.tasks import TaskSpec, task_from_state
 
 __all__ = [
@@ -184,11 +185,12 @@ class OnnxClassifier:
         quantized: bool = False,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int | None = None,
+        pooling: Pooling = Pooling.MEAN,
     ) -> None:
         """Open ``model.onnx`` (or ``model.int8.onnx`` with ``quantized``) and ``head.onnx``.
 
         ``threads``: onnxruntime's intra-op threads (default: torch's thread count, so both
-        runtimes use the same cores).
+        runtimes use the same cores). ``pooling``: the run's, for long sequences read in passes.
         """
         require_modules("onnxruntime")
         import onnxruntime
@@ -205,6 +207,7 @@ class OnnxClassifier:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path = path
+        self.pooling = Pooling(pooling)
         self.runtime = "onnx-int8" if quantized else "onnx"
         self.session = onnxruntime.InferenceSession(str(path), options, providers=list(providers))
         head = folder / POOL_HEAD_FILE
@@ -229,18 +232,76 @@ class OnnxClassifier:
         }
         if window_owner is None:
             return torch.from_numpy(self.session.run(["logits"], feeds)[0])
+        hidden = torch.from_numpy(self.session.run(["hidden_states"], feeds)[0])
+        states, residues = stitch_windows(
+            hidden, torch.as_tensor(attention_mask), window_owner, window_start, residue_count
+        )
+        return self._pool_head(states, residues)
+
+    def window_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Residue states of each input row ``(rows, tokens, hidden)``, nothing stitched."""
+        feeds = {
+            "input_ids": np.asarray(input_ids, dtype=np.int64),
+            "attention_mask": np.asarray(attention_mask, dtype=np.int64),
+        }
+        return torch.from_numpy(self.session.run(["hidden_states"], feeds)[0])
+
+    def long_sequence_sink(self) -> ResidueSink:
+        """Pools one long sequence's stitched states as they arrive; ``close`` gives its logits.
+
+        ``head.onnx`` pools whatever rows it is given, so mean, max and cls pooling reduce as
+        the states arrive and hand it one summary residue (its pooling of one residue is that
+        residue): memory stays flat. Attention pooling's scores live inside the graph, so its
+        sink keeps the sequence's stitched states (4 bytes x hidden size per residue).
+        """
+        self._require_head()
+        return _OnnxHeadSink(self)
+
+    def _require_head(self) -> None:
         if self.head is None:
             raise EsmtuneError(
                 f"{self.path.parent} has no {POOL_HEAD_FILE}, so long sequences cannot be read "
                 "in windows: export the run again with this esmtune, or predict with "
                 "long_sequences=truncate"
             )
-        hidden = torch.from_numpy(self.session.run(["hidden_states"], feeds)[0])
-        states, residues = stitch_windows(
-            hidden, torch.as_tensor(attention_mask), window_owner, window_start, residue_count
-        )
-        head_feeds = {"hidden_states": states.numpy(), "residue_mask": residues.numpy()}
-        return torch.from_numpy(self.head.run(["logits"], head_feeds)[0])
+
+    def _pool_head(self, states: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
+        """``head.onnx``: pooling and head over stitched states ``(sequences, tokens, hidden)``."""
+        self._require_head()
+        assert self.head is not None
+        feeds = {
+            "hidden_states": states.float().numpy(),
+            "residue_mask": residue_mask.bool().numpy(),
+        }
+        return torch.from_numpy(self.head.run(["logits"], feeds)[0])
+
+
+class _OnnxHeadSink:
+    """A long sequence's stitched states into ``head.onnx`` (see ``long_sequence_sink``)."""
+
+    def __init__(self, model: OnnxClassifier) -> None:
+        self.model = model
+        self.streaming = model.pooling is not Pooling.ATTENTION
+        # Parameter-free pooling: the hidden size only matters to attention's scorer.
+        self.pooler = StreamingPooler(Pooler(model.pooling, 1)) if self.streaming else None
+        self.pieces: list[torch.Tensor] = []
+
+    def add_residues(self, states: torch.Tensor) -> None:
+        if self.pooler is not None:
+            self.pooler.add_residues(states)
+        else:
+            self.pieces.append(states)
+
+    def close(self, cls_state: torch.Tensor) -> torch.Tensor:
+        if self.pooler is not None:
+            residues = self.pooler.close(cls_state).unsqueeze(0)
+        else:
+            residues = torch.cat(self.pieces)
+        zero = torch.zeros_like(cls_state).unsqueeze(0)
+        states = torch.cat([cls_state.unsqueeze(0), residues, zero]).unsqueeze(0)
+        mask = torch.zeros(states.shape[:2], dtype=torch.bool)
+        mask[0, 1 : 1 + len(residues)] = True
+        return self.model._pool_head(states, mask)
 
 
 def onnx_providers(device: str | None) -> tuple[str, ...]:
@@ -279,6 +340,8 @@ def load_onnx_export(
     folder = Path(export_dir)
     config, task = read_export(folder)
     providers = onnx_providers(device)
-    model = OnnxClassifier(folder, quantized=quantized, providers=providers, threads=threads)
+    model = OnnxClassifier(
+        folder, quantized, providers, threads=threads, pooling=config.model.pooling
+    )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return LoadedRun(folder, config, task, model, tokenizer)  # type: ignore[arg-type]

@@ -11,7 +11,7 @@ from torch import nn
 
 from esmtune.config import Pooling
 
-__all__ = ["MLPHead", "Pooler"]
+__all__ = ["MLPHead", "Pooler", "StreamingPooler"]
 
 
 class Pooler(nn.Module):
@@ -69,3 +69,59 @@ class MLPHead(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """Logits for each output."""
         return self.layers(pooled)
+
+
+class StreamingPooler:
+    """:class:`Pooler` over a sequence that arrives in pieces, with memory for one piece.
+
+    Every pooling reduces exactly over pieces: mean as a running sum and count, max as a
+    running maximum, attention as an online softmax (a running maximum score, the sum of the
+    exponentials below it, and the weighted sum of states, rescaled when the maximum rises).
+    Implements :class:`~esmtune.model.windows.ResidueSink`; ``close`` returns ``(hidden,)``.
+    """
+
+    def __init__(self, pooler: Pooler) -> None:
+        self.pooler = pooler
+        self._count = 0
+        self._total: torch.Tensor | None = None  # sum (mean), maximum (max), weighted sum (attn)
+        self._top_score = torch.tensor(float("-inf"))
+        self._weight = torch.tensor(0.0)
+
+    def add_residues(self, states: torch.Tensor) -> None:
+        """Fold in the states ``(residues, hidden)`` of the next residues."""
+        if len(states) == 0:
+            return
+        self._count += len(states)
+        pooling = self.pooler.pooling
+        if pooling is Pooling.CLS:
+            return
+        if pooling is Pooling.MEAN:
+            piece = states.sum(dim=0)
+            self._total = piece if self._total is None else self._total + piece
+        elif pooling is Pooling.MAX:
+            piece = states.max(dim=0).values
+            self._total = piece if self._total is None else torch.maximum(self._total, piece)
+        else:
+            assert self.pooler.scorer is not None
+            scores = self.pooler.scorer(states.to(self.pooler.scorer.weight.dtype))
+            scores = scores.squeeze(-1).float()
+            top = torch.maximum(self._top_score, scores.max())
+            rescale = torch.exp(self._top_score - top)  # 0 for the first piece
+            weights = torch.exp(scores - top)
+            piece = (weights.unsqueeze(1) * states.float()).sum(dim=0)
+            self._total = piece if self._total is None else self._total * rescale + piece
+            self._weight = self._weight * rescale + weights.sum()
+            self._top_score = top
+
+    def close(self, cls_state: torch.Tensor) -> torch.Tensor:
+        """The pooled vector ``(hidden,)``; ``cls_state`` is the sequence's ``<cls>`` state."""
+        pooling = self.pooler.pooling
+        if pooling is Pooling.CLS:
+            return cls_state
+        if self._total is None:
+            return torch.zeros_like(cls_state)  # no residues (the batched pooler's 0 / 1)
+        if pooling is Pooling.MEAN:
+            return self._total / self._count
+        if pooling is Pooling.MAX:
+            return self._total
+        return self._total / self._weight
