@@ -48,7 +48,9 @@ def predictor(served_run: Path) -> Predictor:
 
 @pytest.fixture(scope="module")
 def client(served_run: Path):
-    app = create_app(served_run, max_sequences=5, max_residues=600, batch_wait_ms=5, device="cpu")
+    app = create_app(
+        served_run, max_sequences=5, max_request_residues=600, batch_wait_ms=5, device="cpu"
+    )
     with TestClient(app) as test_client:  # `with` runs the lifespan: the batching worker
         yield test_client
 
@@ -126,8 +128,8 @@ def test_long_sequences_refused_when_asked(served_run: Path) -> None:
         ({"sequences": [{"id": "gap", "sequence": "MK-R"}]}, 422, ["'gap'", "'-'", "position 3"]),
         ({"sequences": []}, 422, ["no sequences"]),
         ({"sequences": [{"id": "void", "sequence": ""}]}, 422, ["'void'", "empty"]),
-        ({"sequences": [ACID] * 6}, 413, ["6 sequences", "at most 5"]),
-        ({"sequences": [ACID * 30]}, 413, ["residues", "at most 600"]),
+        ({"sequences": [ACID] * 6}, 413, ["6 sequences", "max_sequences", "is 5", "split"]),
+        ({"sequences": [ACID * 30]}, 413, ["780 residues", "max_request_residues", "is 600"]),
         ({"sequences": [ACID], "top_k": 0}, 422, ["top_k"]),
         ({"sequences": [ACID], "top_k": "two"}, 422, ["top_k"]),
         ({"sequences": [42]}, 422, ["sequences[0]"]),
@@ -200,7 +202,7 @@ def test_several_workers_report_a_bad_model_once(served_run: Path, capsys) -> No
     assert main(["serve", str(served_run), "--workers", "2", "--runtime", "onnx"]) == 2
     assert "export it first" in capsys.readouterr().err
     assert main(["serve", str(served_run), "--workers", "2", "--max-sequences", "0"]) == 2
-    assert "must be positive" in capsys.readouterr().err
+    assert "--max-sequences" in capsys.readouterr().err  # named, with what it must be
 
 
 def _free_port() -> int:

@@ -255,23 +255,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"serving needs FastAPI and uvicorn ({error.name} is missing): "
             "pip install 'esmtune[serve]'"
         ) from None
-    from esmtune.serve import SETTINGS_ENV, check_settings, create_app
+    from esmtune.serve import SETTINGS_ENV, ServeSettings, create_app
 
     if args.workers < 1:
         raise EsmtuneError(f"--workers {args.workers}: give 1 or more")
-    settings = {
-        "max_sequences": args.max_sequences,
-        "max_residues": args.max_residues,
-        "long_sequences": args.long_sequences,
-        "batch_wait_ms": args.batch_wait_ms,
-        "max_batch_tokens": args.max_batch_tokens,
-        "max_tokens": args.max_tokens,
-        "device": args.device,
-        "runtime": args.runtime,
-    }
+    settings = ServeSettings.checked(
+        {name: getattr(args, name) for name in ServeSettings.model_fields}
+    )
     if args.workers == 1:
         # Loading here, before the server starts, turns a bad run directory into one message.
-        app = create_app(args.run, **settings)
+        app = create_app(args.run, settings)
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
         return 0
     # Several worker processes need an importable factory; each one loads its own model, so
@@ -280,13 +273,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from esmtune.predict import check_loadable
 
-    check_settings(
-        args.max_sequences, args.max_residues, args.long_sequences, args.batch_wait_ms,
-        args.max_batch_tokens,
-    )  # fmt: skip
-    check_loadable(args.run, args.runtime)
-
-    os.environ[SETTINGS_ENV] = json.dumps({"run_dir": str(args.run), **settings})
+    check_loadable(args.run, settings.runtime)
+    handed = {"run_dir": str(args.run), "settings": settings.model_dump(mode="json")}
+    os.environ[SETTINGS_ENV] = json.dumps(handed)
     uvicorn.run(
         "esmtune.serve:_app_from_environment",
         factory=True,
@@ -296,6 +285,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     return 0
+
+
+def _add_serve_settings(command: argparse.ArgumentParser) -> None:
+    """An option per ServeSettings field but runtime (shared with predict).
+
+    Name, type, choices, default and help come from the field, so the CLI, create_app and the
+    worker processes of ``--workers N`` cannot drift apart.
+    """
+    import typing
+
+    from esmtune.serve import ServeSettings
+
+    for name, spec in ServeSettings.model_fields.items():
+        if name == "runtime":
+            continue
+        option: dict[str, typing.Any] = {"default": spec.default, "help": spec.description}
+        if spec.default is not None:  # a None default is explained in the description
+            option["help"] += f" [{spec.default}]"
+        if typing.get_origin(spec.annotation) is typing.Literal:
+            option["choices"] = typing.get_args(spec.annotation)
+        else:  # int, float or str, possibly | None
+            kinds = typing.get_args(spec.annotation) or (spec.annotation,)
+            kind = next(k for k in (int, float, str) if k in kinds)
+            option |= {"type": kind, "metavar": "NAME" if kind is str else "N"}
+        command.add_argument("--" + name.replace("_", "-"), **option)
 
 
 def _add_data_options(command: argparse.ArgumentParser) -> None:
@@ -574,8 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a run's predictions over HTTP (FastAPI)",
         description="An HTTP service over a trained run or its export: POST /predict (JSON or "
         "FASTA), GET /info, GET /health, a page for people at / and the API docs at /docs. "
-        "Requests arriving together are grouped into one model call (micro-batching). Needs "
-        "the serve extra: pip install 'esmtune[serve]'.",
+        "Small requests arriving together share one model call (micro-batching); shorter "
+        "requests go first, and long ones run in slices with short ones served in between. "
+        "Each limit below refuses a request with 413 naming it. Needs the serve extra: "
+        "pip install 'esmtune[serve]'.",
     )
     serve.add_argument(
         "run", type=Path, metavar="RUN", help="run directory, or a folder of `esmtune export`"
@@ -590,35 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="server processes; each one loads its own copy of the model (memory x N) and "
         "batches only its own requests, so more than 1 helps only with spare cores or GPUs [1]",
     )
-    serve.add_argument(
-        "--max-sequences", type=int, default=256, help="most sequences per request [256]"
-    )
-    serve.add_argument(
-        "--max-residues", type=int, default=200_000, help="most residues per request [200000]"
-    )
-    serve.add_argument(
-        "--long-sequences",
-        choices=["window", "refuse"],
-        default="window",
-        help="sequences longer than the run's max_length: read in overlapping windows (the "
-        "answer warns) or refused with status 413 [window]",
-    )
-    serve.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        default=10.0,
-        help="how long a request waits for others to share its model call [10]",
-    )
-    serve.add_argument(
-        "--max-batch-tokens",
-        type=int,
-        default=32_768,
-        help="residues after which a batch runs without waiting longer [32768]",
-    )
-    serve.add_argument(
-        "--max-tokens", type=int, help="token budget per forward pass [1024 on CPU, 16384 on GPU]"
-    )
-    serve.add_argument("--device", help="cpu, cuda, cuda:1 ... [cuda if available]")
+    _add_serve_settings(serve)
     serve.add_argument(
         "--log-level",
         choices=["critical", "error", "warning", "info", "debug"],

@@ -1,148 +1,596 @@
 """An HTTP service over a trained run or an export: ``esmtune serve PATH``, or ``create_app``.
 
-Requests from many clients are queued and answered by one background worker that groups them
-into a single model call (micro-batching): one forward pass over 30 short sequences costs little
-more than over one, so grouping is what lets a single model keep up with many clients. The model
-runs in a thread, so the event loop keeps accepting requests (and answering /health) meanwhile.
+One background worker runs the model for every client. Small requests that arrive together share
+one model call (micro-batching). Work is ordered smallest first, with aging: a request's place is
+the work done before it arrived plus its own size, so a short request overtakes a long one, and a
+long one waits at most for its own size in other requests' work. A long request runs in slices
+of at most ``max_batch_tokens`` tokens, and waiting short requests go between its slices. On a
+CPU-bound model grouping adds no throughput; the order is what keeps short requests fast under a
+mixed load. The model runs in a thread, so the event loop keeps accepting requests meanwhile.
 
-Every input is checked before it reaches the queue; bad input is answered with a 4xx naming the
-record and character, never a 500.
+Every input is checked before it reaches the queue: a body over ``max_body_bytes`` is refused
+before it is read; bad input gets a 4xx ``{"detail": "..."}`` naming the record, the character or
+the limit, never a 500. The OpenAPI document states the exact grammar of the sequences each body
+form accepts, so that a generated client (or schemathesis) and the server agree.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, and the
+# endpoints are defined in create_app, whose imports (FastAPI, torch via the Predictor) stay out of
+# module import, so the CLI can build `esmtune serve --help` from ServeSettings in milliseconds.
 
 import asyncio
+import difflib
+import functools
 import json
 import os
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from esmtune.config import LongSequences, Task, load_config
-from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord, parse_fasta
 from esmtune.errors import DataError, EsmtuneError
-from esmtune.model.exported import export_format
-from esmtune.model.rundir import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_json
-from esmtune.predict import Predictor, as_records
 
-__all__ = ["SETTINGS_ENV", "check_settings", "create_app"]
+if TYPE_CHECKING:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    from esmtune.predict import Predictor
+
+__all__ = ["SETTINGS_ENV", "ErrorAnswer", "ServeSettings", "create_app"]
 
 # `esmtune serve --workers N` hands each worker process its settings through this variable.
 SETTINGS_ENV = "ESMTUNE_SERVE_SETTINGS"
 
 _FASTA_TYPES = ("text/plain", "text/x-fasta", "application/x-fasta", "chemical/seq-aa-fasta")
 
-# Shown in /docs: the two body forms POST /predict accepts.
-_PREDICT_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["sequences"],
-                "properties": {
-                    "sequences": {
-                        "type": "array",
-                        "items": {
-                            "oneOf": [
-                                {"type": "string"},
-                                {
-                                    "type": "object",
-                                    "required": ["sequence"],
-                                    "properties": {
-                                        "id": {"type": "string"},
-                                        "sequence": {"type": "string"},
-                                    },
-                                },
-                            ]
-                        },
-                    },
-                    "top_k": {"type": "integer", "minimum": 1, "nullable": True},
-                },
-            },
-            "example": {"sequences": [{"id": "P1", "sequence": "MKVLAAGIVG"}], "top_k": 3},
-        },
-        "text/plain": {
-            "schema": {"type": "string"},
-            "example": ">P1\nMKVLAAGIVG\n>P2\nMDEDEEDSTG\n",
-        },
-    },
-}
+# top_k beyond the label count ranks every label; the bound exists so that a number of any size
+# is a clear 422, and is far above any label vocabulary.
+_MAX_TOP_K = 1_000_000
+# Numeric record ids: the integers every JSON parser reads exactly.
+_SAFE_INTEGER = 2**53 - 1
+# No number this API takes has more digits; longer literals are refused before int() reads them.
+_MAX_DIGITS = 20
 
 
-@dataclass
+class ServeSettings(BaseModel):
+    """How ``esmtune serve`` and :func:`create_app` run: the request limits and the model's use.
+
+    One object for the CLI (each field is an option; its description is the ``--help``), for
+    :func:`create_app`, and for the worker processes of ``--workers N`` (passed as JSON).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_sequence_residues: int = Field(
+        50_000,
+        gt=0,
+        description="most residues in one sequence (more: 413); protects the time and memory "
+        "one sequence holds the model, as it is read in windows of the run's max_length; "
+        "50000 is longer than titin (~35000), the longest known protein",
+    )
+    max_request_residues: int = Field(
+        200_000,
+        gt=0,
+        description="most residues in one request, all sequences together (more: 413); bounds "
+        "how long one request occupies the model and the size of its answer",
+    )
+    max_sequences: int = Field(
+        256,
+        gt=0,
+        description="most sequences in one request (more: 413); bounds the per-record work "
+        "(ids, parsing, answer size) that residue counts do not see",
+    )
+    max_body_bytes: int = Field(
+        1 << 20,
+        gt=0,
+        description="most bytes in one request body (more: 413, refused before the body is "
+        "read, so an oversized upload costs no memory); the 1 MiB default holds "
+        "max_request_residues with FASTA or JSON overhead (ids, headers, line breaks) to spare",
+    )
+    long_sequences: Literal["window", "refuse"] = Field(
+        "window",
+        description="sequences longer than the run's max_length: read in overlapping windows "
+        "(the answer warns) or refused with 413",
+    )
+    batch_wait_ms: float = Field(
+        10.0,
+        ge=0,
+        description="how long a small request waits for others to share its model call; adds "
+        "at most this much latency",
+    )
+    max_batch_tokens: int = Field(
+        8192,
+        gt=0,
+        description="tokens (residues + 2 per sequence) per model call: small requests are "
+        "grouped up to this, a larger one runs in slices of this size with short requests "
+        "served in between, so this bounds how long a short request waits behind a long one "
+        "(raise it on a GPU)",
+    )
+    max_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="token budget of each forward pass inside a model call "
+        "[1024 on CPU, 16384 on GPU]",
+    )
+    device: str | None = Field(None, description="cpu, cuda, cuda:1 ... [cuda if available]")
+    runtime: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="auto (an ONNX export runs the graph its export check chose), torch, onnx "
+        "or onnx-int8",
+    )
+
+    @model_validator(mode="after")
+    def _body_holds_the_residues(self) -> "ServeSettings":
+        if self.max_body_bytes < self.max_request_residues:
+            raise ValueError(
+                f"max_body_bytes {self.max_body_bytes} is below max_request_residues "
+                f"{self.max_request_residues}: a request at the residue limit could not be sent; "
+                "raise max_body_bytes (a residue is one byte, plus ids and line breaks)"
+            )
+        return self
+
+    @classmethod
+    def checked(cls, options: Mapping[str, Any]) -> "ServeSettings":
+        """Settings from keyword options, every problem reported at once.
+
+        Raises:
+            EsmtuneError: Naming each bad setting (and its CLI option), or an unknown name with
+                the closest known one.
+        """
+        try:
+            return cls.model_validate(dict(options))
+        except ValidationError as error:
+            raise EsmtuneError(_settings_problems(error)) from None
+
+    def limits(self) -> dict[str, Any]:
+        """What ``GET /info`` reports: every limit on a request and how requests share the model."""
+        return self.model_dump(exclude={"max_tokens", "device", "runtime"})
+
+
+def _settings_problems(error: ValidationError) -> str:
+    problems = []
+    for problem in error.errors():
+        name = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        if not name:
+            problems.append(message)
+        elif problem["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(name, list(ServeSettings.model_fields), n=1)
+            hint = f"did you mean {close[0]}?" if close else "see esmtune serve --help"
+            problems.append(f"{name}: not a serve setting; {hint}")
+        else:
+            option = "--" + name.replace("_", "-")
+            problems.append(f"{name} ({option}) = {problem['input']!r}: {message}")
+    return "invalid serve settings:\n  - " + "\n  - ".join(problems)
+
+
+class ErrorAnswer(BaseModel):
+    """The body of every 4xx answer, ours and FastAPI's own."""
+
+    detail: str = Field(
+        description="what is wrong (the record, character, limit or field) and how to fix it"
+    )
+
+
+class _Refusal(Exception):
+    """A request this server will not run: the status and the message for the client."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def _over_limit(setting: str, limit: int, found: str, fix: str) -> _Refusal:
+    """A 413 naming what was found, the limit (setting and CLI option) and the fix."""
+    option = "--" + setting.replace("_", "-")
+    return _Refusal(413, f"{found}; this server's limit {setting} ({option}) is {limit}: {fix}")
+
+
+# --- What the bodies may hold. Stated twice, as checks here and as the patterns of the OpenAPI
+# schema (_request_body); tests/test_serve_schema.py holds the two to each other.
+
+# Control characters change how Python splits lines and strips whitespace (vertical tab, form
+# feed, the separators, NEL); FASTA text has none, and refusing them keeps the grammar exact.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# JSON sequences: printable ASCII and the whitespace that can wrap a sequence.
+_NOT_SEQUENCE_TEXT = re.compile(r"[^\t\n\r\x20-\x7e]")
+
+_NL = r"(?:\r\n|\r|\n)"
+_BLANK = r"[ \t]*"
+# The whitespace Python strips around a header or comment line, once controls are refused.
+_SPACE = r"[\t \xa0\u1680\u2000-\u200a\u202f\u205f\u3000]"
+_LINE_CHAR = r"[^\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]"
+_VISIBLE = r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+# A record id has a character that str.strip() keeps.
+_ID_PATTERN = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+
+
+@functools.cache
+def _grammar() -> dict[str, str]:
+    """The JSON Schema patterns of a JSON sequence and of a FASTA / plain-text body."""
+    from esmtune.data.check import RESIDUES
+
+    letters = "".join(sorted(RESIDUES))
+    residue = f"[{letters}{letters.lower()}]"
+    json_sequence = rf"^[ \t\r\n]*(?:{residue}[ \t\r\n]*)+(?:\*[ \t\r\n]*)?$"
+    # Plain text: one sequence per line (spaces inside, one final '*'), blank lines between.
+    line = rf"{_BLANK}(?:{residue}[ \t]*)+"
+    plain = rf"(?:{_BLANK}{_NL})*{line}(?:\*[ \t]*)?(?:{_NL}(?:{line}(?:\*[ \t]*)?|{_BLANK}))*"
+    # FASTA: blank and ';' comment lines anywhere; each '>id' header followed by residue lines,
+    # which may end in up to two '*' (the reader drops one, the request normaliser another).
+    ignored = rf"(?:{_SPACE}*;{_LINE_CHAR}*|{_BLANK})"
+    skip = rf"(?:{_NL}{ignored})*"
+    header = rf"{_SPACE}*>{_SPACE}*{_VISIBLE}{_LINE_CHAR}*"
+    star = r"\*[ \t]*"
+    star_line = rf"{_NL}[ \t]*{star}"
+    tail = (
+        rf"(?:{star}{star}{skip}|{star}{skip}(?:{star_line}{skip})?"
+        rf"|{skip}(?:{star_line}{star}{skip}|{star_line}{skip}(?:{star_line}{skip})?)?)"
+    )
+    record = rf"{header}{skip}{_NL}{line}(?:{skip}{_NL}{line})*{tail}"
+    fasta = rf"(?:{ignored}{_NL})*{record}(?:{_NL}{record})*"
+    return {"json_sequence": json_sequence, "text": rf"^\ufeff?(?:{plain}|{fasta})$"}
+
+
+async def _read_body(request: "Request", limit: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to pass ``limit`` bytes.
+
+    A declared Content-Length is refused before a byte is read (a client that sent
+    ``Expect: 100-continue`` never sends the body); a chunked body is read in pieces and dropped
+    at the first piece past the limit. Either way the server holds at most ``limit`` bytes.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise _Refusal(400, f"Content-Length {declared!r} is not a whole number of bytes")
+        if int(declared) > limit:
+            raise _over_limit("max_body_bytes", limit, f"a body of {int(declared)} bytes", _SPLIT)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _over_limit("max_body_bytes", limit, f"a body of over {limit} bytes", _SPLIT)
+    return bytes(body)
+
+
+_SPLIT = "split the request"
+
+
+class _NotJson(ValueError):
+    """A JSON literal this server does not read: NaN, Infinity or a number of too many digits."""
+
+
+def _json_integer(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_DIGITS:
+        raise _NotJson(f"a number of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def _json_constant(text: str) -> Any:
+    raise _NotJson(f"{text} (not a JSON number)")
+
+
+def _load_json(body: bytes) -> Any:
+    """The parsed body; anything unreadable is a 400 that says why (never a 500)."""
+    try:
+        return json.loads(body, parse_int=_json_integer, parse_constant=_json_constant)
+    except UnicodeDecodeError:
+        raise _Refusal(400, "the body is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise _Refusal(
+            400, f"malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from None
+    except RecursionError:
+        raise _Refusal(
+            400, 'JSON nested too deeply to read; a request needs three levels: {"sequences": '
+            '[{"id": "P1", "sequence": "MKV..."}]}',
+        ) from None  # fmt: skip
+    except _NotJson as error:
+        raise _Refusal(
+            422, f"{error} in the body; top_k is a whole number from 1 to {_MAX_TOP_K} and "
+            f"numeric ids lie within ±{_SAFE_INTEGER}",
+        ) from None  # fmt: skip
+
+
+def _records_from_json(body: bytes) -> tuple[list[SequenceRecord], int | None, bool]:
+    """Records, top_k and whether top_k was given, from a JSON body."""
+    payload = _load_json(body)
+    if isinstance(payload, list):
+        payload = {"sequences": payload}
+    if not isinstance(payload, dict) or "sequences" not in payload:
+        raise _Refusal(
+            422, 'expected {"sequences": [...], "top_k": 5}; the body has no "sequences" list'
+        )
+    unknown = sorted(set(payload) - {"sequences", "top_k"})
+    if unknown:
+        raise _Refusal(422, f"unknown field(s) {unknown}; expected 'sequences' and 'top_k'")
+    items = payload["sequences"]
+    if not isinstance(items, list):
+        raise _Refusal(422, '"sequences" must be a list of strings or {"id", "sequence"}')
+    records = [_json_record(item, index) for index, item in enumerate(items)]
+    top_k = payload.get("top_k")
+    if top_k is not None and (top_k := _whole(top_k, 1, _MAX_TOP_K)) is None:
+        raise _Refusal(
+            422, f"top_k must be a whole number from 1 to {_MAX_TOP_K}, not {payload['top_k']!r}"
+        )
+    return records, top_k, "top_k" in payload
+
+
+def _whole(value: Any, low: int, high: int) -> int | None:
+    """``value`` as an int when it is a JSON integer (2.0 counts, as in JSON Schema) in range."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+        return value
+    return None
+
+
+def _json_record(item: Any, index: int) -> SequenceRecord:
+    """One entry of "sequences": a string, or {"id": ..., "sequence": ...}."""
+    identifier: Any = f"seq{index + 1}"
+    if isinstance(item, dict) and isinstance(item.get("sequence"), str):
+        identifier = item.get("id", identifier)
+        item = item["sequence"]
+    if not isinstance(item, str):
+        raise _Refusal(
+            422, f'sequences[{index}]: expected a string or {{"id": "...", "sequence": "..."}} '
+            'with a string "sequence"',
+        )  # fmt: skip
+    if not isinstance(identifier, str):
+        number = _whole(identifier, -_SAFE_INTEGER, _SAFE_INTEGER)
+        if number is None:
+            raise _Refusal(422, f"sequences[{index}]: 'id' must be a string (or a whole number)")
+        identifier = str(number)
+    if not identifier.strip():
+        raise _Refusal(422, f"sequences[{index}]: 'id' must not be empty")
+    if bad := _NOT_SEQUENCE_TEXT.search(item):
+        raise _Refusal(
+            422, f"record '{identifier}': invalid character {bad.group()!r} at position "
+            f"{bad.start() + 1}; a sequence holds residue letters, spaces or line breaks and "
+            "may end in '*'",
+        )  # fmt: skip
+    return SequenceRecord(identifier, item, source="<request>")
+
+
+def _text_problem(text: str) -> str | None:
+    """Where a text body holds what FASTA never does, or None.
+
+    Control characters are refused anywhere; sequence lines (all but '>' headers and ';'
+    comments) must be ASCII, as residue letters are, so no Unicode case folding or spacing can
+    turn other characters into residues.
+    """
+    for number, line in enumerate(_LINE_BREAK.split(text), start=1):
+        if control := _CONTROL.search(line):
+            return (
+                f"line {number}, column {control.start() + 1}: control character "
+                f"U+{ord(control.group()):04X}; FASTA text has none: remove it"
+            )
+        if not line.isascii() and not line.strip().startswith((">", ";")):
+            column, char = next((i, c) for i, c in enumerate(line) if not c.isascii())
+            return (
+                f"line {number}, column {column + 1}: {char!r} on a sequence line; sequences "
+                "are written in ASCII residue letters"
+            )
+    return None
+
+
+def _records_from_text(body: bytes) -> list[SequenceRecord]:
+    """FASTA; text without any '>' header is read as one raw sequence per line."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _Refusal(400, "the body is not UTF-8 text") from None
+    if problem := _text_problem(text):
+        raise _Refusal(422, f"malformed FASTA: {problem}")
+    lines = text.splitlines()
+    if not any(line.lstrip().startswith(">") for line in lines):
+        sequences = [line.strip() for line in lines if line.strip()]
+        return [
+            SequenceRecord(f"seq{i + 1}", s, source="<request>", line=i + 1)
+            for i, s in enumerate(sequences)
+        ]
+    try:
+        return list(parse_fasta(lines, "<request>"))
+    except DataError as error:
+        raise _Refusal(422, f"malformed FASTA: {error}") from None
+
+
+def _parse_body(
+    kind: str, body: bytes, query_top_k: int | None
+) -> tuple[list[SequenceRecord], int | None]:
+    """Records and top_k from a body of media type ``kind`` (sniffed when the client sent none)."""
+    if not kind:
+        kind = "text/plain" if body.lstrip().startswith(b">") else "application/json"
+    if kind == "application/json" or kind.endswith("+json"):
+        records, body_top_k, given = _records_from_json(body)
+        return records, body_top_k if given else query_top_k
+    if kind in _FASTA_TYPES:
+        return _records_from_text(body), query_top_k
+    raise _Refusal(415, f"content type {kind!r}: send application/json or FASTA as text/plain")
+
+
+def _checked(
+    records: list[SequenceRecord], settings: ServeSettings, max_length: int
+) -> tuple[list[SequenceRecord], list[str]]:
+    """Normalised records within every limit, and the warnings of the answer.
+
+    Raises:
+        _Refusal: 413 over a limit (which one, its value, the fix); 422 on invalid residues.
+    """
+    from esmtune.data.check import sequence_problem
+    from esmtune.predict import as_records
+
+    if not records:
+        raise _Refusal(422, "no sequences in the request; send at least one")
+    if len(records) > settings.max_sequences:
+        found = f"{len(records)} sequences in one request"
+        raise _over_limit("max_sequences", settings.max_sequences, found, _SPLIT)
+    records = as_records(records)
+    limit = settings.max_sequence_residues
+    if too_long := [r for r in records if len(r.sequence) > limit]:
+        named = ", ".join(f"'{r.id}' ({len(r.sequence)} residues)" for r in too_long[:5])
+        more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
+        found = f"sequence(s) {named}{more} in one request"
+        fix = f"send pieces of at most {limit} residues"
+        raise _over_limit("max_sequence_residues", limit, found, fix)
+    residues = sum(len(r.sequence) for r in records)
+    if residues > settings.max_request_residues:
+        found = f"{residues} residues in one request (all sequences)"
+        raise _over_limit("max_request_residues", settings.max_request_residues, found, _SPLIT)
+    if problems := [problem for record in records if (problem := sequence_problem(record))]:
+        raise _Refusal(422, f"{len(problems)} invalid sequence(s): " + "; ".join(problems))
+    long = [r for r in records if len(r.sequence) > max_length]
+    if long and settings.long_sequences == "refuse":
+        named = ", ".join(f"'{r.id}' ({len(r.sequence)})" for r in long)
+        raise _Refusal(
+            413, f"sequence(s) longer than the model's {max_length} residues: {named}; this "
+            "server refuses them (long_sequences=refuse): send shorter pieces",
+        )  # fmt: skip
+    warnings = [
+        f"record '{r.id}': {len(r.sequence)} residues, longer than the model's {max_length}; "
+        "read in overlapping windows pooled together"
+        for r in long
+    ]
+    return records, warnings
+
+
+# --- The worker: one model, many clients.
+
+
+def _tokens(records: list[SequenceRecord]) -> int:
+    return sum(len(r.sequence) + 2 for r in records)  # + BOS/EOS
+
+
+@dataclass(eq=False)
 class _Job:
-    """One request's sequences, waiting for the worker; ``result`` resolves in request order."""
+    """One request's sequences; ``results`` fill slice by slice, in request order."""
 
     records: list[SequenceRecord]
     top_k: int | None
     result: asyncio.Future[list[dict[str, Any]]]
+    # Smallest first with aging: the work done before this job arrived plus its size (then its
+    # arrival number). Work clocks only move forward, so every later arrival ranks behind this
+    # job once the others' work since its arrival reaches its size: nothing waits forever.
+    rank: tuple[int, int]
+    results: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def tokens(self) -> int:
-        return sum(len(r.sequence) + 2 for r in self.records)  # + BOS/EOS
+    def remaining(self) -> list[SequenceRecord]:
+        return self.records[len(self.results) :]
 
 
 @dataclass
 class _Batcher:
-    """Collects jobs for up to ``wait_seconds`` (or ``max_tokens``), then runs them together."""
+    """Runs pending jobs in rank order, grouped or sliced to about ``max_tokens`` per call."""
 
-    predictor: Predictor
+    predictor: "Predictor"
     wait_seconds: float
     max_tokens: int
-    queue: asyncio.Queue[_Job] = field(default_factory=asyncio.Queue)
+    pending: list[_Job] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    work_done: int = 0  # tokens run so far: the clock of the aging
+    arrivals: int = 0
     batches_run: int = 0
     sequences_served: int = 0
     requests_served: int = 0
 
+    def reset(self) -> None:
+        """Fresh queue state for a new event loop (the app's lifespan)."""
+        self.pending = []
+        self.arrived = asyncio.Event()
+
     async def submit(self, records: list[SequenceRecord], top_k: int | None) -> list[dict]:
-        job = _Job(records, top_k, asyncio.get_running_loop().create_future())
-        await self.queue.put(job)
+        """The predictions of ``records`` once the worker has run them all."""
+        rank = (self.work_done + _tokens(records), self.arrivals)
+        job = _Job(records, top_k, asyncio.get_running_loop().create_future(), rank)
+        self.arrivals += 1
+        self.pending.append(job)
+        self.arrived.set()
         return await job.result
 
     async def run_forever(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            jobs = [await self.queue.get()]
-            tokens = jobs[0].tokens
-            deadline = loop.time() + self.wait_seconds
-            while tokens < self.max_tokens and (left := deadline - loop.time()) > 0:
-                try:
-                    job = await asyncio.wait_for(self.queue.get(), left)
-                except TimeoutError:
-                    break
-                jobs.append(job)
-                tokens += job.tokens
-            await self._run([job for job in jobs if not job.result.done()])
+            while not self.pending:
+                self.arrived.clear()
+                await self.arrived.wait()
+            await self._let_others_join()
+            if batch := self._next_batch():
+                await self._run(batch)
 
-    async def _run(self, jobs: list[_Job]) -> None:
-        if not jobs:
-            return
-        records = [record for job in jobs for record in job.records]
-        # Rank every label once; each request then keeps its own top_k.
-        ranked = len(self.predictor.labels)
+    async def _let_others_join(self) -> None:
+        """Wait up to ``wait_seconds`` for more requests while the pending work is small."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_seconds
+        while (
+            sum(_tokens(job.remaining) for job in self.pending) < self.max_tokens
+            and (left := deadline - loop.time()) > 0
+        ):
+            self.arrived.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), left)
+
+    def _next_batch(self) -> list[tuple[_Job, list[SequenceRecord]]]:
+        """The first-ranked job (a slice of it, if large), then whole jobs that still fit."""
+        self.pending = [job for job in self.pending if not job.result.done()]  # clients gone
+        if not self.pending:
+            return []
+        first, *others = sorted(self.pending, key=lambda job: job.rank)
+        piece = _slice(first.remaining, self.max_tokens)
+        batch, room = [(first, piece)], self.max_tokens - _tokens(piece)
+        for job in others:
+            if (size := _tokens(job.remaining)) <= room:
+                batch.append((job, job.remaining))
+                room -= size
+        return batch
+
+    async def _run(self, batch: list[tuple[_Job, list[SequenceRecord]]]) -> None:
+        records = [record for _, piece in batch for record in piece]
+        ranked = len(self.predictor.labels)  # rank every label; each request keeps its top_k
         try:
             results = await asyncio.to_thread(self.predictor.predict, records, ranked)
-        except Exception as error:  # a bug, not bad input: answer every waiting request
-            for job in jobs:
-                if not job.result.done():
-                    job.result.set_exception(error)
+        except Exception as error:  # a bug, not bad input: answer every request in the call
+            for job, _ in batch:
+                self._finish(job, error)
             return
         self.batches_run += 1
         self.sequences_served += len(records)
-        self.requests_served += len(jobs)
+        self.work_done += _tokens(records)
         start = 0
-        for job in jobs:
-            mine = results[start : start + len(job.records)]
-            start += len(job.records)
-            if not job.result.done():  # the client may have gone away
-                job.result.set_result([_keep_top(row, job.top_k) for row in mine])
+        for job, piece in batch:
+            job.results += results[start : start + len(piece)]
+            start += len(piece)
+            if not job.remaining:
+                self.requests_served += 1
+                self._finish(job, None)
+
+    def _finish(self, job: _Job, error: Exception | None) -> None:
+        if job in self.pending:
+            self.pending.remove(job)
+        if job.result.done():  # the client went away
+            return
+        if error is not None:
+            job.result.set_exception(error)
+        else:
+            job.result.set_result([_keep_top(row, job.top_k) for row in job.results])
+
+
+def _slice(records: list[SequenceRecord], max_tokens: int) -> list[SequenceRecord]:
+    """The leading records within ``max_tokens`` (at least one, however long)."""
+    taken, tokens = [], 0
+    for record in records:
+        tokens += len(record.sequence) + 2
+        if taken and tokens > max_tokens:
+            break
+        taken.append(record)
+    return taken
 
 
 def _keep_top(result: dict[str, Any], top_k: int | None) -> dict[str, Any]:
@@ -157,7 +605,7 @@ def _keep_top(result: dict[str, Any], top_k: int | None) -> dict[str, Any]:
     return result
 
 
-def _default_top_k(predictor: Predictor) -> int | None:
+def _default_top_k(predictor: "Predictor") -> int | None:
     """The task's own top_k when a request gives none (multiclass: all; multilabel: 5)."""
     if predictor.task.task not in (Task.MULTICLASS, Task.MULTILABEL):
         return None
@@ -167,75 +615,11 @@ def _default_top_k(predictor: Predictor) -> int | None:
     return len(predictor.task.predictions(probe, None)[0]["top_k"])
 
 
-def _bad_request(status: int, message: str) -> HTTPException:
-    return HTTPException(status_code=status, detail=message)
-
-
-def _records_from_json(body: bytes) -> tuple[list[SequenceRecord], int | None, bool]:
-    """Records, top_k and whether top_k was given, from a JSON body."""
-    try:
-        payload = json.loads(body)
-    except UnicodeDecodeError:
-        raise _bad_request(400, "the body is not UTF-8 text") from None
-    except json.JSONDecodeError as error:
-        raise _bad_request(
-            400, f"malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-        ) from None
-    if isinstance(payload, list):
-        payload = {"sequences": payload}
-    if not isinstance(payload, dict) or "sequences" not in payload:
-        raise _bad_request(
-            422, 'expected {"sequences": [...], "top_k": 5}; the body has no "sequences" list'
-        )
-    unknown = sorted(set(payload) - {"sequences", "top_k"})
-    if unknown:
-        raise _bad_request(422, f"unknown field(s) {unknown}; expected 'sequences' and 'top_k'")
-    items = payload["sequences"]
-    if not isinstance(items, list):
-        raise _bad_request(422, '"sequences" must be a list of strings or {"id", "sequence"}')
-    records = []
-    for number, item in enumerate(items, start=1):
-        default_id = f"seq{number}"
-        if isinstance(item, str):
-            records.append(SequenceRecord(default_id, item, source="<request>"))
-            continue
-        if not isinstance(item, dict) or not isinstance(item.get("sequence"), str):
-            raise _bad_request(
-                422,
-                f"sequences[{number - 1}]: expected a string or "
-                '{"id": "...", "sequence": "..."} with a string "sequence"',
-            )
-        identifier = item.get("id", default_id)
-        if not isinstance(identifier, str | int) or not str(identifier).strip():
-            raise _bad_request(422, f"sequences[{number - 1}]: 'id' must be a non-empty string")
-        records.append(SequenceRecord(str(identifier), item["sequence"], source="<request>"))
-    top_k = payload.get("top_k")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise _bad_request(422, f"top_k must be a positive whole number, not {top_k!r}")
-    return records, top_k, "top_k" in payload
-
-
-def _records_from_text(body: bytes) -> list[SequenceRecord]:
-    """FASTA; text without any '>' header is read as one raw sequence per line."""
-    try:
-        text = body.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise _bad_request(400, "the body is not UTF-8 text") from None
-    lines = text.splitlines()
-    if not any(line.lstrip().startswith(">") for line in lines):
-        sequences = [line.strip() for line in lines if line.strip()]
-        return [
-            SequenceRecord(f"seq{i + 1}", s, source="<request>", line=i + 1)
-            for i, s in enumerate(sequences)
-        ]
-    try:
-        return list(parse_fasta(lines, "<request>"))
-    except DataError as error:
-        raise _bad_request(422, f"malformed FASTA: {error}") from None
-
-
-def _run_info(run_dir: Path, predictor: Predictor) -> dict[str, Any]:
+def _run_info(run_dir: Path, predictor: "Predictor") -> dict[str, Any]:
     """What /info says about the run: the model, its labels, how it scored, what made it."""
+    from esmtune.model.exported import export_format
+    from esmtune.model.rundir import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_json
+
     metrics = read_json(run_dir / METRICS_FILE)
     manifest = read_json(run_dir / MANIFEST_FILE)
     saved = load_config(run_dir / CONFIG_FILE)
@@ -260,54 +644,116 @@ def _run_info(run_dir: Path, predictor: Predictor) -> dict[str, Any]:
     }
 
 
-def check_settings(
-    max_sequences: int,
-    max_residues: int,
-    long_sequences: str,
-    batch_wait_ms: float,
-    max_batch_tokens: int,
-) -> None:
-    """Reject settings no server can run with (see :func:`create_app`).
+# --- The OpenAPI document: what the server really accepts and answers.
 
-    Raises:
-        EsmtuneError: Naming the setting and what it must be.
-    """
-    if long_sequences not in ("window", "refuse"):
-        raise EsmtuneError(f"long_sequences must be 'window' or 'refuse', not {long_sequences!r}")
-    if max_sequences < 1 or max_residues < 1 or batch_wait_ms < 0 or max_batch_tokens < 1:
-        raise EsmtuneError(
-            "max_sequences, max_residues and max_batch_tokens must be positive and "
-            "batch_wait_ms not negative"
-        )
+
+def _request_body(settings: ServeSettings, max_length: int) -> dict[str, Any]:
+    """POST /predict's body forms, with the grammar and the static limits of this server."""
+    grammar = _grammar()
+    sequence = {
+        "type": "string",
+        "pattern": grammar["json_sequence"],
+        "description": "residue letters (either case) with optional spaces or line breaks and "
+        f"a final '*'; at most {settings.max_sequence_residues} residues",
+    }
+    record = {
+        "type": "object",
+        "required": ["sequence"],
+        "properties": {
+            "id": {
+                "anyOf": [
+                    {"type": "string", "pattern": _ID_PATTERN},
+                    {"type": "integer", "minimum": -_SAFE_INTEGER, "maximum": _SAFE_INTEGER},
+                ],
+                "description": "the record's name in the answer [seq1, seq2 ... by position]",
+            },
+            "sequence": sequence,
+        },
+    }
+    sequences = {
+        "type": "array",
+        "items": {"anyOf": [sequence, record]},
+        "minItems": 1,
+        "maxItems": settings.max_sequences,
+    }
+    top_k = {"anyOf": [{"type": "integer", "minimum": 1, "maximum": _MAX_TOP_K}, {"type": "null"}]}
+    request = {
+        "type": "object",
+        "required": ["sequences"],
+        "additionalProperties": False,
+        "properties": {"sequences": sequences, "top_k": top_k},
+    }
+    fasta = {
+        "schema": {"type": "string", "pattern": grammar["text"]},
+        "example": ">P1\nMKVLAAGIVG\n>P2\nMDEDEEDSTG\n",
+    }
+    return {
+        "required": True,
+        "description": (
+            "JSON, or FASTA / one sequence per line as text. Limits: at most "
+            f"{settings.max_body_bytes} bytes, {settings.max_sequences} sequences and "
+            f"{settings.max_request_residues} residues per request, "
+            f"{settings.max_sequence_residues} residues per sequence (over any: 413). "
+            f"Sequences longer than the model's {max_length} residues are "
+            + ("read in windows." if settings.long_sequences == "window" else "refused (413).")
+        ),
+        "content": {
+            "application/json": {
+                "schema": {"oneOf": [request, sequences]},
+                "example": {"sequences": [{"id": "P1", "sequence": "MKVLAAGIVG"}], "top_k": 3},
+            },
+            **{kind: fasta for kind in _FASTA_TYPES},
+        },
+    }
+
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorAnswer, "description": "The body cannot be read: not UTF-8, or not JSON."},
+    413: {
+        "model": ErrorAnswer,
+        "description": "Over a limit of this server (body bytes, sequences, residues per "
+        "sequence or per request; a sequence longer than the model where long sequences are "
+        "refused): the message names the limit, its value and the fix.",
+    },
+    415: {"model": ErrorAnswer, "description": "Neither JSON nor FASTA text."},
+    422: {
+        "model": ErrorAnswer,
+        "description": "Readable but invalid: a record, residue, field or parameter the "
+        "message names.",
+    },
+}
+
+
+async def _refusal_answer(request: "Request", error: Exception) -> "JSONResponse":
+    from fastapi.responses import JSONResponse
+
+    refusal = error if isinstance(error, _Refusal) else _Refusal(400, str(error))
+    return JSONResponse({"detail": refusal.detail}, status_code=refusal.status)
+
+
+async def _validation_answer(request: "Request", error: Exception) -> "JSONResponse":
+    """FastAPI's own 422 in the one error model: a sentence, not a list of objects."""
+    from fastapi.responses import JSONResponse
+
+    problems: list[dict[str, Any]] = getattr(error, "errors", list)()
+    parts = []
+    for problem in problems:
+        where, *path = problem.get("loc", ()) or ("request",)
+        name = ".".join(str(part) for part in path)
+        parts.append(f"{where} parameter {name}: {problem['msg']} (got {problem.get('input')!r})")
+    return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
 
 
 def create_app(
-    run_dir: Path | str,
-    *,
-    max_sequences: int = 256,
-    max_residues: int = 200_000,
-    long_sequences: str = "window",
-    batch_wait_ms: float = 10.0,
-    max_batch_tokens: int = 32_768,
-    max_tokens: int | None = None,
-    device: str | None = None,
-    runtime: str = "auto",
-) -> FastAPI:
+    run_dir: Path | str, settings: ServeSettings | None = None, **options: Any
+) -> "FastAPI":
     """A FastAPI app serving a run's predictions; the model loads here, before any request.
 
     Args:
         run_dir: A finished run directory, or an ``esmtune export`` folder (hf or onnx).
-        max_sequences: Most sequences one request may send (more: 413).
-        max_residues: Most residues one request may send, all sequences together (more: 413).
-        long_sequences: Sequences over the run's max_length: ``window`` (read in overlapping
-            windows, with a warning in the answer) or ``refuse`` (413 naming them).
-        batch_wait_ms: How long the worker waits for more requests to join a batch; adds at
-            most this much latency to a lone request.
-        max_batch_tokens: Residues (+2 per sequence) after which a batch runs without waiting.
-        max_tokens: Token budget of each forward pass inside a batch (Predictor's default).
-        device: ``cpu``, ``cuda`` ... (default: cuda when available).
-        runtime: ``auto`` (default; an ONNX export runs the graph its export check chose),
-            ``torch``, ``onnx`` or ``onnx-int8`` (see :meth:`Predictor.from_export`).
+        settings: Limits and model use (:class:`ServeSettings`; its defaults when None).
+        **options: :class:`ServeSettings` fields overriding ``settings``, e.g.
+            ``create_app(run, max_sequences=16, device="cpu")``.
 
     Returns:
         The app: ``POST /predict``, ``GET /info``, ``GET /health``, ``GET /`` and ``/docs``.
@@ -315,18 +761,26 @@ def create_app(
     Raises:
         EsmtuneError: On invalid settings, or a run directory that cannot be loaded.
     """
-    check_settings(max_sequences, max_residues, long_sequences, batch_wait_ms, max_batch_tokens)
+    base = settings.model_dump() if settings is not None else {}
+    settings = ServeSettings.checked({**base, **options})
+    from fastapi import FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse
+
+    from esmtune.predict import Predictor
+
     run_dir = Path(run_dir)
     predictor = Predictor.load(
-        run_dir, runtime, device=device, max_tokens=max_tokens, long_sequences=LongSequences.WINDOW
-    )
+        run_dir, settings.runtime, device=settings.device, max_tokens=settings.max_tokens,
+        long_sequences=LongSequences.WINDOW,
+    )  # fmt: skip
     info = _run_info(run_dir, predictor)
     default_top_k = _default_top_k(predictor)
-    batcher = _Batcher(predictor, batch_wait_ms / 1000, max_batch_tokens)
+    batcher = _Batcher(predictor, settings.batch_wait_ms / 1000, settings.max_batch_tokens)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher.queue = asyncio.Queue()  # bound to this event loop
+        batcher.reset()  # bound to this event loop
         worker = asyncio.create_task(batcher.run_forever())
         try:
             yield
@@ -338,62 +792,28 @@ def create_app(
     app = FastAPI(
         title=f"esmtune: {run_dir.name}",
         description=f"Predictions of the {info['task']} model in {run_dir.name} "
-        f"(base model {info['base_model']}).",
+        f'(base model {info["base_model"]}). Every 4xx answer is {{"detail": "..."}}.',
         lifespan=lifespan,
     )
+    app.add_exception_handler(_Refusal, _refusal_answer)
+    app.add_exception_handler(RequestValidationError, _validation_answer)
+    query_top_k = Query(
+        ge=1, le=_MAX_TOP_K, description="labels ranked per sequence (a JSON body's top_k wins)"
+    )
 
-    def checked(records: list[SequenceRecord]) -> tuple[list[SequenceRecord], list[str]]:
-        if not records:
-            raise _bad_request(422, "no sequences in the request; send at least one")
-        if len(records) > max_sequences:
-            raise _bad_request(
-                413, f"{len(records)} sequences in one request; this server takes at most "
-                f"{max_sequences}: split the request",
-            )  # fmt: skip
-        records = as_records(records)
-        residues = sum(len(r.sequence) for r in records)
-        if residues > max_residues:
-            raise _bad_request(
-                413, f"{residues} residues in one request; this server takes at most "
-                f"{max_residues}: split the request",
-            )  # fmt: skip
-        problems = [problem for record in records if (problem := sequence_problem(record))]
-        if problems:
-            raise _bad_request(422, f"{len(problems)} invalid sequence(s): " + "; ".join(problems))
-        limit = predictor.max_length
-        long = [r for r in records if len(r.sequence) > limit]
-        if long and long_sequences == "refuse":
-            named = ", ".join(f"'{r.id}' ({len(r.sequence)})" for r in long)
-            raise _bad_request(
-                413, f"sequence(s) longer than the model's {limit} residues: {named}; this "
-                "server refuses them: send shorter pieces",
-            )  # fmt: skip
-        warnings = [
-            f"record '{r.id}': {len(r.sequence)} residues, longer than the model's {limit}; "
-            "read in overlapping windows pooled together"
-            for r in long
-        ]
-        return records, warnings
-
-    @app.post("/predict", openapi_extra={"requestBody": _PREDICT_BODY})
-    async def predict(request: Request, top_k: int | None = None) -> dict[str, Any]:
+    @app.post(
+        "/predict",
+        openapi_extra={"requestBody": _request_body(settings, predictor.max_length)},
+        responses=_ERROR_RESPONSES,
+    )
+    async def predict(
+        request: Request, top_k: Annotated[int | None, query_top_k] = None
+    ) -> dict[str, Any]:
         """Predict for each sequence (JSON or FASTA body), in request order."""
-        body = await request.body()
+        body = await _read_body(request, settings.max_body_bytes)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if not kind:
-            kind = "text/plain" if body.lstrip().startswith(b">") else "application/json"
-        if kind == "application/json" or kind.endswith("+json"):
-            records, body_top_k, given = _records_from_json(body)
-            top_k = body_top_k if given else top_k
-        elif kind in _FASTA_TYPES:
-            records = _records_from_text(body)
-        else:
-            raise _bad_request(
-                415, f"content type {kind!r}: send application/json or FASTA as text/plain"
-            )
-        if top_k is not None and top_k < 1:
-            raise _bad_request(422, f"top_k must be a positive whole number, not {top_k}")
-        records, warnings = checked(records)
+        records, top_k = _parse_body(kind, body, top_k)
+        records, warnings = _checked(records, settings, predictor.max_length)
         results = await batcher.submit(records, top_k or default_top_k)
         answer: dict[str, Any] = {"task": info["task"], "predictions": results}
         if warnings:
@@ -407,15 +827,10 @@ def create_app(
 
     @app.get("/info")
     async def run_info() -> dict[str, Any]:
-        """The run (task, labels, base model, best validation score, versions) and usage."""
+        """The run (task, labels, base model, best validation score, versions), limits, usage."""
         return {
             **info,
-            "limits": {
-                "max_sequences": max_sequences,
-                "max_residues": max_residues,
-                "long_sequences": long_sequences,
-                "batch_wait_ms": batch_wait_ms,
-            },
+            "limits": settings.limits(),
             "batches_run": batcher.batches_run,
             "requests_served": batcher.requests_served,
             "sequences_served": batcher.sequences_served,
@@ -428,10 +843,10 @@ def create_app(
     return app
 
 
-def _app_from_environment() -> FastAPI:
+def _app_from_environment() -> "FastAPI":
     """App factory for ``uvicorn --workers N``: each worker process loads its own model."""
-    settings = json.loads(os.environ[SETTINGS_ENV])
-    return create_app(settings.pop("run_dir"), **settings)
+    handed = json.loads(os.environ[SETTINGS_ENV])
+    return create_app(handed["run_dir"], ServeSettings.model_validate(handed["settings"]))
 
 
 _PAGE = """<!doctype html>
