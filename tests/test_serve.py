@@ -32,13 +32,21 @@ OILY = "MLIVLFVMLIVLIVLWVLLF"
 LONG = "M" + "KRKRRKSTGANQ" * 20  # 241 residues: four windows of 80
 
 
-@pytest.fixture(scope="module")
+_SERVED_RUNS: dict[tuple[Path, Path], Path] = {}
+
+
+@pytest.fixture(scope="session")
 def served_run(tiny_model_dir: Path, learnable_data: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("serve_runs")
-    args = ["train", *tiny_overrides(tiny_model_dir, learnable_data, out, "served")]
-    args += ["training.epochs=2", f"data.max_length={MAX_LENGTH}"]
-    assert main(args) == 0
-    return out / "served"
+    """One trained run for every serve test module: each imports this fixture, which pytest
+    then holds once per module; the run itself is trained once per session."""
+    key = (tiny_model_dir, learnable_data)
+    if key not in _SERVED_RUNS:
+        out = tmp_path_factory.mktemp("serve_runs")
+        args = ["train", *tiny_overrides(tiny_model_dir, learnable_data, out, "served")]
+        args += ["training.epochs=2", f"data.max_length={MAX_LENGTH}"]
+        assert main(args) == 0
+        _SERVED_RUNS[key] = out / "served"
+    return _SERVED_RUNS[key]
 
 
 @pytest.fixture(scope="module")

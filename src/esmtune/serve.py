@@ -690,7 +690,8 @@ def _request_body(settings: ServeSettings, max_length: int) -> dict[str, Any]:
     return {
         "required": True,
         "description": (
-            "JSON, or FASTA / one sequence per line as text. Limits: at most "
+            "JSON, or FASTA / one sequence per line as text/plain (text/x-fasta, "
+            "application/x-fasta and chemical/seq-aa-fasta are read the same). Limits: at most "
             f"{settings.max_body_bytes} bytes, {settings.max_sequences} sequences and "
             f"{settings.max_request_residues} residues per request, "
             f"{settings.max_sequence_residues} residues per sequence (over any: 413). "
@@ -702,7 +703,7 @@ def _request_body(settings: ServeSettings, max_length: int) -> dict[str, Any]:
                 "schema": {"oneOf": [request, sequences]},
                 "example": {"sequences": [{"id": "P1", "sequence": "MKVLAAGIVG"}], "top_k": 3},
             },
-            **{kind: fasta for kind in _FASTA_TYPES},
+            "text/plain": fasta,
         },
     }
 
