@@ -187,6 +187,9 @@ class _Refusal(Exception):
         self.detail = detail
 
 
+_SPLIT = "split the request"
+
+
 def _over_limit(setting: str, limit: int, found: str, fix: str) -> _Refusal:
     """A 413 naming what was found, the limit (setting and CLI option) and the fix."""
     option = "--" + setting.replace("_", "-")
@@ -261,21 +264,31 @@ async def _read_body(request: "Request", limit: int) -> bytes:
     return bytes(body)
 
 
-_SPLIT = "split the request"
-
-
 class _NotJson(ValueError):
-    """A JSON literal this server does not read: NaN, Infinity or a number of too many digits."""
+    """NaN or Infinity: Python's json reads them, JSON has no such numbers."""
 
 
-def _json_integer(text: str) -> int:
-    if len(text.lstrip("-")) > _MAX_DIGITS:
-        raise _NotJson(f"a number of {len(text.lstrip('-'))} digits")
-    return int(text)
+@dataclass(frozen=True)
+class _LongNumber:
+    """An integer literal longer than any number this API takes, left unread.
+
+    ``int()`` of thousands of digits is slow and refused by Python; where such a number stands
+    in a field the server reads (top_k, id) it is a 422, elsewhere (fields it ignores) harmless.
+    """
+
+    digits: int
+
+    def __repr__(self) -> str:
+        return f"a number of {self.digits} digits"
+
+
+def _json_integer(text: str) -> int | _LongNumber:
+    digits = len(text.lstrip("-"))
+    return _LongNumber(digits) if digits > _MAX_DIGITS else int(text)
 
 
 def _json_constant(text: str) -> Any:
-    raise _NotJson(f"{text} (not a JSON number)")
+    raise _NotJson(text)
 
 
 def _load_json(body: bytes) -> Any:
@@ -294,10 +307,7 @@ def _load_json(body: bytes) -> Any:
             '[{"id": "P1", "sequence": "MKV..."}]}',
         ) from None  # fmt: skip
     except _NotJson as error:
-        raise _Refusal(
-            422, f"{error} in the body; top_k is a whole number from 1 to {_MAX_TOP_K} and "
-            f"numeric ids lie within ±{_SAFE_INTEGER}",
-        ) from None  # fmt: skip
+        raise _Refusal(400, f"malformed JSON: {error} is not a JSON number") from None
 
 
 def _records_from_json(body: bytes) -> tuple[list[SequenceRecord], int | None, bool]:
@@ -347,7 +357,10 @@ def _json_record(item: Any, index: int) -> SequenceRecord:
     if not isinstance(identifier, str):
         number = _whole(identifier, -_SAFE_INTEGER, _SAFE_INTEGER)
         if number is None:
-            raise _Refusal(422, f"sequences[{index}]: 'id' must be a string (or a whole number)")
+            raise _Refusal(
+                422, f"sequences[{index}]: 'id' must be a string or a whole number within "
+                f"±{_SAFE_INTEGER}, not {identifier!r}",
+            )  # fmt: skip
         identifier = str(number)
     if not identifier.strip():
         raise _Refusal(422, f"sequences[{index}]: 'id' must not be empty")
