@@ -65,6 +65,11 @@ def test_resumed_run_matches_uninterrupted(
     assert main(["train", "--resume", str(resumed)]) == 0
 
     final = sorted((whole / "checkpoints").iterdir())[-1].name
+    # Nothing pickled: tensors in safetensors, everything else in JSON.
+    assert {p.name for p in (whole / "checkpoints" / final).iterdir()} == {
+        "trainable.safetensors", "optimizer.safetensors", "scheduler.safetensors",
+        "rng-0.safetensors", "state.json", "files.json",
+    }  # fmt: skip
     expected = load_file(whole / "checkpoints" / final / "trainable.safetensors")
     got = load_file(resumed / "checkpoints" / final / "trainable.safetensors")
     assert expected.keys() == got.keys()

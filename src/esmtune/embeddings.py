@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -40,6 +39,7 @@ from esmtune.inference import (
 from esmtune.model.classifier import SequenceClassifier, build_model
 from esmtune.model.heads import Pooler, StreamingPooler
 from esmtune.model.rundir import CONFIG_FILE, WEIGHTS_FILE, load_run
+from esmtune.model.storage import save_tensors
 from esmtune.model.windows import ResidueSink
 
 __all__ = [
@@ -265,10 +265,7 @@ class EmbeddingCache:
         info = self.folder / "info.json"
         if not info.is_file():
             info.write_text(json.dumps(self.description, indent=2) + "\n")
-        name = f"shard-{uuid.uuid4().hex}.safetensors"
-        temporary = self.folder / f".{name}.tmp"
-        save_file(vectors, str(temporary))
-        os.replace(temporary, self.folder / name)
+        save_tensors(vectors, self.folder / f"shard-{uuid.uuid4().hex}.safetensors")
 
 
 def write_embeddings(
@@ -297,9 +294,9 @@ def write_embeddings(
     temporary = path.with_name(f".{path.name}.tmp{suffix}")
     if suffix == ".safetensors":
         tensors = {"embeddings": embeddings} if pooled else dict(zip(ids, embeddings, strict=True))
-        save_file(
+        save_tensors(  # (with the umask's mode, unlike safetensors' own 0600)
             {k: v.contiguous() for k, v in tensors.items()},
-            str(temporary),
+            temporary,
             metadata={**metadata, "ids": json.dumps(ids)},
         )
     elif suffix == ".npz":

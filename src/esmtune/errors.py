@@ -23,3 +23,11 @@ class ModelLoadError(EsmtuneError):
 
 class RunDirError(EsmtuneError):
     """A run directory would be overwritten, or lacks what a command needs."""
+
+
+class StorageError(EsmtuneError):
+    """A file cannot be written or read back: a full disk, a read-only folder, a damaged file.
+
+    The message names the path and what to do (free space, choose another folder, or resume
+    from the checkpoint that is still complete).
+    """

@@ -15,7 +15,8 @@ from esmtune.data.check import check_dataset
 from esmtune.data.targets import format_target
 from esmtune.errors import DataError
 from esmtune.inference import predict_outputs
-from esmtune.model.rundir import atomic_write_text, load_run
+from esmtune.model.rundir import atomic_write_text, load_run, read_run
+from esmtune.model.storage import check_writable, storage_errors
 from esmtune.plots import plot_confusion_matrix, plot_roc_pr, plot_scatter
 from esmtune.tasks import TaskSpec
 
@@ -159,7 +160,18 @@ def evaluate_run(
 
     Raises:
         DataError: When the split is missing or holds labels the model does not know.
+        RunDirError: When ``run_dir`` is not a finished run.
+        StorageError: When ``RUN/eval/<split>`` cannot be written (checked before the model is
+            loaded) or the disk fills up while writing.
     """
+    run_dir = Path(run_dir)
+    read_run(run_dir)  # a finished run? (cheap: before any folder is created in it)
+    out = run_dir / "eval" / split
+    check_writable(
+        out,
+        "Evaluate writes its report into the run: free space or make it writable, or copy the "
+        f"run where it can be written (`cp -a {run_dir} COPY`) and evaluate the copy",
+    )
     loaded = load_run(run_dir)
     config, task = loaded.config, loaded.task
     data = config.data.model_copy()
@@ -202,9 +214,9 @@ def evaluate_run(
     }
     if task.label_names:
         metrics["label_names"] = task.label_names
-    out = Path(run_dir) / "eval" / split
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    written = [out / "metrics.json", *_plots(task, targets, outputs, metrics, out)]
-    _write_predictions(task, records, outputs, out / "predictions.csv")
+    with storage_errors(out, lambda _: "Free space, then evaluate again"):
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        written = [out / "metrics.json", *_plots(task, targets, outputs, metrics, out)]
+        _write_predictions(task, records, outputs, out / "predictions.csv")
     written.append(out / "predictions.csv")
     return metrics, out, written

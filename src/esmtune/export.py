@@ -50,8 +50,10 @@ from esmtune.model.rundir import (
     atomic_write_text,
     load_run,
     read_json,
+    read_run,
     save_weights,
 )
+from esmtune.model.storage import apply_umask_tree, check_writable, storage_errors
 from esmtune.model.transformers_head import to_sequence_classification
 
 __all__ = [
@@ -108,6 +110,8 @@ def export_run(
     Raises:
         EsmtuneError: On an unknown format, int8 with ``hf``, or a non-empty ``out_dir``.
         RunDirError: When ``run_dir`` is not a finished run.
+        StorageError: When the folder of ``out_dir`` cannot be written (checked before the
+            run is loaded) or fills up; nothing is left behind.
     """
     out_dir = Path(out_dir)
     if fmt not in FORMATS:
@@ -123,32 +127,51 @@ def export_run(
             f"{out_dir} already exists and is not empty; export refuses to overwrite it: "
             "choose another --out folder, or delete this one first"
         )
+    read_run(Path(run_dir))  # a finished run? (cheap: before the folder below is created)
+    # The export is written next to out_dir: find out now, not after tracing, if it cannot be.
+    check_writable(out_dir.parent, "Choose another --out folder")
     loaded = load_run(run_dir)
     staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     try:
-        model = _merged_classifier(loaded.model)
-        if fmt == "hf":
-            _write_hf(loaded, model, staging)
-        else:
-            _write_onnx(loaded, model, staging, quantize)
-        del model
-        _write_run_files(loaded, staging)
-        info = {
-            "format": fmt,
-            "quantize": quantize,
-            **check_runtimes(loaded, _candidates(staging, fmt, quantize), check_sequences),
-        }
-        atomic_write_text(staging / EXPORT_INFO_FILE, json.dumps(info, indent=2) + "\n")
-        card = _model_card(loaded, fmt, quantize, out_dir.name, info)
-        atomic_write_text(staging / CARD_FILE, card)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty, checked above
-        os.replace(staging, out_dir)
+        with storage_errors(out_dir, lambda _: "Free space or choose another --out folder"):
+            _write_export(loaded, staging, fmt, quantize, check_sequences, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _write_export(
+    loaded: LoadedRun,
+    staging: Path,
+    fmt: Literal["hf", "onnx"],
+    quantize: Literal["int8"] | None,
+    check_sequences: int,
+    out_dir: Path,
+) -> None:
+    """Everything of the export into ``staging``, checked, then renamed to ``out_dir``."""
+    staging.mkdir(parents=True)
+    model = _merged_classifier(loaded.model)
+    if fmt == "hf":
+        _write_hf(loaded, model, staging)
+    else:
+        _write_onnx(loaded, model, staging, quantize)
+    del model
+    _write_run_files(loaded, staging)
+    info = {
+        "format": fmt,
+        "quantize": quantize,
+        **check_runtimes(loaded, _candidates(staging, fmt, quantize), check_sequences),
+    }
+    atomic_write_text(staging / EXPORT_INFO_FILE, json.dumps(info, indent=2) + "\n")
+    card = _model_card(loaded, fmt, quantize, out_dir.name, info)
+    atomic_write_text(staging / CARD_FILE, card)
+    # Writers such as safetensors (under save_pretrained) leave files 0600: the export is
+    # meant to be handed on (other users, the API container), so the umask decides.
+    apply_umask_tree(staging)
+    if out_dir.exists():
+        out_dir.rmdir()  # empty, checked above
+    os.replace(staging, out_dir)
 
 
 def _candidates(

@@ -28,7 +28,16 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from esmtune.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from esmtune.checkpoint import (
+    TrainerState,
+    load_checkpoint,
+    occupied_error,
+    plan_resume,
+    remove_tree,
+    save_checkpoint,
+    storage_failure_fix,
+    unfinished_checkpoints,
+)
 from esmtune.config import TASK_METRICS, FinetuneMode, Pooling, TrainConfig
 from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, encode, pad_collate
 from esmtune.data.check import DataReport, check_dataset
@@ -38,7 +47,6 @@ from esmtune.embeddings import (
     embedding_collate,
     pooled_embeddings,
 )
-from esmtune.errors import RunDirError
 from esmtune.inference import eval_loader, iterate_outputs, model_inputs
 from esmtune.metrics import is_improvement
 from esmtune.model.backbone import check_backbone_available
@@ -49,9 +57,9 @@ from esmtune.model.rundir import (
     atomic_write_text,
     save_run_files,
     save_weights,
-    saved_thresholds,
     weights_to_save,
 )
+from esmtune.model.storage import check_writable, storage_errors
 from esmtune.model.tuning import (
     backbone_layers,
     count_parameters,
@@ -110,11 +118,7 @@ def _resolve_run_dir(accelerator: Accelerator, config: TrainConfig, resume: Path
     chosen = broadcast_object_list([name])[0]
     run_dir = config.output.dir / chosen
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirError(
-            f"run directory {run_dir} already exists and is not empty; nothing was overwritten. "
-            f"Choose another name (output.name=...), or continue it with "
-            f"`esmtune train --resume {run_dir}`"
-        )
+        raise occupied_error(run_dir)
     accelerator.wait_for_everyone()
     return run_dir
 
@@ -255,14 +259,34 @@ def _collate(dataset: EncodedDataset | EmbeddedDataset, pad_token_id: int) -> An
     return partial(pad_collate, pad_token_id=pad_token_id)
 
 
+class _RunLog(logging.FileHandler):
+    """train.log; once it cannot be written (a full disk), one warning, not a traceback a line.
+
+    The write that fails for real (weights, checkpoint) then reports the problem and the fix.
+    """
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """Warn once, then stay quiet."""
+        if not self.failed:
+            self.failed = True
+            print(f"warning: {self.baseFilename} can no longer be written", file=sys.stderr)
+
+
+def _detach_file_logs() -> None:
+    """Stop logging into an earlier train()'s train.log (same process, e.g. tests, notebooks)."""
+    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        logger.removeHandler(handler)
+        handler.close()
+
+
 def _setup_logging(run_dir: Path, is_main: bool) -> None:
     """Log to this run's train.log (appending on resume), and to no earlier run's."""
     logger.setLevel(logging.INFO if is_main else logging.WARNING)
-    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
-        logger.removeHandler(handler)  # left by an earlier train() in the same process
-        handler.close()
+    _detach_file_logs()
     if is_main:
-        handler = logging.FileHandler(run_dir / "train.log")
+        handler = _RunLog(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(handler)
 
@@ -298,7 +322,10 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     Raises:
         DataError: When the data check finds blocking problems.
         ModelLoadError: When the backbone cannot be loaded.
-        RunDirError: When the run directory exists (fresh run) or has no checkpoint (resume).
+        RunDirError: When the run directory exists (fresh run) or none of its checkpoints can be
+            resumed from (resume).
+        StorageError: When the run directory cannot be written (checked before the model is
+            loaded) or the disk fills up on the way; the message says where to resume from.
     """
     accelerator = Accelerator(
         gradient_accumulation_steps=config.training.gradient_accumulation,
@@ -306,6 +333,13 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         mixed_precision=config.training.mixed_precision,
     )
     set_seed(config.training.seed)
+    _detach_file_logs()
+
+    plan = plan_resume(config, resume) if resume is not None else None
+    if plan is not None and plan.finished:
+        if accelerator.is_main_process:
+            print("\n".join(plan.notes))
+        return resume
 
     # Cheap checks first: a missing model or a bad file should fail before minutes of loading.
     check_backbone_available(config.model)
@@ -320,14 +354,36 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     )
 
     run_dir = _resolve_run_dir(accelerator, config, resume)
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None:
-        raise RunDirError(f"{run_dir} has no checkpoint to resume from (checkpoints/ is empty)")
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    # Before the model is loaded: a read-only or full folder is reported in seconds, not hours.
+    check_writable(
+        run_dir,
+        "Choose another output.dir=..."
+        if resume is None
+        else "Free space or make it writable, or copy the run where it can be written and resume "
+        "the copy (`esmtune train --resume COPY`)",
+    )
+    checkpoint = plan.point.checkpoint if plan is not None else None
+    if plan is not None and checkpoint is None and accelerator.is_main_process:
+        for unfinished in unfinished_checkpoints(run_dir):
+            remove_tree(unfinished)
     accelerator.wait_for_everyone()
     _setup_logging(run_dir, accelerator.is_main_process)
+    for note in plan.notes if plan is not None else []:
+        _say(accelerator, note)
+    with storage_errors(run_dir, partial(storage_failure_fix, run_dir)):
+        _setup_and_fit(accelerator, config, report, spec, run_dir, checkpoint)
+    return run_dir
 
+
+def _setup_and_fit(
+    accelerator: Accelerator,
+    config: TrainConfig,
+    report: DataReport,
+    spec: TaskSpec,
+    run_dir: Path,
+    checkpoint: Path | None,
+) -> None:
+    """Model, optimizer, loaders and schedule (restored from ``checkpoint`` if any), then fit."""
     model, tokenizer = build_model(config, spec.num_outputs)
     num_layers = len(backbone_layers(model.backbone))
     masked: list[torch.nn.Parameter] = []
@@ -391,12 +447,13 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         state = load_checkpoint(
             accelerator, checkpoint, accelerator.unwrap_model(model), optimizer, scheduler
         )
-        if (run_dir / WEIGHTS_FILE).is_file():  # the thresholds of the best weights so far
-            spec.thresholds = saved_thresholds(run_dir / WEIGHTS_FILE)
-        _say(
-            accelerator,
-            f"resuming from {checkpoint} (epoch {state.epoch + 1}, step {state.global_step})",
-        )
+        if state.best_epoch is not None:  # the thresholds of the best weights so far
+            spec.thresholds = state.best_thresholds
+        if state.epoch < config.training.epochs and not state.stopped_early:
+            _say(
+                accelerator,
+                f"resuming from {checkpoint} (epoch {state.epoch + 1}, step {state.global_step})",
+            )
 
     writer = None
     if accelerator.is_main_process:
@@ -418,7 +475,6 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     if writer is not None:
         writer.close()
     accelerator.wait_for_everyone()
-    return run_dir
 
 
 def _fit(run: _Run, state: TrainerState, num_layers: int) -> None:
@@ -577,7 +633,7 @@ def _select_best(
     improved = is_improvement(name, value, state.best_value, stopping.min_delta)
     if improved:
         state.best_value, state.best_epoch, state.evals_without_improvement = value, state.epoch, 0
-        run.spec.thresholds = thresholds
+        state.best_thresholds = run.spec.thresholds = thresholds
         if run.accelerator.is_main_process:
             save_weights(weights_to_save(model, run.config), run.run_dir / WEIGHTS_FILE, thresholds)
             atomic_write_text(

@@ -2,6 +2,8 @@
 
 ``pretrained: false`` builds the named architecture with random weights and the ESM2 vocabulary
 without touching the network, so benchmarks and the demo run on machines with no hub access.
+Weights are read from safetensors only: a folder or hub repository holding only pickled weights
+(``pytorch_model.bin``) is refused without being opened, since unpickling can run code.
 """
 
 from __future__ import annotations
@@ -116,17 +118,51 @@ def _offline_hint(name: str) -> str:
     )
 
 
+# Weight files that are pickles: loading them can run code, so they are never read.
+_PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _convert_hint(source: str) -> str:
+    target = f"{source.rstrip('/')}-safetensors"
+    return (
+        "esmtune loads weights from safetensors files only, because unpickling a file can run "
+        "any code it contains. Convert it once, in an environment where you trust the file: "
+        f'`python -c "from transformers import AutoModel, AutoTokenizer; '
+        f"AutoModel.from_pretrained('{source}').save_pretrained('{target}'); "
+        f"AutoTokenizer.from_pretrained('{source}').save_pretrained('{target}')\"` "
+        f"(save_pretrained writes model.safetensors), then set model.name={target}"
+    )
+
+
+def _refuse_pickled_weights(folder: Path) -> None:
+    """A local model folder whose weights exist only as pickles is refused, unopened.
+
+    Raises:
+        ModelLoadError: Naming the files and how to convert them to safetensors.
+    """
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted({p.name for pattern in _PICKLE_WEIGHTS for p in folder.glob(pattern)})
+    if pickles:
+        raise ModelLoadError(
+            f"model.name: {folder} holds its weights only as pickle files "
+            f"({', '.join(pickles)}), not safetensors. {_convert_hint(str(folder))}"
+        )
+
+
 def check_backbone_available(config: ModelConfig) -> None:
     """Fail within seconds, before any data is read, when the backbone cannot be loaded.
 
     Raises:
-        ModelLoadError: With the fix (local path, cached download or pretrained=false).
+        ModelLoadError: With the fix (local path, cached download, pretrained=false, or
+            converting pickled weights to safetensors).
     """
     if not config.pretrained:
         return
     local = Path(config.name).expanduser()
     if config.name.startswith((".", "/", "~")) and not local.exists():
         raise ModelLoadError(f"model.name: local folder {local} does not exist")
+    _refuse_pickled_weights(local)
     try:
         EsmConfig.from_pretrained(config.name, revision=config.revision, local_files_only=True)
         return
@@ -162,8 +198,14 @@ def _load_pretrained(config: ModelConfig) -> tuple[EsmModel, PreTrainedTokenizer
             revision=config.revision,
             add_pooling_layer=False,
             attn_implementation=config.attn_implementation,
+            use_safetensors=True,  # never a pickle (pytorch_model.bin): it could run code
         )
     except (OSError, ValueError) as error:
+        if "safetensors" in str(error):  # none downloaded, or the repository has only pickles
+            raise ModelLoadError(
+                f"{_offline_hint(config.name)}. If it has only pickled weights "
+                f"(pytorch_model.bin): {_convert_hint(config.name)}\n  (cause: {error})"
+            ) from None
         raise ModelLoadError(f"{_offline_hint(config.name)}\n  (cause: {error})") from None
     return model, tokenizer
 

@@ -18,13 +18,14 @@ from typing import Any
 import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from esmtune.config import TrainConfig, load_config
 from esmtune.errors import ModelLoadError, RunDirError
 from esmtune.model.classifier import SequenceClassifier, build_model
+from esmtune.model.storage import save_tensors
 from esmtune.tasks import TaskSpec, task_from_state
 
 __all__ = [
@@ -67,11 +68,15 @@ def library_versions() -> dict[str, str]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a file."""
+    """Write via a temporary file and rename, so a crash or a full disk never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -104,13 +109,14 @@ def save_weights(
     """Save safetensors atomically; decision thresholds tuned with these weights go inside.
 
     Thresholds belong to the weights they were tuned with, so they share the file (safetensors
-    metadata) and can never be out of step with them after a crash.
+    metadata) and can never be out of step with them after a crash. The file gets the mode the
+    umask implies, so other users (and the API container) can read it.
+
+    Raises:
+        OSError: When the file cannot be written (full disk, read-only folder).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
     metadata = {"thresholds": json.dumps(thresholds)} if thresholds is not None else None
-    save_file(tensors, str(temporary), metadata=metadata)
-    os.replace(temporary, path)
+    save_tensors(tensors, path, metadata)
 
 
 def saved_thresholds(path: Path) -> list[float] | None:
