@@ -19,7 +19,10 @@ COPY src ./src
 RUN pip install ".[serve,export]"
 
 ARG EXPORT=export/
-COPY ${EXPORT} /model
+# COPY keeps the build context's modes; a+rX lets the unprivileged user below read every file
+# (and enter every folder) of the export, whatever umask it was written under. Symbolic modes
+# need Dockerfile syntax >= 1.14, which the syntax line above selects.
+COPY --chmod=a+rX ${EXPORT} /model
 
 RUN useradd --create-home --uid 10001 esmtune
 USER 10001

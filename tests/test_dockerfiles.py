@@ -278,3 +278,72 @@ def test_header_shows_how_to_build_and_run(dockerfile: Path) -> None:
         args = _parsed(shlex.split(line.split("esmtune", 1)[1]))
         assert args.format == "onnx"
         assert args.out.as_posix().rstrip("/") == _args(API)[_EXPORT_ARG].rstrip("/")
+
+
+def _copy_flags(path: Path) -> list[tuple[dict[str, str], str]]:
+    """(--flags, destination) of every COPY from the build context."""
+    found = []
+    for arguments in _all(path, "COPY"):
+        words = _words(arguments)
+        flags = dict(w[2:].partition("=")[::2] for w in words if w.startswith("--"))
+        if "from" not in flags:
+            found.append((flags, [w for w in words if not w.startswith("--")][-1]))
+    return found
+
+
+def _chmod(mode: str, bits: int, is_dir: bool) -> int:
+    """The permission bits ``COPY --chmod=MODE`` gives an entry that had ``bits``.
+
+    Octal modes replace the bits; symbolic ones (``a+rX``, ``u=rwX,go=rX``) change them
+    clause by clause as chmod(1) does, ``X`` meaning execute for folders and executables.
+    """
+    if re.fullmatch(r"[0-7]{3,4}", mode):
+        return int(mode, 8)
+    for clause in mode.split(","):
+        match = re.fullmatch(r"([ugoa]*)((?:[-+=][rwxX]*)+)", clause)
+        assert match, f"--chmod={mode}: cannot read '{clause}'"
+        who = match.group(1) or "a"
+        shifts = [{"u": 6, "g": 3, "o": 0}[w] for w in ("ugo" if "a" in who else who)]
+        for op, perms in re.findall(r"([-+=])([rwxX]*)", match.group(2)):
+            grant = (4 if "r" in perms else 0) | (2 if "w" in perms else 0)
+            if "x" in perms or ("X" in perms and (is_dir or bits & 0o111)):
+                grant |= 1
+            for shift in shifts:
+                if op == "+":
+                    bits |= grant << shift
+                elif op == "-":
+                    bits &= ~(grant << shift)
+                else:
+                    bits = (bits & ~(7 << shift)) | (grant << shift)
+    return bits
+
+
+def test_chmod_reader() -> None:
+    assert _chmod("a+rX", 0o600, is_dir=False) == 0o644
+    assert _chmod("a+rX", 0o700, is_dir=True) == 0o755
+    assert _chmod("u=rwX,go=rX", 0o600, is_dir=False) == 0o644
+    assert _chmod("0644", 0o700, is_dir=True) == 0o644  # a folder nobody but root may enter
+    assert _chmod("go-r", 0o644, is_dir=False) == 0o600
+
+
+def test_api_image_model_is_readable_by_its_user() -> None:
+    """The unprivileged USER of the API image can read every file and folder under /model.
+
+    COPY keeps the build context's modes, so without --chmod (or --chown to that user) an export
+    written under a strict umask (or by an esmtune that left weights 0600) would be unreadable.
+    Checked for the worst build context: private files (0600) and folders (0700).
+    """
+    ((flags, _),) = [copy for copy in _copy_flags(API) if copy[1].rstrip("/") == "/model"]
+    user = _one(API, "USER")
+    owned = flags.get("chown", "").partition(":")[0] == user
+    chmod = flags.get("chmod")
+    assert chmod or owned, (
+        "COPY to /model keeps the build context's modes: add --chmod=a+rX (or --chown to the "
+        f"user {user}) so that the server can read the model"
+    )
+    for is_dir, private in ((False, 0o600), (True, 0o700)):
+        bits = _chmod(chmod, private, is_dir) if chmod else private
+        reader = (bits >> 6) if owned else bits  # the owner's bits, or everyone else's
+        needed = 0o5 if is_dir else 0o4  # folders must be entered too
+        kind = "folders" if is_dir else "files"
+        assert reader & needed == needed, f"{kind} under /model: mode {bits:o} hides them"
