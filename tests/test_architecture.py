@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "esmtune"
 # Lower rank = further upstream. A module may import only modules of lower or equal rank.
 RANKS = {
     "errors": 0,
+    "storage": 0,
     "config": 1,
     "data": 2,
     "metrics": 2,

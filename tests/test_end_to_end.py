@@ -50,7 +50,8 @@ def test_run_directory_holds_exactly_the_promised_files(trained_run: Path) -> No
     assert tensorboard, "TensorBoard events are written"
     (checkpoint,) = {Path(f).parent for f in checkpoints}  # keep_checkpoints=1
     assert {Path(f).name for f in checkpoints} == {
-        "trainable.safetensors", "optimizer.pt", "scheduler.pt", "state.json", "rng-0.pt",
+        "trainable.safetensors", "optimizer.safetensors", "scheduler.safetensors",
+        "rng-0.safetensors", "state.json", "files.json",
     }  # fmt: skip
     assert checkpoint.name == "epoch-0004-step-00000060"
     labels = json.loads((trained_run / "labels.json").read_text())

@@ -35,7 +35,7 @@ def test_two_process_training_completes_and_learns(
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["processes"] == 2
     checkpoints = sorted((run / "checkpoints").iterdir())
-    assert {p.name for p in checkpoints[-1].iterdir()} >= {"rng-0.pt", "rng-1.pt"}
+    assert {p.name for p in checkpoints[-1].iterdir()} >= {"rng-0.safetensors", "rng-1.safetensors"}
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["history"]) == 4
     assert metrics["best_value"] > 0.6

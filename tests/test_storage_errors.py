@@ -167,7 +167,7 @@ def test_fresh_run_into_an_interrupted_one_points_to_resume(
 
 def _disk_full_in(folder_prefix: str, file_part: str, monkeypatch) -> None:
     """safetensors fails as on a full disk for one file of one checkpoint."""
-    import esmtune.model.storage as storage
+    import esmtune.storage as storage
 
     real = storage.save_file
 
@@ -280,6 +280,30 @@ def test_read_only_output_is_found_before_the_work(
         "resume": "copy the run where it can be written and resume the copy",
     }[command]
     assert fix in error
+
+
+def test_predictions_into_a_read_only_folder_are_one_message(
+    finished_run: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Writes no command wraps itself (predict -o) still end in a message, not a traceback."""
+    import io
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    _read_only(read_only, monkeypatch)
+    real_open = io.open
+
+    def open_(path, mode="r", *args, **kwargs):  # Path.open goes through io.open, not os.open
+        if any(flag in mode for flag in "wax+") and Path(path).parent == read_only:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", open_)
+    out = read_only / "predictions.tsv"
+    assert main(["predict", str(finished_run), "--sequence", "MKRKRRK", "-o", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert f"error: cannot write {out}: the file system is read-only" in error
+    assert "Traceback" not in error
 
 
 # --- the real thing: a private mount namespace -----------------------------------------------

@@ -423,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         type=Path,
         metavar="RUN",
-        help="continue an interrupted run from its newest checkpoint, with its saved config",
+        help="continue an interrupted run from its newest intact checkpoint, with its saved "
+        "config (a run stopped before its first checkpoint starts afresh in place; a finished "
+        "run is reported and left unchanged)",
     )
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     train.set_defaults(handler=_cmd_train)
@@ -641,6 +643,16 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except EsmtuneError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        # A full disk or read-only folder in a write no command wrapped (predict -o, embed --out)
+        # is the user's to fix too; any other OS error keeps its traceback.
+        from esmtune.storage import storage_errno, storage_message
+
+        code = storage_errno(error)
+        if code is None:
+            raise
+        print(f"error: {storage_message(error, code, Path.cwd(), None)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

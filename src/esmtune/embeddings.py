@@ -39,8 +39,8 @@ from esmtune.inference import (
 from esmtune.model.classifier import SequenceClassifier, build_model
 from esmtune.model.heads import Pooler, StreamingPooler
 from esmtune.model.rundir import CONFIG_FILE, WEIGHTS_FILE, load_run
-from esmtune.model.storage import save_tensors
 from esmtune.model.windows import ResidueSink
+from esmtune.storage import save_tensors
 
 __all__ = [
     "EMBEDDING_FORMATS",

@@ -16,8 +16,8 @@ from esmtune.data.targets import format_target
 from esmtune.errors import DataError
 from esmtune.inference import predict_outputs
 from esmtune.model.rundir import atomic_write_text, load_run, read_run
-from esmtune.model.storage import check_writable, storage_errors
 from esmtune.plots import plot_confusion_matrix, plot_roc_pr, plot_scatter
+from esmtune.storage import check_writable, storage_errors
 from esmtune.tasks import TaskSpec
 
 __all__ = ["evaluate_run", "format_report"]

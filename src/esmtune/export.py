@@ -53,8 +53,8 @@ from esmtune.model.rundir import (
     read_run,
     save_weights,
 )
-from esmtune.model.storage import apply_umask_tree, check_writable, storage_errors
 from esmtune.model.transformers_head import to_sequence_classification
+from esmtune.storage import apply_umask_tree, check_writable, storage_errors
 
 __all__ = [
     "CHECK_SEQUENCES",

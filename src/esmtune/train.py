@@ -59,7 +59,6 @@ from esmtune.model.rundir import (
     save_weights,
     weights_to_save,
 )
-from esmtune.model.storage import check_writable, storage_errors
 from esmtune.model.tuning import (
     backbone_layers,
     count_parameters,
@@ -68,6 +67,7 @@ from esmtune.model.tuning import (
     unfrozen_layers_at,
 )
 from esmtune.plots import plot_training_curves
+from esmtune.storage import check_writable, storage_errors
 from esmtune.tasks import TaskSpec, build_task
 
 __all__ = ["encode_split", "train"]

@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 from esmtune.checkpoint.statefile import read_state, save_state
 from esmtune.errors import RunDirError, StorageError
 from esmtune.model.rundir import atomic_write_text, save_weights
-from esmtune.model.storage import storage_errno, storage_message
+from esmtune.storage import storage_errno, storage_message
 
 __all__ = [
     "CHECKPOINTS_DIR",

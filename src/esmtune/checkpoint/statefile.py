@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from esmtune.model.storage import save_tensors
+from esmtune.storage import save_tensors
 
 __all__ = ["read_state", "save_state"]
 
@@ -94,7 +94,7 @@ def save_state(state: Any, path: Path) -> None:
 
     Raises:
         TypeError: When the state holds something else (it would not come back the same).
-        OSError: When the file cannot be written (see :func:`esmtune.model.storage.save_tensors`).
+        OSError: When the file cannot be written (see :func:`esmtune.storage.save_tensors`).
     """
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(state, "state", tensors)

@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from esmtune.config import TrainConfig, load_config
 from esmtune.errors import ModelLoadError, RunDirError
 from esmtune.model.classifier import SequenceClassifier, build_model
-from esmtune.model.storage import save_tensors
+from esmtune.storage import save_tensors
 from esmtune.tasks import TaskSpec, task_from_state
 
 __all__ = [
