@@ -451,7 +451,7 @@ def _checked(
     if too_long := [r for r in records if len(r.sequence) > limit]:
         named = ", ".join(f"'{r.id}' ({len(r.sequence)} residues)" for r in too_long[:5])
         more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
-        found = f"sequence(s) {named}{more} in one request"
+        found = f"sequence(s) over {limit} residues: {named}{more}"
         fix = f"send pieces of at most {limit} residues"
         raise _over_limit("max_sequence_residues", limit, found, fix)
     residues = sum(len(r.sequence) for r in records)
