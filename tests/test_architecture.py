@@ -16,6 +16,7 @@ RANKS = {
     "metrics": 2,
     "baseline": 3,
     "tasks": 3,
+    "rundir": 3,
     "model": 4,
     "inference": 5,
     "embeddings": 5,

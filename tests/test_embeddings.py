@@ -212,7 +212,7 @@ def test_embed_from_a_run_uses_its_trained_backbone(
 ) -> None:
     from esmtune.data.batching import EncodedDataset, encode
     from esmtune.embeddings import pooled_embeddings
-    from esmtune.model.rundir import load_run
+    from esmtune.model.run_model import load_run
 
     overrides = tiny_overrides(tiny_model_dir, learnable_data, tmp_path, "full")
     assert main(["train", *overrides, "finetune.mode=full", "training.epochs=1"]) == 0

@@ -20,7 +20,7 @@ from tests.conftest import tiny_overrides
 from esmtune.cli import main
 from esmtune.embeddings import EmbeddingCache, write_embeddings
 from esmtune.export import export_run
-from esmtune.model.rundir import save_weights
+from esmtune.rundir import save_weights
 
 
 def _umask() -> int:

@@ -38,8 +38,9 @@ from esmtune.inference import (
 )
 from esmtune.model.classifier import SequenceClassifier, build_model
 from esmtune.model.heads import Pooler, StreamingPooler
-from esmtune.model.rundir import CONFIG_FILE, WEIGHTS_FILE, load_run
+from esmtune.model.run_model import load_run
 from esmtune.model.windows import ResidueSink
+from esmtune.rundir import CONFIG_FILE, WEIGHTS_FILE
 from esmtune.storage import save_tensors
 
 __all__ = [

@@ -15,8 +15,9 @@ from esmtune.data.check import check_dataset
 from esmtune.data.targets import format_target
 from esmtune.errors import DataError
 from esmtune.inference import predict_outputs
-from esmtune.model.rundir import atomic_write_text, load_run, read_run
+from esmtune.model.run_model import load_run
 from esmtune.plots import plot_confusion_matrix, plot_roc_pr, plot_scatter
+from esmtune.rundir import atomic_write_text, read_run
 from esmtune.storage import check_writable, storage_errors
 from esmtune.tasks import TaskSpec
 

@@ -41,19 +41,18 @@ from esmtune.model.exported import (
     load_onnx_export,
     require_modules,
 )
-from esmtune.model.rundir import (
+from esmtune.model.run_model import LoadedRun, load_run
+from esmtune.model.transformers_head import to_sequence_classification
+from esmtune.rundir import (
     CONFIG_FILE,
     LABELS_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
-    LoadedRun,
     atomic_write_text,
-    load_run,
     read_json,
     read_run,
     save_weights,
 )
-from esmtune.model.transformers_head import to_sequence_classification
 from esmtune.storage import apply_umask_tree, check_writable, storage_errors
 
 __all__ = [

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from esmtune.config import Task
 from esmtune.data.check import check_dataset, sequence_problem
 from esmtune.errors import EsmtuneError
-from esmtune.model.rundir import LoadedRun
+from esmtune.model.run_model import LoadedRun
 from esmtune.predict import Predictor
 from esmtune.tasks import TaskSpec
 

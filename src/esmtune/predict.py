@@ -29,7 +29,8 @@ from esmtune.model.exported import (
     load_onnx_export,
     read_export,
 )
-from esmtune.model.rundir import LoadedRun, load_run, read_run
+from esmtune.model.run_model import LoadedRun, load_run
+from esmtune.rundir import read_run
 from esmtune.tasks import TaskSpec
 
 __all__ = ["Predictor", "as_records", "check_loadable", "write_predictions"]

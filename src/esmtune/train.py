@@ -51,14 +51,7 @@ from esmtune.inference import eval_loader, iterate_outputs, model_inputs
 from esmtune.metrics import is_improvement
 from esmtune.model.backbone import check_backbone_available
 from esmtune.model.classifier import SequenceClassifier, build_model
-from esmtune.model.rundir import (
-    METRICS_FILE,
-    WEIGHTS_FILE,
-    atomic_write_text,
-    save_run_files,
-    save_weights,
-    weights_to_save,
-)
+from esmtune.model.run_model import weights_to_save
 from esmtune.model.tuning import (
     backbone_layers,
     count_parameters,
@@ -67,6 +60,13 @@ from esmtune.model.tuning import (
     unfrozen_layers_at,
 )
 from esmtune.plots import plot_training_curves
+from esmtune.rundir import (
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    atomic_write_text,
+    save_run_files,
+    save_weights,
+)
 from esmtune.storage import check_writable, storage_errors
 from esmtune.tasks import TaskSpec, build_task
 

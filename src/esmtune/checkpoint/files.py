@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 
 from esmtune.checkpoint.statefile import read_state, save_state
 from esmtune.errors import RunDirError, StorageError
-from esmtune.model.rundir import atomic_write_text, save_weights
+from esmtune.rundir import atomic_write_text, save_weights
 from esmtune.storage import storage_errno, storage_message
 
 __all__ = [
@@ -118,7 +118,7 @@ def save_checkpoint(
     Args:
         accelerator: The run's accelerator (for process index and barriers).
         run_dir: The run directory.
-        trainable: Tensors to keep (see :func:`esmtune.model.rundir.weights_to_save`).
+        trainable: Tensors to keep (see :func:`esmtune.model.run_model.weights_to_save`).
         optimizer: The (prepared) optimizer.
         scheduler: The (prepared) learning-rate scheduler.
         state: The loop state after the last completed step.

@@ -20,7 +20,7 @@ from esmtune.checkpoint.files import (
 )
 from esmtune.config import TrainConfig
 from esmtune.errors import RunDirError
-from esmtune.model.rundir import CONFIG_FILE, METRICS_FILE
+from esmtune.rundir import CONFIG_FILE, METRICS_FILE
 
 __all__ = ["ResumePlan", "occupied_error", "plan_resume", "storage_failure_fix"]
 

@@ -16,7 +16,12 @@ __all__ = ["SequenceClassifier", "build_model"]
 
 
 class SequenceClassifier(nn.Module):
-    """ESM2 with a pooled MLP head; returns one row of logits per sequence."""
+    """ESM2 with a pooled MLP head; returns one row of logits per sequence.
+
+    A :class:`~esmtune.model.interface.Classifier`, as the ONNX export's model is.
+    """
+
+    runtime = "torch"
 
     def __init__(
         self,
@@ -38,6 +43,12 @@ class SequenceClassifier(nn.Module):
         self.register_buffer(
             "special_token_ids", torch.tensor(special_token_ids, dtype=torch.long), persistent=False
         )
+
+    def prepare_inference(self, device: str | torch.device | None) -> torch.device:
+        """Eval mode on ``device`` (None: a GPU when there is one); the device inputs go to."""
+        chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.to(chosen).eval()
+        return chosen
 
     def window_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Backbone states of each input row ``(windows, tokens, hidden)``, nothing stitched."""

@@ -24,8 +24,9 @@ from esmtune.config import FinetuneMode, Pooling, TrainConfig, load_config
 from esmtune.errors import EsmtuneError, ModelLoadError, RunDirError
 from esmtune.model.classifier import build_model
 from esmtune.model.heads import Pooler, StreamingPooler
-from esmtune.model.rundir import CONFIG_FILE, LABELS_FILE, LoadedRun, read_json
+from esmtune.model.run_model import LoadedRun
 from esmtune.model.windows import ResidueSink, stitch_windows
+from esmtune.rundir import CONFIG_FILE, LABELS_FILE, read_json
 from esmtune.tasks import TaskSpec, task_from_state
 
 __all__ = [

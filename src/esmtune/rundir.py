@@ -1,8 +1,12 @@
-"""The self-describing run directory: what a run leaves, and how a model is rebuilt from it.
+"""The self-describing run directory: the files a run leaves, written safely and read back.
 
 A run directory holds the resolved config, the label map, library versions, data summary, the
 best weights (safetensors; adapter + head, not the pretrained backbone, for LoRA and frozen runs),
 metrics and logs, so that evaluate, predict, serve and export need nothing but the folder.
+
+This module knows the files, not the model: rebuilding a model from them is
+:func:`esmtune.model.run_model.load_run`'s job. Keeping the two apart lets checkpointing, export
+and serving read a run's config, task and metrics without depending on the model package.
 """
 
 from __future__ import annotations
@@ -10,23 +14,22 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file
-from torch import nn
-from transformers import PreTrainedTokenizerBase
 
 from esmtune.config import TrainConfig, load_config
-from esmtune.errors import ModelLoadError, RunDirError
-from esmtune.model.classifier import SequenceClassifier, build_model
+from esmtune.errors import RunDirError
 from esmtune.storage import save_tensors
 from esmtune.tasks import TaskSpec, task_from_state
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "BACKBONE_DIR",
@@ -35,17 +38,13 @@ __all__ = [
     "MANIFEST_FILE",
     "METRICS_FILE",
     "WEIGHTS_FILE",
-    "LoadedRun",
     "atomic_write_text",
     "library_versions",
-    "load_run",
-    "load_weights",
     "read_json",
     "read_run",
     "save_run_files",
     "save_weights",
     "saved_thresholds",
-    "weights_to_save",
 ]
 
 CONFIG_FILE = "config.yaml"
@@ -90,19 +89,6 @@ def read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def weights_to_save(model: SequenceClassifier, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """The tensors a run must keep: trainable ones, or everything when nothing is downloadable.
-
-    With ``pretrained: true`` the frozen backbone comes back from the hub or local folder, so only
-    trained parameters (LoRA adapters, unfrozen layers, pooling and head) are stored.
-    """
-    state = model.state_dict()
-    if not config.model.pretrained:
-        return {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    return {name: state[name].detach().cpu().contiguous() for name in state if name in trainable}
-
-
 def save_weights(
     tensors: dict[str, torch.Tensor], path: Path, thresholds: list[float] | None = None
 ) -> None:
@@ -126,27 +112,6 @@ def saved_thresholds(path: Path) -> list[float] | None:
     return json.loads(metadata["thresholds"]) if "thresholds" in metadata else None
 
 
-def load_weights(model: nn.Module, path: Path, complete: bool) -> None:
-    """Load saved tensors into ``model``, refusing anything that does not fit.
-
-    Args:
-        model: The rebuilt model.
-        path: A safetensors file from :func:`save_weights`.
-        complete: True when the file must cover every tensor (random-init backbones).
-
-    Raises:
-        ModelLoadError: On unknown or (when ``complete``) missing tensors.
-    """
-    tensors = load_file(str(path))
-    result = model.load_state_dict(tensors, strict=False)
-    if result.unexpected_keys or (complete and result.missing_keys):
-        raise ModelLoadError(
-            f"{path} does not match the model rebuilt from the run's config "
-            f"(unexpected: {result.unexpected_keys[:3]}, missing: {result.missing_keys[:3]}); "
-            "was config.yaml edited after training?"
-        )
-
-
 def save_run_files(
     run_dir: Path,
     config: TrainConfig,
@@ -165,22 +130,6 @@ def save_run_files(
     base.config.to_json_file(backbone_dir / "config.json")
     manifest = {"versions": library_versions(), **extra_manifest}
     atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
-
-
-@dataclass
-class LoadedRun:
-    """A trained model rebuilt from its run directory."""
-
-    run_dir: Path
-    config: TrainConfig
-    task: TaskSpec
-    model: SequenceClassifier
-    tokenizer: PreTrainedTokenizerBase
-
-    @property
-    def labels(self) -> list[str]:
-        """Output names: classes, multilabel vocabulary or regression targets."""
-        return self.task.labels
 
 
 def read_run(run_dir: Path) -> tuple[TrainConfig, TaskSpec]:
@@ -202,18 +151,3 @@ def read_run(run_dir: Path) -> tuple[TrainConfig, TaskSpec]:
         # The random-init architecture and tokenizer were saved with the run.
         config.model.name = str(run_dir / BACKBONE_DIR)
     return config, task
-
-
-def load_run(run_dir: Path | str) -> LoadedRun:
-    """Rebuild the best model of a run, from the folder alone (plus the hub cache if pretrained).
-
-    Raises:
-        RunDirError: When the folder is not a finished run.
-        ModelLoadError: When the backbone or the weights cannot be loaded.
-    """
-    run_dir = Path(run_dir)
-    config, task = read_run(run_dir)
-    model, tokenizer = build_model(config, task.num_outputs)
-    load_weights(model, run_dir / WEIGHTS_FILE, complete=not config.model.pretrained)
-    model.eval()
-    return LoadedRun(run_dir, config, task, model, tokenizer)

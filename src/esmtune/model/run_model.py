@@ -1,0 +1,95 @@
+"""A run's model: the weights a run keeps, and the model rebuilt from them.
+
+The files themselves (names, config, task, thresholds) are :mod:`esmtune.rundir`'s; this module
+adds what needs the model: which tensors to save, loading them back, and :class:`LoadedRun`,
+the model together with what predicting needs from its run (tokenizer, task, config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from esmtune.config import TrainConfig
+from esmtune.errors import ModelLoadError
+from esmtune.model.classifier import SequenceClassifier, build_model
+from esmtune.model.interface import Classifier
+from esmtune.rundir import WEIGHTS_FILE, read_run
+from esmtune.tasks import TaskSpec
+
+__all__ = ["LoadedRun", "load_run", "load_weights", "weights_to_save"]
+
+# Covariant: a run of the torch classifier is a run of a Classifier, so code that only predicts
+# takes either, while export, which merges the torch model, asks for the torch one.
+ModelT = TypeVar("ModelT", bound=Classifier, covariant=True)
+
+
+@dataclass(frozen=True)
+class LoadedRun(Generic[ModelT]):
+    """A trained model, rebuilt from its run directory or an export, with what it needs."""
+
+    run_dir: Path
+    config: TrainConfig
+    task: TaskSpec
+    model: ModelT
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def labels(self) -> list[str]:
+        """Output names: classes, multilabel vocabulary or regression targets."""
+        return self.task.labels
+
+
+def weights_to_save(model: SequenceClassifier, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The tensors a run must keep: trainable ones, or everything when nothing is downloadable.
+
+    With ``pretrained: true`` the frozen backbone comes back from the hub or local folder, so only
+    trained parameters (LoRA adapters, unfrozen layers, pooling and head) are stored.
+    """
+    state = model.state_dict()
+    if not config.model.pretrained:
+        return {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {name: state[name].detach().cpu().contiguous() for name in state if name in trainable}
+
+
+def load_weights(model: nn.Module, path: Path, complete: bool) -> None:
+    """Load saved tensors into ``model``, refusing anything that does not fit.
+
+    Args:
+        model: The rebuilt model.
+        path: A safetensors file from :func:`esmtune.rundir.save_weights`.
+        complete: True when the file must cover every tensor (random-init backbones).
+
+    Raises:
+        ModelLoadError: On unknown or (when ``complete``) missing tensors.
+    """
+    tensors = load_file(str(path))
+    result = model.load_state_dict(tensors, strict=False)
+    if result.unexpected_keys or (complete and result.missing_keys):
+        raise ModelLoadError(
+            f"{path} does not match the model rebuilt from the run's config "
+            f"(unexpected: {result.unexpected_keys[:3]}, missing: {result.missing_keys[:3]}); "
+            "was config.yaml edited after training?"
+        )
+
+
+def load_run(run_dir: Path | str) -> LoadedRun[SequenceClassifier]:
+    """Rebuild the best model of a run, from the folder alone (plus the hub cache if pretrained).
+
+    Raises:
+        RunDirError: When the folder is not a finished run.
+        ModelLoadError: When the backbone or the weights cannot be loaded.
+    """
+    run_dir = Path(run_dir)
+    config, task = read_run(run_dir)
+    model, tokenizer = build_model(config, task.num_outputs)
+    load_weights(model, run_dir / WEIGHTS_FILE, complete=not config.model.pretrained)
+    model.eval()
+    return LoadedRun(run_dir, config, task, model, tokenizer)
