@@ -1,23 +1,50 @@
-"""The command table. Each command parses its options, then calls one library function.
+"""The command table: each command is a function adding its options, next to its handler.
 
-Heavy libraries (torch, transformers) are imported inside the commands, so ``--help`` is instant.
+A command's help is its handler's docstring (the first line in ``esmtune --help``, the rest in
+``esmtune COMMAND --help``). Choices come from the enums and tables that define them, data options
+from the config schema, and each ``[default: ...]`` from the value the option really defaults to,
+so no option's meaning is written twice. Heavy libraries (torch, transformers) are imported inside
+the handlers, so ``--help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
+import typing
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+from esmtune.config import DataConfig, LongSequences, Pooling, Task, TrainConfig, describe_fields
+from esmtune.data.layout import SPLITS
 from esmtune.errors import EsmtuneError
-
-if TYPE_CHECKING:
-    from esmtune.config import DataConfig, Task
+from esmtune.serve import ServeSettings
 
 __all__ = ["build_parser", "main"]
+
+_Handler = Callable[[argparse.Namespace], int]
+
+# What runs the model; ServeSettings holds the one list that imports without torch
+# (tests/test_cli.py checks it against esmtune.model.exported.RUNTIMES).
+_RUNTIME = ServeSettings.model_fields["runtime"]
+# Token budgets of inference.inference_budget, which needs torch to import.
+_INFERENCE_BUDGET = "1024 on CPU, 16384 on GPU"
+# inference.precision_context's precisions; the first is the default.
+_PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def _add(command: Any, *names: str, help: str, default: Any = None, **options: Any) -> None:
+    """``add_argument`` whose help ends with the default the option really has (if any)."""
+    if default is not None and default is not False:
+        help = f"{help} [default: {default}]"
+    command.add_argument(*names, help=help, default=default, **options)
+
+
+# --- train -----------------------------------------------------------------------------------
 
 _TRAIN_EPILOG_HEAD = """\
 Every config key can be overridden after the options as key=value (values are YAML):
@@ -27,15 +54,30 @@ Config keys (section.key: meaning [default]):
 """
 
 
-def _config_help() -> str:
-    from esmtune.config import describe_fields
-
+def _train_options(command: argparse.ArgumentParser) -> None:
     rows = describe_fields()
     width = max(len(key) for key, _ in rows)
-    return _TRAIN_EPILOG_HEAD + "\n".join(f"  {key.ljust(width)}  {text}" for key, text in rows)
+    keys = "\n".join(f"  {key.ljust(width)}  {text}" for key, text in rows)
+    command.epilog = _TRAIN_EPILOG_HEAD + keys
+    command.formatter_class = argparse.RawDescriptionHelpFormatter  # the key table is aligned
+    command.add_argument("--config", type=Path, help="YAML config file (e.g. configs/train.yaml)")
+    command.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="continue an interrupted run from its newest intact checkpoint, with its saved "
+        "config (a run stopped before its first checkpoint starts afresh in place; a finished "
+        "run is reported and left unchanged)",
+    )
+    command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune a model (checks the data first).
+
+    Check the data, fine-tune ESM2 and save the best model in a run directory.
+    Run under `accelerate launch` for mixed precision or several GPUs/processes.
+    """
     from esmtune.config import load_config
 
     if args.resume is not None:
@@ -52,6 +94,70 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- data check and baseline: options that set config keys ------------------------------------
+
+# (option, config key) of `data check` and `baseline`; type, choices, help and default are the
+# key's own, from the schema, and the option's value overrides the key.
+_DATA_OPTIONS = (
+    ("--task", "task"),
+    ("--target-column", "data.target_columns"),
+    ("--id-column", "data.id_column"),
+    ("--sequence-column", "data.sequence_column"),
+    ("--split-column", "data.split_column"),
+    ("--ontology", "data.ontology"),
+)
+_DATA_CHECK_OPTIONS = (
+    ("--max-length", "data.max_length"),
+    ("--fail-on-leakage", "data.fail_on_leakage"),
+    ("--drop-conflicts", "data.drop_conflicts"),
+    ("--drop-duplicates", "data.drop_duplicates"),
+)
+_METAVARS = {str: "NAME", Path: "FILE", int: "N"}
+
+
+def _add_config_option(command: Any, option: str, key: str, helps: dict[str, str]) -> None:
+    """An option that sets one config key, read from its schema field; unset, it changes nothing."""
+    section, _, name = key.rpartition(".")
+    model = TrainConfig.model_fields[section].annotation if section else TrainConfig
+    annotation = model.model_fields[name].annotation  # type: ignore[union-attr]
+    kind = next(k for k in typing.get_args(annotation) or (annotation,) if k is not type(None))
+    options: dict[str, Any] = {"dest": name, "default": None, "help": helps[key]}
+    if isinstance(kind, type) and issubclass(kind, StrEnum):
+        options["choices"] = [member.value for member in kind]
+    elif kind is bool:
+        options["action"] = "store_true"
+    elif typing.get_origin(kind) is list:
+        options |= {"action": "append", "metavar": "NAME", "help": "(repeatable) " + helps[key]}
+    else:
+        options |= {"type": kind, "metavar": _METAVARS[kind]}
+    command.add_argument(option, **options)
+
+
+def _add_data_options(
+    command: argparse.ArgumentParser, config_options: tuple[tuple[str, str], ...]
+) -> None:
+    """Where the data is and how to read it: a config, and options over its task and data keys."""
+    helps = dict(describe_fields())
+    settings = command.add_argument_group(
+        "data settings",
+        "Each sets the config key it is named after (PATH: data.path, --id-column: "
+        "data.id_column), over --config; [default: ...] is the value when neither sets it.",
+    )
+    # Positionals are read in the order they are added: PATH, then the overrides.
+    settings.add_argument("path", type=Path, nargs="?", metavar="PATH", help=helps["data.path"])
+    command.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="other config keys, e.g. data.max_length=500",
+    )
+    command.add_argument(
+        "--config", type=Path, help="read task and data settings from this training config"
+    )
+    for option, key in config_options:
+        _add_config_option(settings, option, key, helps)
+
+
 def _data_config(args: argparse.Namespace) -> tuple[Task, DataConfig]:
     """The task and data section that `data check` and `baseline` read, from a config and flags."""
     from esmtune.config import load_config
@@ -60,18 +166,9 @@ def _data_config(args: argparse.Namespace) -> tuple[Task, DataConfig]:
     if args.path is not None and "=" in str(args.path) and not args.path.exists():
         overrides.insert(0, str(args.path))  # `--config FILE KEY=VALUE`: no PATH was given
         args.path = None
-    flags = {
-        "data.path": args.path,
-        "task": args.task,
-        "data.target_columns": args.target_columns,
-        "data.id_column": args.id_column,
-        "data.sequence_column": args.sequence_column,
-        "data.split_column": args.split_column,
-        "data.ontology": args.ontology,
-        "data.max_length": getattr(args, "max_length", None),
-        "data.fail_on_leakage": getattr(args, "fail_on_leakage", None) or None,
-        "data.drop_conflicts": getattr(args, "drop_conflicts", None) or None,
-        "data.drop_duplicates": getattr(args, "drop_duplicates", None) or None,
+    flags = {"data.path": args.path} | {
+        key: getattr(args, key.rpartition(".")[2], None)
+        for _, key in (*_DATA_OPTIONS, *_DATA_CHECK_OPTIONS)
     }
     for key, value in flags.items():
         if value is not None:
@@ -81,7 +178,20 @@ def _data_config(args: argparse.Namespace) -> tuple[Task, DataConfig]:
     return config.task, config.data
 
 
+def _data_check_options(command: argparse.ArgumentParser) -> None:
+    _add_data_options(command, (*_DATA_OPTIONS, *_DATA_CHECK_OPTIONS))
+    command.add_argument("--require-test", action="store_true", help="fail when test/ is missing")
+
+
 def _cmd_data_check(args: argparse.Namespace) -> int:
+    """Validate a dataset and print its statistics.
+
+    Read a dataset the way training will (per-label FASTA folders, CSV/TSV/Parquet tables or
+    FASTA with key=value headers) and print sequences per label and split (regression: target
+    statistics) and lengths, with how many sequences exceed --max-length and how many records
+    the --drop-* options dropped; exit with status 2 and every problem listed (file, line,
+    record, fix) when the data cannot be trained on.
+    """
     from esmtune.data.check import check_dataset
 
     task, data = _data_config(args)
@@ -98,13 +208,91 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _baseline_options(command: argparse.ArgumentParser) -> None:
+    _add_data_options(command, _DATA_OPTIONS)
+    # The model is fitted on the first split (train) and scored on one of the others.
+    _add(command, "--split", default="test", choices=SPLITS[1:], help="split to score")
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    """Score a composition baseline on a dataset.
+
+    A linear model on amino-acid + dipeptide composition (logistic regression; ridge for
+    regression), fitted on train and scored on a split with the task's metrics, beside a trivial
+    predictor (commonest label, label frequencies or the train mean): the numbers a fine-tuned
+    model has to beat.
+    """
+    from esmtune.baseline import composition_baseline
+
+    task, data = _data_config(args)
+    result = composition_baseline(data, task, args.split)
+    names = {
+        "multiclass": ("accuracy", "macro_f1", "mcc"),
+        "binary": ("mcc", "f1", "roc_auc", "pr_auc"),
+        "multilabel": ("fmax", "micro_f1", "macro_f1", "micro_ap"),
+        "regression": ("spearman", "pearson", "r2", "rmse"),
+    }[result["task"]]
+
+    def scores(metrics: dict) -> str:
+        return ", ".join(
+            f"{name} {'n/a' if metrics[name] is None else format(metrics[name], '.3f')}"
+            for name in names
+        )
+
+    model = "ridge" if result["task"] == "regression" else "logistic"
+    print(
+        f"composition baseline ({model} regression on amino-acid + dipeptide composition), "
+        f"{result['split']} n={result['n']}: {scores(result['model'])}\n"
+        f"{result['trivial_name']}: {scores(result['trivial'])}"
+    )
+    return 0
+
+
+# --- evaluate --------------------------------------------------------------------------------
+
+
+def _evaluate_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("run", type=Path, metavar="RUN", help="run directory")
+    command.add_argument(
+        "--data",
+        type=Path,
+        metavar="PATH",
+        help="dataset, read with the run's column settings [default: the one the run trained on]",
+    )
+    _add(command, "--split", default="test", choices=SPLITS, help="split")
+    command.add_argument(
+        "--max-tokens", type=int, help=f"token budget per batch [default: {_INFERENCE_BUDGET}]"
+    )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a run on a labelled split.
+
+    Every metric of the run's task on a split, with its saved thresholds (multiclass: accuracy,
+    macro/weighted F1, MCC, ROC-AUC, per class; binary: + precision, recall, F1, PR-AUC;
+    multilabel: Fmax and coverage, micro/macro F1 and AP, per label; regression: Spearman,
+    Pearson, R², RMSE, MAE) and plots (confusion matrix, ROC/PR curves or predicted-vs-true
+    scatter), written to RUN/eval/SPLIT/ with predictions.csv.
+    """
     from esmtune.evaluate import evaluate_run, format_report
 
     metrics, _, written = evaluate_run(args.run, args.data, args.split, args.max_tokens)
     print(format_report(metrics))
     print(f"\nwritten: {', '.join(str(path) for path in written)}")
     return 0
+
+
+# --- predict and embed: reading sequences, running the model ---------------------------------
+
+
+def _add_sequence_inputs(command: argparse.ArgumentParser) -> None:
+    """Where `predict` and `embed` read sequences from."""
+    command.add_argument(
+        "inputs", nargs="*", type=Path, metavar="FASTA", help="FASTA files ('-' = standard input)"
+    )
+    command.add_argument(
+        "--sequence", action="append", metavar="SEQ", help="a raw sequence (repeatable)"
+    )
 
 
 def _read_inputs(args: argparse.Namespace) -> list:
@@ -126,7 +314,85 @@ def _read_inputs(args: argparse.Namespace) -> list:
     return records
 
 
+def _add_inference_options(command: argparse.ArgumentParser) -> None:
+    """How `predict` and `embed` run the model: batches, long sequences, device, precision."""
+    command.add_argument(
+        "--max-tokens",
+        type=int,
+        help="token budget per batch (inputs x longest input); CPUs run fastest with small "
+        f"batches, GPUs need wide ones [default: {_INFERENCE_BUDGET}]",
+    )
+    _add(
+        command,
+        "--long-sequences",
+        choices=[member.value for member in LongSequences],
+        default=LongSequences.WINDOW.value,
+        help=DataConfig.model_fields["long_sequences"].description,
+    )
+    command.add_argument("--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]")
+    _add(
+        command,
+        "--precision",
+        choices=_PRECISIONS,
+        default=_PRECISIONS[0],
+        help="bf16 autocast: faster where the hardware runs bf16 natively (recent GPUs, CPUs "
+        "with AVX512-BF16 or AMX), slower where it is emulated; auto = bf16 exactly there; see "
+        "the README's Performance section",
+    )
+
+
+def _add_runtime_option(command: argparse.ArgumentParser) -> None:
+    _add(
+        command,
+        "--runtime",
+        choices=typing.get_args(_RUNTIME.annotation),
+        default=_RUNTIME.default,
+        help="what runs the model: auto = torch for a run or an hf export; for an onnx export, "
+        "the graph its export check found fastest among those that keep the run's labels "
+        "(export.json); or force torch, onnx (fp32) or onnx-int8",
+    )
+
+
+# Prediction formats and the --output suffix that selects each (write_predictions writes them).
+_PREDICTION_FORMATS = {"tsv": ".tsv", "csv": ".csv", "json": ".json", "text": ".txt"}
+_DEFAULT_PREDICTION_FORMAT = "tsv"
+
+
+def _predict_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "run", type=Path, metavar="RUN", help="run directory, or a folder of `esmtune export`"
+    )
+    _add_sequence_inputs(command)
+    _add_runtime_option(command)
+    command.add_argument(
+        "--top-k",
+        type=int,
+        help="rank only the k most probable labels [default: multiclass: all; multilabel: 5]",
+    )
+    command.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help=f"write to FILE; format from {'/'.join(_PREDICTION_FORMATS.values())}",
+    )
+    command.add_argument(
+        "--format",
+        choices=list(_PREDICTION_FORMATS),
+        help="output format; text is for reading, with probability bars "
+        f"[default: {_DEFAULT_PREDICTION_FORMAT}, or from --output]",
+    )
+    _add_inference_options(command)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    """Predict labels for new sequences.
+
+    Predictions of a run (or of its export: hf in torch, onnx in onnxruntime) for each sequence,
+    from FASTA files, --sequence or standard input; TSV on standard output unless --output is
+    given. Per task: the label and class probabilities (multiclass), the label at the tuned
+    threshold and P(positive) (binary), every label above its threshold and the top-k ranked
+    labels with names (multilabel), the value of each target (regression).
+    """
     from esmtune.predict import Predictor, write_predictions
 
     records = _read_inputs(args)
@@ -149,21 +415,62 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         )
     fmt = args.format
     if args.output is not None:
-        suffixes = {".json": "json", ".csv": "csv", ".txt": "text"}
-        fmt = fmt or suffixes.get(args.output.suffix.lower(), "tsv")
+        by_suffix = {suffix: name for name, suffix in _PREDICTION_FORMATS.items()}
+        fmt = fmt or by_suffix.get(args.output.suffix.lower(), _DEFAULT_PREDICTION_FORMAT)
         with args.output.open("w", newline="") as handle:
             write_predictions(results, predictor.task, fmt, handle)
         print(f"{len(results)} prediction(s) written to {args.output}", file=sys.stderr)
     else:
-        write_predictions(results, predictor.task, fmt or "tsv", sys.stdout)
+        write_predictions(results, predictor.task, fmt or _DEFAULT_PREDICTION_FORMAT, sys.stdout)
     return 0
 
 
-def _cmd_embed(args: argparse.Namespace) -> int:
-    from esmtune.embeddings import embed_records, load_embedder, write_embeddings
+# Poolings embed offers: attention pooling is learned, so it exists only inside a trained head.
+_EMBED_POOLINGS = [pooling.value for pooling in Pooling if pooling is not Pooling.ATTENTION]
 
-    if args.out.suffix.lower() not in (".h5", ".npz", ".safetensors"):
-        raise EsmtuneError(f"--out {args.out}: name a .h5, .npz or .safetensors file")
+
+def _embed_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("model", metavar="MODEL", help="hub id, local model folder or run folder")
+    _add_sequence_inputs(command)
+    _add(
+        command,
+        "--pooling",
+        choices=[*_EMBED_POOLINGS, "per-residue"],
+        default=Pooling.MEAN.value,
+        help=f"one vector per sequence ({', '.join(_EMBED_POOLINGS)}) or one per residue",
+    )
+    command.add_argument(
+        "--out", "-o", type=Path, required=True, help="output .h5/.npz/.safetensors"
+    )
+    command.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    command.add_argument(
+        "--max-length",
+        type=int,
+        help="residues per model input [default: a run's max_length, else "
+        f"{DataConfig.model_fields['max_length'].default}]",
+    )
+    command.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    _add_inference_options(command)
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    """Write ESM2 embeddings of sequences to .h5, .npz or .safetensors.
+
+    Embed sequences with a hub ESM2 (e.g. facebook/esm2_t33_650M_UR50D), a local model folder or
+    a trained run directory (its fine-tuned backbone), and write them with their ids in the
+    format --out names: pooled ones as `ids` + `embeddings` (n x hidden), per-residue ones as one
+    array per id. Long sequences are read as overlapping windows unless told otherwise.
+    """
+    from esmtune.embeddings import (
+        EMBEDDING_FORMATS,
+        embed_records,
+        load_embedder,
+        write_embeddings,
+    )
+
+    if args.out.suffix.lower() not in EMBEDDING_FORMATS:
+        *others, last = EMBEDDING_FORMATS
+        raise EsmtuneError(f"--out {args.out}: name a {', '.join(others)} or {last} file")
     if args.out.exists() and not args.overwrite:
         raise EsmtuneError(f"{args.out} exists; choose another --out or add --overwrite")
     records = _read_inputs(args)
@@ -196,7 +503,47 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+# --- export ----------------------------------------------------------------------------------
+
+# esmtune.export's FORMATS, quantisations and CHECK_SEQUENCES: that module needs torch to import
+# (tests/test_cli.py checks these against it).
+_EXPORT_FORMATS = ("hf", "onnx")
+_QUANTIZATIONS = ("int8",)
+_CHECK_SEQUENCES = 32
+
+
+def _export_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("run", type=Path, metavar="RUN", help="run directory")
+    command.add_argument("--format", choices=_EXPORT_FORMATS, required=True, help="export format")
+    command.add_argument(
+        "--quantize",
+        choices=_QUANTIZATIONS,
+        help="onnx: also write a dynamic int8 model.int8.onnx",
+    )
+    command.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="new or empty output folder"
+    )
+    command.add_argument(
+        "--check-sequences",
+        type=int,
+        metavar="N",
+        help="sequences the export is checked on, from the run's validation split when its "
+        f"data is readable, else synthetic; 0 skips the check [default: {_CHECK_SEQUENCES}]",
+    )
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    """Export a run as a Hugging Face folder or ONNX.
+
+    hf: LoRA merged into a standard Hugging Face folder plus esmtune's head (plain transformers
+    loads the backbone; with model.head=esm, AutoModelForSequenceClassification loads the whole
+    classifier). onnx: input_ids, attention_mask -> logits with dynamic batch and length, plus
+    head.onnx for long sequences in windows; --quantize int8 adds model.int8.onnx. Every export
+    is then checked against the run on a sample of sequences (label agreement, largest
+    difference, residues/s: export.json and the model card README.md), and the fastest runtime
+    that keeps the labels becomes the default of `esmtune predict` and `esmtune serve` on the
+    folder. ONNX needs the export extra: pip install 'esmtune[export]'.
+    """
     from esmtune.export import CHECK_SEQUENCES, export_run
     from esmtune.model.exported import read_export_info
 
@@ -219,34 +566,58 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_baseline(args: argparse.Namespace) -> int:
-    from esmtune.baseline import composition_baseline
+# --- serve -----------------------------------------------------------------------------------
 
-    task, data = _data_config(args)
-    result = composition_baseline(data, task, args.split)
-    names = {
-        "multiclass": ("accuracy", "macro_f1", "mcc"),
-        "binary": ("mcc", "f1", "roc_auc", "pr_auc"),
-        "multilabel": ("fmax", "micro_f1", "macro_f1", "micro_ap"),
-        "regression": ("spearman", "pearson", "r2", "rmse"),
-    }[result["task"]]
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # uvicorn's
 
-    def scores(metrics: dict) -> str:
-        return ", ".join(
-            f"{name} {'n/a' if metrics[name] is None else format(metrics[name], '.3f')}"
-            for name in names
-        )
 
-    model = "ridge" if result["task"] == "regression" else "logistic"
-    print(
-        f"composition baseline ({model} regression on amino-acid + dipeptide composition), "
-        f"{result['split']} n={result['n']}: {scores(result['model'])}\n"
-        f"{result['trivial_name']}: {scores(result['trivial'])}"
+def _add_serve_settings(command: argparse.ArgumentParser) -> None:
+    """An option per ServeSettings field but runtime (shared with predict).
+
+    Name, type, choices, default and help come from the field, so the CLI, create_app and the
+    worker processes of ``--workers N`` cannot drift apart.
+    """
+    for name, spec in ServeSettings.model_fields.items():
+        if name == "runtime":
+            continue
+        option: dict[str, Any] = {"default": spec.default, "help": spec.description}
+        if typing.get_origin(spec.annotation) is typing.Literal:
+            option["choices"] = typing.get_args(spec.annotation)
+        else:  # int, float or str, possibly | None; a None default is explained in the help
+            kinds = typing.get_args(spec.annotation) or (spec.annotation,)
+            kind = next(k for k in (int, float, str) if k in kinds)
+            option |= {"type": kind, "metavar": "NAME" if kind is str else "N"}
+        _add(command, "--" + name.replace("_", "-"), **option)
+
+
+def _serve_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "run", type=Path, metavar="RUN", help="run directory, or a folder of `esmtune export`"
     )
-    return 0
+    _add_runtime_option(command)
+    _add(command, "--host", default="127.0.0.1", help="address to listen on")
+    _add(command, "--port", type=int, default=8000, help="port")
+    _add(
+        command,
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes; each one loads its own copy of the model (memory x N) and "
+        "batches only its own requests, so more than 1 helps only with spare cores or GPUs",
+    )
+    _add_serve_settings(command)
+    _add(command, "--log-level", choices=_LOG_LEVELS, default="info", help="uvicorn's log level")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a run's predictions over HTTP (FastAPI).
+
+    An HTTP service over a trained run or its export: POST /predict (JSON or FASTA), GET /info,
+    GET /health, a page for people at / and the API docs at /docs. Small requests arriving
+    together share one model call (micro-batching); shorter requests go first, and long ones run
+    in slices with short ones served in between. Each limit below refuses a request with 413
+    naming it. Needs the serve extra: pip install 'esmtune[serve]'.
+    """
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -255,7 +626,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"serving needs FastAPI and uvicorn ({error.name} is missing): "
             "pip install 'esmtune[serve]'"
         ) from None
-    from esmtune.serve import SETTINGS_ENV, ServeSettings, create_app
+    from esmtune.serve import SETTINGS_ENV, create_app
 
     if args.workers < 1:
         raise EsmtuneError(f"--workers {args.workers}: give 1 or more")
@@ -287,121 +658,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_serve_settings(command: argparse.ArgumentParser) -> None:
-    """An option per ServeSettings field but runtime (shared with predict).
+# --- the command table -----------------------------------------------------------------------
 
-    Name, type, choices, default and help come from the field, so the CLI, create_app and the
-    worker processes of ``--workers N`` cannot drift apart.
-    """
-    import typing
-
-    from esmtune.serve import ServeSettings
-
-    for name, spec in ServeSettings.model_fields.items():
-        if name == "runtime":
-            continue
-        option: dict[str, typing.Any] = {"default": spec.default, "help": spec.description}
-        if spec.default is not None:  # a None default is explained in the description
-            option["help"] += f" [{spec.default}]"
-        if typing.get_origin(spec.annotation) is typing.Literal:
-            option["choices"] = typing.get_args(spec.annotation)
-        else:  # int, float or str, possibly | None
-            kinds = typing.get_args(spec.annotation) or (spec.annotation,)
-            kind = next(k for k in (int, float, str) if k in kinds)
-            option |= {"type": kind, "metavar": "NAME" if kind is str else "N"}
-        command.add_argument("--" + name.replace("_", "-"), **option)
-
-
-def _add_data_options(command: argparse.ArgumentParser) -> None:
-    """Options shared by `data check` and `baseline`: where the data is and how to read it."""
-    command.add_argument(
-        "path",
-        type=Path,
-        nargs="?",
-        metavar="PATH",
-        help="dataset: a folder {train,validation,test}/<Label>.fasta, a folder of "
-        "train/validation/test files (.csv .tsv .parquet .fasta), or one file with a split "
-        "column [data.path of --config]",
-    )
-    command.add_argument(
-        "--config", type=Path, help="read task and data settings from this training config"
-    )
-    command.add_argument(
-        "--task",
-        choices=["multiclass", "binary", "multilabel", "regression"],
-        help="how targets are read [multiclass, or the config's]",
-    )
-    command.add_argument(
-        "--target-column",
-        dest="target_columns",
-        action="append",
-        metavar="NAME",
-        help="target column or FASTA header key, repeatable [label; regression: target]",
-    )
-    command.add_argument("--id-column", help="column holding ids [id]")
-    command.add_argument("--sequence-column", help="column holding sequences [sequence]")
-    command.add_argument("--split-column", help="column naming the split [split]")
-    command.add_argument("--ontology", type=Path, help="multilabel: OBO file, e.g. go-basic.obo")
-    command.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="other config keys, e.g. data.max_length=500",
-    )
-
-
-def _add_sequence_inputs(command: argparse.ArgumentParser) -> None:
-    """Where `predict` and `embed` read sequences from."""
-    command.add_argument(
-        "inputs", nargs="*", type=Path, metavar="FASTA", help="FASTA files ('-' = standard input)"
-    )
-    command.add_argument(
-        "--sequence", action="append", metavar="SEQ", help="a raw sequence (repeatable)"
-    )
-
-
-_RUNTIME_HELP = (
-    "what runs the model: auto = torch for a run or an hf export; for an onnx export, the "
-    "graph its export check found fastest among those that keep the run's labels "
-    "(export.json); or force torch, onnx (fp32) or onnx-int8 [auto]"
-)
-
-
-def _add_runtime_option(command: argparse.ArgumentParser) -> None:
-    command.add_argument(
-        "--runtime", choices=["auto", "torch", "onnx", "onnx-int8"], default="auto",
-        help=_RUNTIME_HELP,
-    )  # fmt: skip
-
-
-def _add_inference_options(command: argparse.ArgumentParser) -> None:
-    """How `predict` and `embed` run the model: batches, long sequences, device, precision."""
-    command.add_argument(
-        "--max-tokens",
-        type=int,
-        help="token budget per batch (inputs x longest input); CPUs run fastest with small "
-        "batches, GPUs need wide ones [1024 on CPU, 16384 on GPU]",
-    )
-    command.add_argument(
-        "--long-sequences",
-        choices=["window", "truncate", "centre"],
-        default="window",
-        help="sequences longer than the model's max_length: overlapping windows pooled "
-        "together, or only the first / central residues [window]",
-    )
-    command.add_argument("--device", help="cpu, cuda, cuda:1 ... [cuda if available]")
-    command.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "auto"],
-        default="fp32",
-        help="bf16 autocast: faster where the hardware runs bf16 natively (recent GPUs, CPUs "
-        "with AVX512-BF16 or AMX), slower where it is emulated; auto = bf16 exactly there; see "
-        "the README's Performance section [fp32]",
-    )
+# Command -> (function adding its options, handler). A two-word name is a command inside a group.
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], _Handler]] = {
+    "train": (_train_options, _cmd_train),
+    "data check": (_data_check_options, _cmd_data_check),
+    "evaluate": (_evaluate_options, _cmd_evaluate),
+    "predict": (_predict_options, _cmd_predict),
+    "embed": (_embed_options, _cmd_embed),
+    "export": (_export_options, _cmd_export),
+    "baseline": (_baseline_options, _cmd_baseline),
+    "serve": (_serve_options, _cmd_serve),
+}
+_GROUPS = {"data": "Inspect datasets."}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every command and option documented."""
+    """The argument parser with every command of the table, each documented by its handler."""
     parser = argparse.ArgumentParser(
         prog="esmtune",
         description="Fine-tune ESM2 protein language models for sequence-level prediction.",
@@ -409,213 +683,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    train = commands.add_parser(
-        "train",
-        help="fine-tune a model (checks the data first)",
-        description="Check the data, fine-tune ESM2 and save the best model in a run directory. "
-        "Run under `accelerate launch` for mixed precision or several GPUs/processes.",
-        epilog=_config_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    train.add_argument("--config", type=Path, help="YAML config file (e.g. configs/train.yaml)")
-    train.add_argument(
-        "--resume",
-        type=Path,
-        metavar="RUN",
-        help="continue an interrupted run from its newest intact checkpoint, with its saved "
-        "config (a run stopped before its first checkpoint starts afresh in place; a finished "
-        "run is reported and left unchanged)",
-    )
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    train.set_defaults(handler=_cmd_train)
-
-    data = commands.add_parser("data", help="inspect datasets", description="Inspect datasets.")
-    data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
-    check = data_commands.add_parser(
-        "check",
-        help="validate a dataset and print its statistics",
-        description="Read a dataset the way training will (per-label FASTA folders, CSV/TSV/"
-        "Parquet tables or FASTA with key=value headers) and print sequences per label and split "
-        "(regression: target statistics) and lengths; exit with status 2 and every problem "
-        "listed (file, line, record, fix) when the data cannot be trained on.",
-    )
-    _add_data_options(check)
-    check.add_argument("--max-length", type=int, help="report sequences longer than this [1022]")
-    check.add_argument(
-        "--fail-on-leakage",
-        action="store_true",
-        help="treat sequences shared by train and validation/test as an error",
-    )
-    check.add_argument(
-        "--drop-conflicts",
-        action="store_true",
-        help="drop sequences found with two different targets (and say how many)",
-    )
-    check.add_argument(
-        "--drop-duplicates",
-        action="store_true",
-        help="keep the first of repeated ids within a split instead of failing",
-    )
-    check.add_argument("--require-test", action="store_true", help="fail when test/ is missing")
-    check.set_defaults(handler=_cmd_data_check)
-
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="score a run on a labelled split",
-        description="Every metric of the run's task on a split, with its saved thresholds "
-        "(multiclass: accuracy, macro/weighted F1, MCC, ROC-AUC, per class; binary: + precision, "
-        "recall, F1, PR-AUC; multilabel: Fmax and coverage, micro/macro F1 and AP, per label; "
-        "regression: Spearman, Pearson, R², RMSE, MAE) and plots (confusion matrix, ROC/PR "
-        "curves or predicted-vs-true scatter), written to RUN/eval/SPLIT/ with predictions.csv.",
-    )
-    evaluate.add_argument("run", type=Path, metavar="RUN", help="run directory")
-    evaluate.add_argument(
-        "--data",
-        type=Path,
-        metavar="PATH",
-        help="dataset, read with the run's column settings [the one the run trained on]",
-    )
-    evaluate.add_argument(
-        "--split", default="test", choices=["train", "validation", "test"], help="split [test]"
-    )
-    evaluate.add_argument(
-        "--max-tokens", type=int, help="token budget per batch [1024 on CPU, 16384 on GPU]"
-    )
-    evaluate.set_defaults(handler=_cmd_evaluate)
-
-    predict = commands.add_parser(
-        "predict",
-        help="predict labels for new sequences",
-        description="Predictions of a run (or of its export: hf in torch, onnx in "
-        "onnxruntime) for each sequence, from FASTA files, --sequence or "
-        "standard input; TSV on standard output unless --output is given. Per task: the label "
-        "and class probabilities (multiclass), the label at the tuned threshold and P(positive) "
-        "(binary), every label above its threshold and the top-k ranked labels with names "
-        "(multilabel), the value of each target (regression).",
-    )
-    predict.add_argument(
-        "run", type=Path, metavar="RUN", help="run directory, or a folder of `esmtune export`"
-    )
-    _add_sequence_inputs(predict)
-    _add_runtime_option(predict)
-    predict.add_argument(
-        "--top-k",
-        type=int,
-        help="rank only the k most probable labels [multiclass: all; multilabel: 5]",
-    )
-    predict.add_argument(
-        "--output", "-o", type=Path, help="write to FILE; format from .csv/.tsv/.json/.txt"
-    )
-    predict.add_argument(
-        "--format",
-        choices=["tsv", "csv", "json", "text"],
-        help="output format; text is for reading, with probability bars [tsv, or from --output]",
-    )
-    _add_inference_options(predict)
-    predict.set_defaults(handler=_cmd_predict)
-
-    embed = commands.add_parser(
-        "embed",
-        help="write ESM2 embeddings of sequences to .h5, .npz or .safetensors",
-        description="Embed sequences with a hub ESM2 (e.g. facebook/esm2_t33_650M_UR50D), a local "
-        "model folder or a trained run directory (its fine-tuned backbone), and write them with "
-        "their ids in the format --out names: pooled ones as `ids` + `embeddings` (n x hidden), "
-        "per-residue ones as one array per id. Long sequences are read as overlapping windows "
-        "unless told otherwise.",
-    )
-    embed.add_argument("model", metavar="MODEL", help="hub id, local model folder or run folder")
-    _add_sequence_inputs(embed)
-    embed.add_argument(
-        "--pooling",
-        choices=["mean", "cls", "max", "per-residue"],
-        default="mean",
-        help="one vector per sequence (mean, cls, max) or one per residue [mean]",
-    )
-    embed.add_argument("--out", "-o", type=Path, required=True, help="output .h5/.npz/.safetensors")
-    embed.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    embed.add_argument(
-        "--max-length", type=int, help="residues per model input [a run's max_length, else 1022]"
-    )
-    embed.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    _add_inference_options(embed)
-    embed.set_defaults(handler=_cmd_embed)
-
-    export = commands.add_parser(
-        "export",
-        help="export a run as a Hugging Face folder or ONNX",
-        description="hf: LoRA merged into a standard Hugging Face folder plus esmtune's head "
-        "(plain transformers loads the backbone; with model.head=esm, "
-        "AutoModelForSequenceClassification loads the whole classifier). onnx: input_ids, "
-        "attention_mask -> logits with dynamic batch and length, plus head.onnx for long "
-        "sequences in windows; --quantize int8 adds model.int8.onnx. Every export is then "
-        "checked against the run on a sample of sequences (label agreement, largest difference,"
-        " residues/s: export.json and the model card README.md), and the fastest runtime that "
-        "keeps the labels becomes the default of `esmtune predict` and `esmtune serve` on the "
-        "folder. ONNX needs the export extra: pip install 'esmtune[export]'.",
-    )
-    export.add_argument("run", type=Path, metavar="RUN", help="run directory")
-    export.add_argument("--format", choices=["hf", "onnx"], required=True, help="export format")
-    export.add_argument(
-        "--quantize", choices=["int8"], help="onnx: also write a dynamic int8 model.int8.onnx"
-    )
-    export.add_argument(
-        "--out", type=Path, required=True, metavar="DIR", help="new or empty output folder"
-    )
-    export.add_argument(
-        "--check-sequences",
-        type=int,
-        metavar="N",
-        help="sequences the export is checked on, from the run's validation split when its "
-        "data is readable, else synthetic; 0 skips the check [32]",
-    )
-    export.set_defaults(handler=_cmd_export)
-
-    baseline = commands.add_parser(
-        "baseline",
-        help="score a composition baseline on a dataset",
-        description="A linear model on amino-acid + dipeptide composition (logistic regression; "
-        "ridge for regression), fitted on train and scored on a split with the task's metrics, "
-        "beside a trivial predictor (commonest label, label frequencies or the train mean): the "
-        "numbers a fine-tuned model has to beat.",
-    )
-    _add_data_options(baseline)
-    baseline.add_argument(
-        "--split", default="test", choices=["validation", "test"], help="split to score [test]"
-    )
-    baseline.set_defaults(handler=_cmd_baseline)
-
-    serve = commands.add_parser(
-        "serve",
-        help="serve a run's predictions over HTTP (FastAPI)",
-        description="An HTTP service over a trained run or its export: POST /predict (JSON or "
-        "FASTA), GET /info, GET /health, a page for people at / and the API docs at /docs. "
-        "Small requests arriving together share one model call (micro-batching); shorter "
-        "requests go first, and long ones run in slices with short ones served in between. "
-        "Each limit below refuses a request with 413 naming it. Needs the serve extra: "
-        "pip install 'esmtune[serve]'.",
-    )
-    serve.add_argument(
-        "run", type=Path, metavar="RUN", help="run directory, or a folder of `esmtune export`"
-    )
-    _add_runtime_option(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
-    serve.add_argument("--port", type=int, default=8000, help="port [8000]")
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="server processes; each one loads its own copy of the model (memory x N) and "
-        "batches only its own requests, so more than 1 helps only with spare cores or GPUs [1]",
-    )
-    _add_serve_settings(serve)
-    serve.add_argument(
-        "--log-level",
-        choices=["critical", "error", "warning", "info", "debug"],
-        default="info",
-        help="uvicorn's log level [info]",
-    )
-    serve.set_defaults(handler=_cmd_serve)
+    groups: dict[str, Any] = {}
+    for name, (add_options, handler) in _COMMANDS.items():
+        *group, leaf = name.split()
+        where = commands
+        if group:
+            if group[0] not in groups:
+                text = _GROUPS[group[0]]
+                container = commands.add_parser(group[0], help=text, description=text)
+                groups[group[0]] = container.add_subparsers(
+                    dest=f"{group[0]}_command", metavar="SUBCOMMAND", required=True
+                )
+            where = groups[group[0]]
+        summary, _, description = inspect.getdoc(handler).partition("\n\n")  # type: ignore[union-attr]
+        command = where.add_parser(leaf, help=summary, description=description or summary)
+        add_options(command)
+        command.set_defaults(handler=handler)
     return parser
 
 
@@ -635,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"esmtune {version('esmtune')}")
         return 0
-    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    handler: _Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
         return 2
