@@ -23,6 +23,7 @@ RANKS = {
     "checkpoint": 5,
     "plots": 5,
     "train": 6,
+    "training": 6,
     "evaluate": 6,
     "predict": 7,
     "serve": 8,

@@ -1,18 +1,18 @@
 """Training: check the data, build the model, fit with accelerate, keep the best weights.
 
-Read top to bottom: :func:`train` sets up, :func:`_fit` runs ``for epoch`` / ``for batch``,
-evaluation and checkpointing are calls with their own names. The same code runs on one CPU or
-under ``accelerate launch`` with several processes; mixed precision and the number of processes
-come from the accelerate config.
+Read top to bottom: :func:`train` sets up in a few named calls, :func:`_fit` runs ``for epoch`` /
+``for batch``, evaluation and checkpointing are calls with their own names, and a summary ends
+the run. Progressive unfreezing (:class:`~esmtune.model.tuning.ProgressiveUnfreezing`) and step
+metrics (:class:`~esmtune.training.log.TrainingLog`) are objects the loop calls in a line each.
+The same code runs on one CPU or under ``accelerate launch`` with several processes; mixed
+precision and the number of processes come from the accelerate config.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,10 +25,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from esmtune.checkpoint import (
+    ResumePlan,
     TrainerState,
     load_checkpoint,
     occupied_error,
@@ -38,27 +38,15 @@ from esmtune.checkpoint import (
     storage_failure_fix,
     unfinished_checkpoints,
 )
-from esmtune.config import TASK_METRICS, FinetuneMode, Pooling, TrainConfig
-from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, encode, pad_collate
+from esmtune.config import TASK_METRICS, TrainConfig, TrainingConfig
+from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler
 from esmtune.data.check import DataReport, check_dataset
-from esmtune.embeddings import (
-    EmbeddedDataset,
-    EmbeddingCache,
-    embedding_collate,
-    pooled_embeddings,
-)
-from esmtune.inference import eval_loader, iterate_outputs, model_inputs
+from esmtune.inference import iterate_outputs, model_inputs
 from esmtune.metrics import is_improvement
 from esmtune.model.backbone import check_backbone_available
 from esmtune.model.classifier import SequenceClassifier, build_model
 from esmtune.model.run_model import weights_to_save
-from esmtune.model.tuning import (
-    backbone_layers,
-    count_parameters,
-    parameters_to_mask,
-    set_unfrozen_layers,
-    unfrozen_layers_at,
-)
+from esmtune.model.tuning import ProgressiveUnfreezing, count_parameters
 from esmtune.plots import plot_training_curves
 from esmtune.rundir import (
     METRICS_FILE,
@@ -69,48 +57,198 @@ from esmtune.rundir import (
 )
 from esmtune.storage import check_writable, storage_errors
 from esmtune.tasks import TaskSpec, build_task
+from esmtune.training.loaders import encode_split, make_loaders
+from esmtune.training.log import TrainingLog, attach_run_log, detach_run_logs, say
 
 __all__ = ["encode_split", "train"]
-
-logger = logging.getLogger("esmtune")
-
-
-def encode_split(
-    report: DataReport, split: str, tokenizer: Any, config: TrainConfig, spec: TaskSpec
-) -> EncodedDataset:
-    """Token windows and encoded targets of one split."""
-    records = report.splits[split]
-    data = config.data
-    windows = encode(
-        tokenizer, [r.sequence for r in records], data.max_length, data.long_sequences,
-        data.window_stride,
-    )  # fmt: skip
-    return EncodedDataset(windows, spec.encode_targets(records))
 
 
 @dataclass
 class _Run:
-    """Everything the loop needs, made once by :func:`train`."""
+    """Everything the loop needs, made once by :func:`_set_up`."""
 
     accelerator: Accelerator
     config: TrainConfig
     spec: TaskSpec
     run_dir: Path
-    labels: list[str]
-    model: Any
+    model: Any  # prepared: DDP-wrapped under several processes
     optimizer: Any
     scheduler: Any
     train_loader: DataLoader
     train_sampler: TokenBudgetBatchSampler
     val_loader: DataLoader
-    masked_parameters: list[torch.nn.Parameter]
-    writer: Any
+    unfreezing: ProgressiveUnfreezing
+    log: TrainingLog
+
+    @property
+    def unwrapped(self) -> SequenceClassifier:
+        """The model itself, whose weights are saved."""
+        return self.accelerator.unwrap_model(self.model)
 
 
-def _resolve_run_dir(accelerator: Accelerator, config: TrainConfig, resume: Path | None) -> Path:
-    """Choose the run directory once (on the main process) and refuse to overwrite one."""
+def train(config: TrainConfig, resume: Path | None = None) -> Path:
+    """Train a model and return its run directory.
+
+    Args:
+        config: The validated configuration (for ``resume``, the one saved in the run).
+        resume: A run directory to continue from its newest checkpoint.
+
+    Returns:
+        The run directory, holding the best weights, metrics and logs.
+
+    Raises:
+        DataError: When the data check finds blocking problems.
+        ModelLoadError: When the backbone cannot be loaded.
+        RunDirError: When the run directory exists (fresh run) or none of its checkpoints can be
+            resumed from (resume).
+        StorageError: When the run directory cannot be written (checked before the model is
+            loaded) or the disk fills up on the way; the message says where to resume from.
+    """
+    accelerator = _make_accelerator(config.training)
+    set_seed(config.training.seed)
+    detach_run_logs()
+    plan = None
     if resume is not None:
-        return resume
+        plan = plan_resume(config, resume)
+        if plan.finished:  # leave a finished run exactly as it is
+            if accelerator.is_main_process:
+                print("\n".join(plan.notes))
+            return resume
+
+    report, spec = _check_inputs(accelerator, config)
+    run_dir = _open_run_dir(accelerator, config, resume, plan)
+    checkpoint = plan.point.checkpoint if plan is not None else None
+    with storage_errors(run_dir, partial(storage_failure_fix, run_dir)):
+        run, state = _set_up(accelerator, config, report, spec, run_dir, checkpoint)
+        started = time.perf_counter()
+        _fit(run, state)
+        _write_summary(run, state, time.perf_counter() - started)
+        run.log.close()
+        accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _fit(run: _Run, state: TrainerState) -> None:
+    """Epochs of optimizer steps, each epoch (every ``eval_every_epochs``) evaluated and saved."""
+    accelerator, training = run.accelerator, run.config.training
+    max_grad_norm = training.max_grad_norm or float("inf")
+    while state.epoch < training.epochs and not state.stopped_early:
+        run.log.say(run.unfreezing.for_epoch(state.epoch))
+        run.model.train()
+        run.log.start_epoch(state.epoch, len(run.train_loader), state.batches_done)
+        for batch in _remaining_batches(run, state):
+            with accelerator.accumulate(run.model):
+                logits = run.model(**model_inputs(batch))
+                loss = run.spec.loss(logits.float(), batch["target"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    run.unfreezing.mask_gradients()
+                    grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm)
+                run.optimizer.step()
+                run.scheduler.step()
+                run.optimizer.zero_grad(set_to_none=True)
+            state.batches_done += 1
+            run.log.batch(loss, batch)
+            if accelerator.sync_gradients:  # an optimizer step ended with this batch
+                state.global_step += 1
+                learning_rate = run.scheduler.get_last_lr()[0]
+                state.add_step_loss(run.log.step(state.global_step, learning_rate, grad_norm))
+                if _every(training.checkpoint_every_steps, state.global_step):
+                    _save_checkpoint(run, state)
+        run.log.end_epoch()
+        state.epoch, state.batches_done = state.epoch + 1, 0
+        if _every(training.eval_every_epochs, state.epoch) or state.epoch == training.epochs:
+            _evaluate(run, state)
+            _save_checkpoint(run, state)
+
+
+def _remaining_batches(run: _Run, state: TrainerState) -> DataLoader:
+    """This epoch's batches, less those done before an interruption."""
+    # The prepared loader re-seeds its sampler with its own epoch counter on every pass, which
+    # starts at 0 in a resumed process: set it, and our sampler, to the true epoch.
+    run.train_loader.set_epoch(state.epoch)
+    run.train_sampler.set_epoch(state.epoch)
+    if state.batches_done:
+        return run.accelerator.skip_first_batches(run.train_loader, state.batches_done)
+    return run.train_loader
+
+
+def _every(interval: int, count: int) -> bool:
+    """Whether ``count`` completes an ``interval`` (never when the interval is 0, off)."""
+    return interval > 0 and count % interval == 0
+
+
+# Setup, in the order train() calls it.
+
+
+def _make_accelerator(training: TrainingConfig) -> Accelerator:
+    """One accelerator for one or many processes, on CPUs over gloo when there is no GPU.
+
+    accelerate only picks its multi-CPU mode when told to use the CPU; a launch on a machine
+    without GPUs (a laptop, CI, our 2-core machines) otherwise falls back to independent single
+    processes that would each train the whole model.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return Accelerator(
+        gradient_accumulation_steps=training.gradient_accumulation,
+        cpu=world_size > 1 and not torch.accelerator.is_available(),
+        mixed_precision=training.mixed_precision,
+    )
+
+
+def _check_inputs(accelerator: Accelerator, config: TrainConfig) -> tuple[DataReport, TaskSpec]:
+    """Check the backbone and the data, then fit the task on the training targets.
+
+    Cheap checks first: a missing model or a bad file should fail before minutes of loading.
+
+    Raises:
+        ModelLoadError: When the backbone cannot be found.
+        DataError: When the data check finds blocking problems.
+    """
+    check_backbone_available(config.model)
+    report = check_dataset(config.data, config.task)
+    if accelerator.is_main_process:
+        print(report.table())
+        for line in report.warnings + report.notes:
+            print(f"note: {line}")
+    report.raise_if_errors()
+    spec = build_task(
+        config, report.labels, report.splits["train"], report.label_names, report.ancestors
+    )
+    return report, spec
+
+
+def _open_run_dir(
+    accelerator: Accelerator, config: TrainConfig, resume: Path | None, plan: ResumePlan | None
+) -> Path:
+    """The run directory, checked writable and logging into its train.log.
+
+    Raises:
+        RunDirError: When a fresh run's directory is already taken.
+        StorageError: When it cannot be written.
+    """
+    run_dir = resume if resume is not None else _new_run_dir(accelerator, config)
+    # Before the model is loaded: a read-only or full folder is reported in seconds, not hours.
+    check_writable(
+        run_dir,
+        "Choose another output.dir=..."
+        if resume is None
+        else "Free space or make it writable, or copy the run where it can be written and resume "
+        "the copy (`esmtune train --resume COPY`)",
+    )
+    starts_afresh = plan is not None and plan.point.checkpoint is None
+    if starts_afresh and accelerator.is_main_process:
+        for unfinished in unfinished_checkpoints(run_dir):
+            remove_tree(unfinished)
+    accelerator.wait_for_everyone()
+    attach_run_log(run_dir, accelerator.is_main_process)
+    for note in plan.notes if plan is not None else []:
+        say(accelerator, note)
+    return run_dir
+
+
+def _new_run_dir(accelerator: Accelerator, config: TrainConfig) -> Path:
+    """Name the run once (on the main process, for all) and refuse to overwrite a folder."""
     name = config.output.name
     if name is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -121,6 +259,63 @@ def _resolve_run_dir(accelerator: Accelerator, config: TrainConfig, resume: Path
         raise occupied_error(run_dir)
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def _set_up(
+    accelerator: Accelerator,
+    config: TrainConfig,
+    report: DataReport,
+    spec: TaskSpec,
+    run_dir: Path,
+    checkpoint: Path | None,
+) -> tuple[_Run, TrainerState]:
+    """Model, optimizer, loaders and schedule, restored from ``checkpoint`` if there is one.
+
+    The order is part of reproducibility: the head's initial weights come from the seeded RNG
+    in this order, and a resume restores the RNG last, after everything has been built.
+    """
+    epochs = config.training.epochs
+    model, tokenizer = build_model(config, spec.num_outputs)
+    unfreezing = ProgressiveUnfreezing(
+        model.backbone, config.finetune, epochs, accelerator.num_processes
+    )
+    parameters = count_parameters(model)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config))
+    train_loader, train_sampler, val_loader = make_loaders(
+        accelerator, config, report, tokenizer, spec, model
+    )
+    sizes = f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} validation sequences"
+    scheduler = _learning_rate_schedule(optimizer, config.training, len(train_loader))
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        model, optimizer, train_loader, val_loader, scheduler
+    )
+    if checkpoint is None:
+        state = TrainerState()
+        if accelerator.is_main_process:
+            backbone = accelerator.unwrap_model(model).backbone
+            _write_run_files(
+                accelerator, config, report, spec, run_dir, tokenizer, backbone, parameters
+            )
+    else:
+        state = load_checkpoint(
+            accelerator, checkpoint, accelerator.unwrap_model(model), optimizer, scheduler
+        )
+        if state.epoch < epochs and not state.stopped_early:
+            where = f"epoch {state.epoch + 1}, step {state.global_step}"
+            say(accelerator, f"resuming from {checkpoint} ({where})")
+
+    log = TrainingLog(accelerator, run_dir, epochs)
+    trainable, total = parameters
+    log.say(
+        f"run directory: {run_dir}\nparameters: {trainable:,} trainable of {total:,} "
+        f"({config.finetune.mode.value}); {sizes}; {accelerator.num_processes} process(es), "
+        f"mixed precision: {accelerator.mixed_precision}"
+    )
+    run = _Run(
+        accelerator, config, spec, run_dir, model, optimizer, scheduler,
+        train_loader, train_sampler, val_loader, unfreezing, log,
+    )  # fmt: skip
+    return run, state
 
 
 def _parameter_groups(model: SequenceClassifier, config: TrainConfig) -> list[dict[str, Any]]:
@@ -144,449 +339,79 @@ def _parameter_groups(model: SequenceClassifier, config: TrainConfig) -> list[di
     ]
 
 
-def _caches_embeddings(config: TrainConfig) -> bool:
-    """Frozen backbone and a pooling without parameters: the pooled embedding never changes."""
-    return (
-        config.finetune.mode is FinetuneMode.FROZEN
-        and config.finetune.cache_embeddings
-        and config.model.pooling is not Pooling.ATTENTION
+def _learning_rate_schedule(
+    optimizer: torch.optim.Optimizer, training: TrainingConfig, batches_per_epoch: int
+) -> Any:
+    """Warmup, then the configured decay, over the run's optimizer steps."""
+    # Counted from the real loader length (all processes), not estimated from the data size.
+    total_steps = math.ceil(batches_per_epoch / training.gradient_accumulation) * training.epochs
+    name = "constant_with_warmup" if training.scheduler == "constant" else training.scheduler
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=round(training.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
     )
 
 
-def _embed_once(
-    accelerator: Accelerator,
-    model: SequenceClassifier,
-    pad_token_id: int,
-    config: TrainConfig,
-    report: DataReport,
-    datasets: dict[str, EncodedDataset],
-) -> dict[str, EmbeddedDataset]:
-    """Pooled embeddings of every split, from the cache or computed once (main process)."""
-    root = config.finetune.cache_dir or (
-        Path(os.environ.get("ESMTUNE_CACHE", "~/.cache/esmtune")).expanduser() / "embeddings"
-    )
-    cache = EmbeddingCache.for_run(root, model, config)
-    model.to(accelerator.device)
-    embedded = {}
-    for split, dataset in datasets.items():
-        sequences = [r.sequence for r in report.splits[split]]
-
-        def compute(missing: list[int], dataset: EncodedDataset = dataset) -> torch.Tensor:
-            subset = EncodedDataset([dataset.windows[i] for i in missing])
-            return pooled_embeddings(
-                model, subset, pad_token_id, None, progress=accelerator.is_main_process
-            )
-
-        started = time.perf_counter()
-        computed = 0
-        if accelerator.is_main_process:
-            embeddings, computed = cache.fetch(sequences, compute)
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            embeddings, _ = cache.fetch(sequences, compute)  # written by the main process
-        _say(
-            accelerator,
-            f"{split}: {computed} embedding(s) computed, {len(sequences) - computed} read from "
-            f"the cache {cache.folder} ({time.perf_counter() - started:.1f} s)",
-        )
-        embedded[split] = EmbeddedDataset(embeddings, dataset)
-    return embedded
-
-
-def _make_loaders(
-    accelerator: Accelerator,
-    config: TrainConfig,
-    report: DataReport,
-    tokenizer: Any,
-    spec: TaskSpec,
-    model: SequenceClassifier,
-) -> tuple[DataLoader, TokenBudgetBatchSampler, DataLoader]:
-    """Encoded (or, frozen, embedded) train and validation sets behind token-budget loaders."""
-    train_set: EncodedDataset | EmbeddedDataset = encode_split(
-        report, "train", tokenizer, config, spec
-    )
-    val_set: EncodedDataset | EmbeddedDataset = encode_split(
-        report, "validation", tokenizer, config, spec
-    )
-    if _caches_embeddings(config):
-        # The backbone's only work: from here on the head trains on cached embeddings.
-        splits = {"train": train_set, "validation": val_set}
-        embedded = _embed_once(accelerator, model, tokenizer.pad_token_id, config, report, splits)
-        train_set, val_set = embedded["train"], embedded["validation"]
-    processes = accelerator.num_processes
-    train_loader, train_sampler = _make_train_loader(
-        train_set, config, tokenizer.pad_token_id, processes
-    )
-    val_loader = eval_loader(
-        val_set, config.training.max_tokens, tokenizer.pad_token_id,
-        max_sequences=config.training.batch_size, num_replicas=processes,
-        collate_fn=_collate(val_set, tokenizer.pad_token_id),
-    )  # fmt: skip
-    return train_loader, train_sampler, val_loader
-
-
-def _make_train_loader(
-    dataset: EncodedDataset | EmbeddedDataset,
-    config: TrainConfig,
-    pad_token_id: int,
-    processes: int,
-) -> tuple[DataLoader, TokenBudgetBatchSampler]:
-    training = config.training
-    sampler = TokenBudgetBatchSampler(
-        dataset.tokens,
-        training.max_tokens,
-        shuffle=True,
-        seed=training.seed,
-        window_counts=dataset.window_counts,
-        max_sequences=training.batch_size,
-        num_replicas=processes,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=_collate(dataset, pad_token_id),
-        num_workers=training.num_workers,
-        # Its own generator: creating an iterator then draws no number from the global RNG, so a
-        # resumed run (which creates one more iterator) keeps the same dropout masks.
-        generator=torch.Generator().manual_seed(training.seed),
-    )
-    return loader, sampler
-
-
-def _collate(dataset: EncodedDataset | EmbeddedDataset, pad_token_id: int) -> Any:
-    if isinstance(dataset, EmbeddedDataset):
-        return embedding_collate
-    return partial(pad_collate, pad_token_id=pad_token_id)
-
-
-class _RunLog(logging.FileHandler):
-    """train.log; once it cannot be written (a full disk), one warning, not a traceback a line.
-
-    The write that fails for real (weights, checkpoint) then reports the problem and the fix.
-    """
-
-    failed = False
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        """Warn once, then stay quiet."""
-        if not self.failed:
-            self.failed = True
-            print(f"warning: {self.baseFilename} can no longer be written", file=sys.stderr)
-
-
-def _detach_file_logs() -> None:
-    """Stop logging into an earlier train()'s train.log (same process, e.g. tests, notebooks)."""
-    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
-        logger.removeHandler(handler)
-        handler.close()
-
-
-def _setup_logging(run_dir: Path, is_main: bool) -> None:
-    """Log to this run's train.log (appending on resume), and to no earlier run's."""
-    logger.setLevel(logging.INFO if is_main else logging.WARNING)
-    _detach_file_logs()
-    if is_main:
-        handler = _RunLog(run_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-
-
-def _say(accelerator: Accelerator, message: str) -> None:
-    """Print on the main process (above any progress bar) and keep it in train.log."""
-    if accelerator.is_main_process:
-        tqdm.write(message)
-        logger.info(message)
-
-
-def _distributed_without_devices() -> bool:
-    """Several processes and no accelerator device: train on CPUs over gloo.
-
-    accelerate only picks its multi-CPU mode when told to use the CPU; a launch on a machine
-    without GPUs (a laptop, CI, our 2-core machines) otherwise falls back to independent
-    single processes that would each train the whole model.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    return world_size > 1 and not torch.accelerator.is_available()
-
-
-def train(config: TrainConfig, resume: Path | None = None) -> Path:
-    """Train a model and return its run directory.
-
-    Args:
-        config: The validated configuration (for ``resume``, the one saved in the run).
-        resume: A run directory to continue from its newest checkpoint.
-
-    Returns:
-        The run directory, holding the best weights, metrics and logs.
-
-    Raises:
-        DataError: When the data check finds blocking problems.
-        ModelLoadError: When the backbone cannot be loaded.
-        RunDirError: When the run directory exists (fresh run) or none of its checkpoints can be
-            resumed from (resume).
-        StorageError: When the run directory cannot be written (checked before the model is
-            loaded) or the disk fills up on the way; the message says where to resume from.
-    """
-    accelerator = Accelerator(
-        gradient_accumulation_steps=config.training.gradient_accumulation,
-        cpu=_distributed_without_devices(),
-        mixed_precision=config.training.mixed_precision,
-    )
-    set_seed(config.training.seed)
-    _detach_file_logs()
-
-    plan = plan_resume(config, resume) if resume is not None else None
-    if plan is not None and plan.finished:
-        if accelerator.is_main_process:
-            print("\n".join(plan.notes))
-        return resume
-
-    # Cheap checks first: a missing model or a bad file should fail before minutes of loading.
-    check_backbone_available(config.model)
-    report = check_dataset(config.data, config.task)
-    if accelerator.is_main_process:
-        print(report.table())
-        for line in report.warnings + report.notes:
-            print(f"note: {line}")
-    report.raise_if_errors()
-    spec = build_task(
-        config, report.labels, report.splits["train"], report.label_names, report.ancestors
-    )
-
-    run_dir = _resolve_run_dir(accelerator, config, resume)
-    # Before the model is loaded: a read-only or full folder is reported in seconds, not hours.
-    check_writable(
-        run_dir,
-        "Choose another output.dir=..."
-        if resume is None
-        else "Free space or make it writable, or copy the run where it can be written and resume "
-        "the copy (`esmtune train --resume COPY`)",
-    )
-    checkpoint = plan.point.checkpoint if plan is not None else None
-    if plan is not None and checkpoint is None and accelerator.is_main_process:
-        for unfinished in unfinished_checkpoints(run_dir):
-            remove_tree(unfinished)
-    accelerator.wait_for_everyone()
-    _setup_logging(run_dir, accelerator.is_main_process)
-    for note in plan.notes if plan is not None else []:
-        _say(accelerator, note)
-    with storage_errors(run_dir, partial(storage_failure_fix, run_dir)):
-        _setup_and_fit(accelerator, config, report, spec, run_dir, checkpoint)
-    return run_dir
-
-
-def _setup_and_fit(
+def _write_run_files(
     accelerator: Accelerator,
     config: TrainConfig,
     report: DataReport,
     spec: TaskSpec,
     run_dir: Path,
-    checkpoint: Path | None,
+    tokenizer: Any,
+    backbone: torch.nn.Module,
+    parameters: tuple[int, int],
 ) -> None:
-    """Model, optimizer, loaders and schedule (restored from ``checkpoint`` if any), then fit."""
-    model, tokenizer = build_model(config, spec.num_outputs)
-    num_layers = len(backbone_layers(model.backbone))
-    masked: list[torch.nn.Parameter] = []
-    if config.finetune.mode is FinetuneMode.PARTIAL:
-        # Every layer that will ever train joins the optimizer now, so its state dict (and resume)
-        # never changes shape; which of them may move is decided each epoch in _fit.
-        most = unfrozen_layers_at(config.finetune, config.training.epochs - 1, num_layers)
-        set_unfrozen_layers(model.backbone, most)
-    trainable, total = count_parameters(model)
-    optimizer = torch.optim.AdamW(_parameter_groups(model, config))
-    if config.finetune.mode is FinetuneMode.PARTIAL and accelerator.num_processes == 1:
-        set_unfrozen_layers(model.backbone, unfrozen_layers_at(config.finetune, 0, num_layers))
-    elif config.finetune.mode is FinetuneMode.PARTIAL:
-        masked = parameters_to_mask(
-            model.backbone, unfrozen_layers_at(config.finetune, 0, num_layers)
-        )
+    """What describes a fresh run before its first step: config, labels, manifest, data check."""
+    trainable, total = parameters
+    manifest = {
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "data": {
+            "path": str(config.data.path),
+            "layout": report.layout,
+            "counts": report.summary(),
+        },
+        "data_notes": report.warnings + report.notes,
+        "parameters": {"trainable": trainable, "total": total},
+        "processes": accelerator.num_processes,
+        "mixed_precision": accelerator.mixed_precision,
+    }
+    save_run_files(run_dir, config, spec, tokenizer, backbone, manifest)
+    atomic_write_text(run_dir / "data_check.txt", report.table() + "\n")
 
-    train_loader, train_sampler, val_loader = _make_loaders(
-        accelerator, config, report, tokenizer, spec, model
-    )
-    train_set, val_set = train_loader.dataset, val_loader.dataset
-    # The schedule counts optimizer steps over all processes, from the real loader length.
-    steps_per_epoch = math.ceil(len(train_loader) / config.training.gradient_accumulation)
-    total_steps = steps_per_epoch * config.training.epochs
-    scheduler = get_scheduler(
-        "constant_with_warmup"
-        if config.training.scheduler == "constant"
-        else config.training.scheduler,
-        optimizer,
-        num_warmup_steps=round(config.training.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, scheduler
-    )
 
-    if checkpoint is None:
-        state = TrainerState()
-        if accelerator.is_main_process:
-            save_run_files(
-                run_dir,
-                config,
-                spec,
-                tokenizer,
-                accelerator.unwrap_model(model).backbone,
-                {
-                    "created": datetime.now().isoformat(timespec="seconds"),
-                    "data": {
-                        "path": str(config.data.path),
-                        "layout": report.layout,
-                        "counts": report.summary(),
-                    },
-                    "data_notes": report.warnings + report.notes,
-                    "parameters": {"trainable": trainable, "total": total},
-                    "processes": accelerator.num_processes,
-                    "mixed_precision": accelerator.mixed_precision,
-                },
-            )
-            atomic_write_text(run_dir / "data_check.txt", report.table() + "\n")
+# Evaluation, checkpoints and the summary.
+
+
+def _evaluate(run: _Run, state: TrainerState) -> None:
+    """Validate; keep the best weights with their thresholds; decide on early stopping."""
+    stopping = run.config.training.early_stopping
+    name = run.config.selection_metric
+    metrics, thresholds = _validate(run)
+    scalars = _scalars(run.config, metrics)
+    train_loss = state.take_train_loss()
+    state.history.append(
+        {"epoch": state.epoch, "step": state.global_step, "train_loss": train_loss, **scalars}
+    )
+    improved = is_improvement(name, metrics.get(name), state.best_value, stopping.min_delta)
+    if improved:
+        state.best_value, state.best_epoch = metrics.get(name), state.epoch
+        state.best_thresholds, state.evals_without_improvement = thresholds, 0
+        _save_best(run, state, metrics)
     else:
-        state = load_checkpoint(
-            accelerator, checkpoint, accelerator.unwrap_model(model), optimizer, scheduler
+        state.evals_without_improvement += 1
+    if run.accelerator.is_main_process:
+        curves = run.run_dir / "training_curves.png"
+        plot_training_curves(state.history, name, curves, state.best_epoch)
+    run.log.validation(state.epoch, state.global_step, scalars, improved)
+    if stopping.patience and state.evals_without_improvement >= stopping.patience:
+        state.stopped_early = True
+        run.log.say(
+            f"early stopping: validation {name} has not improved for "
+            f"{stopping.patience} evaluation(s); best was epoch {state.best_epoch}"
         )
-        if state.best_epoch is not None:  # the thresholds of the best weights so far
-            spec.thresholds = state.best_thresholds
-        if state.epoch < config.training.epochs and not state.stopped_early:
-            _say(
-                accelerator,
-                f"resuming from {checkpoint} (epoch {state.epoch + 1}, step {state.global_step})",
-            )
-
-    writer = None
-    if accelerator.is_main_process:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-    _say(
-        accelerator,
-        f"run directory: {run_dir}\nparameters: {trainable:,} trainable of {total:,} "
-        f"({config.finetune.mode.value}); {len(train_set)} train / {len(val_set)} validation "
-        f"sequences; {accelerator.num_processes} process(es), "
-        f"mixed precision: {accelerator.mixed_precision}",
-    )
-    run = _Run(
-        accelerator, config, spec, run_dir, report.labels, model, optimizer, scheduler,
-        train_loader, train_sampler, val_loader, masked, writer,
-    )  # fmt: skip
-    _fit(run, state, num_layers)
-    if writer is not None:
-        writer.close()
-    accelerator.wait_for_everyone()
-
-
-def _fit(run: _Run, state: TrainerState, num_layers: int) -> None:
-    """The loop: epochs of optimizer steps, evaluation and checkpoints; then the final summary."""
-    accelerator, config = run.accelerator, run.config
-    training = config.training
-    unwrapped: SequenceClassifier = accelerator.unwrap_model(run.model)
-    started = time.perf_counter()
-    while state.epoch < training.epochs and not state.stopped_early:
-        epoch = state.epoch
-        _unfreeze_for_epoch(run, unwrapped, epoch, num_layers)
-        # The prepared loader re-seeds its sampler with its own epoch counter on every pass, which
-        # starts at 0 in a resumed process: set it, and our sampler, to the true epoch.
-        run.train_loader.set_epoch(epoch)
-        run.train_sampler.set_epoch(epoch)
-        loader = run.train_loader
-        if state.batches_done:
-            loader = accelerator.skip_first_batches(run.train_loader, state.batches_done)
-        run.model.train()
-        _train_one_epoch(run, unwrapped, state, loader)
-        state.epoch, state.batches_done = epoch + 1, 0
-
-        last_epoch = state.epoch == training.epochs
-        if state.epoch % training.eval_every_epochs == 0 or last_epoch:
-            metrics, thresholds = _validate(run)
-            _select_best(run, unwrapped, state, metrics, thresholds)
-            save_checkpoint(
-                accelerator, run.run_dir, weights_to_save(unwrapped, config),
-                run.optimizer, run.scheduler, state, training.keep_checkpoints,
-            )  # fmt: skip
-    _write_metrics(run, state, time.perf_counter() - started)
-
-
-def _unfreeze_for_epoch(run: _Run, model: SequenceClassifier, epoch: int, layers: int) -> None:
-    """Progressive unfreezing: from this epoch on, this many final layers train."""
-    finetune = run.config.finetune
-    if finetune.mode is not FinetuneMode.PARTIAL:
-        return
-    count = unfrozen_layers_at(finetune, epoch, layers)
-    if run.accelerator.num_processes == 1:
-        set_unfrozen_layers(model.backbone, count)
-    else:
-        run.masked_parameters = parameters_to_mask(model.backbone, count)
-    if finetune.unfreeze_every_epochs:
-        _say(run.accelerator, f"epoch {epoch + 1}: the last {count} of {layers} layers train")
-
-
-def _train_one_epoch(
-    run: _Run, model: SequenceClassifier, state: TrainerState, loader: DataLoader
-) -> None:
-    accelerator, config = run.accelerator, run.config
-    training = config.training
-    trainable = [p for p in run.model.parameters() if p.requires_grad]
-    bar = tqdm(
-        total=len(run.train_loader),
-        initial=state.batches_done,
-        desc=f"epoch {state.epoch + 1}/{training.epochs}",
-        unit="batch",
-        disable=not accelerator.is_main_process,
-        dynamic_ncols=True,
-        mininterval=0.2 if sys.stderr.isatty() else 15.0,  # logs get a line every 15 s, not 10/s
-    )
-    # Loss and residue counts stay on the device and are read once per optimizer step: reading
-    # them every batch would force a GPU sync each time.
-    window_loss = torch.zeros((), device=accelerator.device)
-    residues = torch.zeros((), device=accelerator.device)
-    window_batches, tick = 0, time.perf_counter()
-    for batch in loader:
-        with accelerator.accumulate(run.model):
-            logits = run.model(**model_inputs(batch))
-            loss = run.spec.loss(logits.float(), batch["target"])
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                for parameter in run.masked_parameters:
-                    parameter.grad = None  # not unfrozen yet (multi-process progressive mode)
-                norm_limit = training.max_grad_norm or float("inf")
-                grad_norm = accelerator.clip_grad_norm_(trainable, norm_limit)
-            run.optimizer.step()
-            run.scheduler.step()
-            run.optimizer.zero_grad(set_to_none=True)
-        state.batches_done += 1
-        window_loss += loss.detach()
-        window_batches += 1
-        if "attention_mask" in batch:  # (cached embeddings have no residues to count)
-            residues += batch["attention_mask"].sum() - 2 * len(batch["input_ids"])
-        bar.update(1)
-        if not accelerator.sync_gradients:
-            continue
-        state.global_step += 1
-        step_loss = accelerator.reduce(window_loss / window_batches, "mean").item()
-        state.epoch_loss_sum += step_loss
-        state.epoch_steps += 1
-        seconds = max(time.perf_counter() - tick, 1e-9)
-        rate = residues.item() * accelerator.num_processes / seconds
-        bar.set_postfix(loss=f"{step_loss:.4f}", res_per_s=f"{rate:,.0f}")
-        if run.writer is not None:
-            run.writer.add_scalar("train/loss", step_loss, state.global_step)
-            run.writer.add_scalar(
-                "train/learning_rate", run.scheduler.get_last_lr()[0], state.global_step
-            )
-            run.writer.add_scalar("train/grad_norm", float(grad_norm), state.global_step)
-            run.writer.add_scalar("train/residues_per_second", rate, state.global_step)
-        window_loss.zero_()
-        residues.zero_()
-        window_batches, tick = 0, time.perf_counter()
-        every = training.checkpoint_every_steps
-        if every and state.global_step % every == 0:
-            save_checkpoint(
-                accelerator, run.run_dir, weights_to_save(model, config),
-                run.optimizer, run.scheduler, state, training.keep_checkpoints,
-            )  # fmt: skip
-    bar.close()
 
 
 def _validate(run: _Run) -> tuple[dict[str, Any], list[float] | None]:
@@ -604,64 +429,37 @@ def _validate(run: _Run) -> tuple[dict[str, Any], list[float] | None]:
     return run.spec.metrics(dataset.targets, outputs, thresholds), thresholds
 
 
-def _scalars(run: _Run, metrics: dict[str, Any]) -> dict[str, float]:
+def _scalars(config: TrainConfig, metrics: dict[str, Any]) -> dict[str, float]:
     """The task's selectable metrics that are defined, for history, logs and TensorBoard."""
     return {
         name: float(metrics[name])
-        for name in TASK_METRICS[run.config.task]
+        for name in TASK_METRICS[config.task]
         if metrics.get(name) is not None
     }
 
 
-def _select_best(
-    run: _Run,
-    model: SequenceClassifier,
-    state: TrainerState,
-    metrics: dict[str, Any],
-    thresholds: list[float] | None,
-) -> None:
-    """Keep the best weights (with their thresholds), record history, decide on early stopping."""
-    stopping = run.config.training.early_stopping
-    name = run.config.selection_metric
-    value = metrics.get(name)
-    summary = _scalars(run, metrics)
-    train_loss = state.epoch_loss_sum / state.epoch_steps if state.epoch_steps else None
-    state.history.append(
-        {"epoch": state.epoch, "step": state.global_step, "train_loss": train_loss, **summary}
+def _save_best(run: _Run, state: TrainerState, metrics: dict[str, Any]) -> None:
+    """The best weights so far, with the thresholds tuned for them, and their metrics."""
+    if not run.accelerator.is_main_process:
+        return
+    weights = weights_to_save(run.unwrapped, run.config)
+    save_weights(weights, run.run_dir / WEIGHTS_FILE, state.best_thresholds)
+    atomic_write_text(
+        run.run_dir / "model" / "best_validation_metrics.json",
+        json.dumps({"epoch": state.epoch, **metrics}, indent=2) + "\n",
     )
-    state.epoch_loss_sum, state.epoch_steps = 0.0, 0
-    improved = is_improvement(name, value, state.best_value, stopping.min_delta)
-    if improved:
-        state.best_value, state.best_epoch, state.evals_without_improvement = value, state.epoch, 0
-        state.best_thresholds = run.spec.thresholds = thresholds
-        if run.accelerator.is_main_process:
-            save_weights(weights_to_save(model, run.config), run.run_dir / WEIGHTS_FILE, thresholds)
-            atomic_write_text(
-                run.run_dir / "model" / "best_validation_metrics.json",
-                json.dumps({"epoch": state.epoch, **metrics}, indent=2) + "\n",
-            )
-    else:
-        state.evals_without_improvement += 1
-    if run.accelerator.is_main_process:
-        plot_training_curves(
-            state.history, name, run.run_dir / "training_curves.png", state.best_epoch
-        )
-    if run.writer is not None:
-        for key, number in summary.items():
-            run.writer.add_scalar(f"validation/{key}", number, state.global_step)
-    marker = " (best so far)" if improved else ""
-    numbers = "  ".join(f"{k} {v:.4f}" for k, v in summary.items())
-    _say(run.accelerator, f"epoch {state.epoch} validation: {numbers}{marker}")
-    if stopping.patience and state.evals_without_improvement >= stopping.patience:
-        state.stopped_early = True
-        _say(
-            run.accelerator,
-            f"early stopping: validation {name} has not improved for "
-            f"{stopping.patience} evaluation(s); best was epoch {state.best_epoch}",
-        )
 
 
-def _write_metrics(run: _Run, state: TrainerState, seconds: float) -> None:
+def _save_checkpoint(run: _Run, state: TrainerState) -> None:
+    """Everything the next step depends on, so a resumed run ends exactly where this one would."""
+    save_checkpoint(
+        run.accelerator, run.run_dir, weights_to_save(run.unwrapped, run.config),
+        run.optimizer, run.scheduler, state, run.config.training.keep_checkpoints,
+    )  # fmt: skip
+
+
+def _write_summary(run: _Run, state: TrainerState, seconds: float) -> None:
+    """metrics.json (best epoch, value and thresholds, history) and the closing line."""
     if not run.accelerator.is_main_process:
         return
     name = run.config.selection_metric
@@ -670,7 +468,7 @@ def _write_metrics(run: _Run, state: TrainerState, seconds: float) -> None:
         "selection_metric": name,
         "best_epoch": state.best_epoch,
         "best_value": state.best_value,
-        "thresholds": run.spec.thresholds,
+        "thresholds": state.best_thresholds,
         "epochs_run": state.epoch,
         "optimizer_steps": state.global_step,
         "stopped_early": state.stopped_early,
@@ -679,8 +477,7 @@ def _write_metrics(run: _Run, state: TrainerState, seconds: float) -> None:
     }
     atomic_write_text(run.run_dir / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
     best = "undefined" if state.best_value is None else f"{state.best_value:.4f}"
-    _say(
-        run.accelerator,
+    run.log.say(
         f"done: best validation {name} {best} at epoch "
-        f"{state.best_epoch}; weights in {run.run_dir / WEIGHTS_FILE}",
+        f"{state.best_epoch}; weights in {run.run_dir / WEIGHTS_FILE}"
     )

@@ -79,6 +79,17 @@ class TrainerState:
     epoch_loss_sum: float = 0.0
     epoch_steps: int = 0
 
+    def add_step_loss(self, loss: float) -> None:
+        """Count an optimizer step's loss toward the training loss of the next evaluation."""
+        self.epoch_loss_sum += loss
+        self.epoch_steps += 1
+
+    def take_train_loss(self) -> float | None:
+        """Mean step loss since the last evaluation (None without steps); starts a new mean."""
+        loss = self.epoch_loss_sum / self.epoch_steps if self.epoch_steps else None
+        self.epoch_loss_sum, self.epoch_steps = 0.0, 0
+        return loss
+
 
 def remove_tree(path: Path) -> None:
     """Delete a folder if present (old checkpoints, unfinished temporary ones)."""

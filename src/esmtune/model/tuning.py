@@ -1,9 +1,9 @@
 """Which parameters train: LoRA adapters, head only, everything, or the last k layers.
 
-Progressive unfreezing adds layers as epochs pass. Under several processes, DistributedDataParallel
-fixes the set of synchronised parameters when it wraps the model, so there every layer that will
-ever train requires grad from the start and the not-yet-unfrozen ones have their gradients
-dropped before the optimizer step (see :func:`parameters_to_mask`).
+Progressive unfreezing adds layers as epochs pass (:class:`ProgressiveUnfreezing`). Under several
+processes, DistributedDataParallel fixes the set of synchronised parameters when it wraps the
+model, so there every layer that will ever train requires grad from the start and the
+not-yet-unfrozen ones have their gradients dropped before the optimizer step.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from torch import nn
 from esmtune.config import FinetuneConfig, FinetuneMode
 
 __all__ = [
+    "ProgressiveUnfreezing",
     "apply_finetuning",
     "backbone_layers",
     "count_parameters",
-    "parameters_to_mask",
-    "set_unfrozen_layers",
     "unfrozen_layers_at",
 ]
 
@@ -53,17 +52,78 @@ def _layer_modules(backbone: nn.Module, count: int) -> list[nn.Module]:
     return [*chosen, norm] if count and norm is not None else chosen
 
 
-def set_unfrozen_layers(backbone: nn.Module, count: int) -> None:
+def _set_unfrozen_layers(backbone: nn.Module, count: int) -> None:
     """Train exactly the last ``count`` layers of the backbone (and its final norm)."""
     backbone.requires_grad_(False)
     for module in _layer_modules(backbone, count):
         module.requires_grad_(True)
 
 
-def parameters_to_mask(backbone: nn.Module, count: int) -> list[nn.Parameter]:
+def _parameters_to_mask(backbone: nn.Module, count: int) -> list[nn.Parameter]:
     """Parameters that require grad but must not be updated while only ``count`` layers train."""
     allowed = {id(p) for module in _layer_modules(backbone, count) for p in module.parameters()}
     return [p for p in backbone.parameters() if p.requires_grad and id(p) not in allowed]
+
+
+class ProgressiveUnfreezing:
+    """Which backbone layers train in each epoch of partial mode, applied to the model.
+
+    One process changes ``requires_grad`` every epoch. Several processes cannot: DDP fixed its
+    parameters when it wrapped the model, so there every layer that will ever train keeps
+    requiring grad and :meth:`mask_gradients` drops the gradients of those not unfrozen yet.
+    In the other modes the trainable parameters never change and both methods do nothing, so the
+    loop calls them whatever the mode.
+
+    Constructing it makes every layer that will ever train require grad, so build it before the
+    optimizer: the optimizer then holds all of them from the start, and its state dict (which a
+    resume loads) keeps one shape for the whole run.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, finetune: FinetuneConfig, epochs: int, processes: int
+    ) -> None:
+        """Unfreeze what the last epoch will train (partial mode), ready for the optimizer.
+
+        Args:
+            backbone: The ESM2 encoder inside the model (not the DDP wrapper).
+            finetune: The finetune section of the config.
+            epochs: How many epochs the run has.
+            processes: How many processes train (more than one: gradients are masked).
+        """
+        self._backbone = backbone
+        self._finetune = finetune
+        self._masks = processes > 1
+        self._masked: list[nn.Parameter] = []
+        self._active = finetune.mode is FinetuneMode.PARTIAL
+        self.num_layers = len(backbone_layers(backbone))
+        if self._active:
+            _set_unfrozen_layers(backbone, self.layers_at(epochs - 1))
+
+    def layers_at(self, epoch: int) -> int:
+        """How many final layers train in ``epoch`` (0-based)."""
+        return unfrozen_layers_at(self._finetune, epoch, self.num_layers)
+
+    def for_epoch(self, epoch: int) -> str | None:
+        """Let exactly this epoch's layers train.
+
+        Returns:
+            A line for the log when layers are added over time, else None.
+        """
+        if not self._active:
+            return None
+        count = self.layers_at(epoch)
+        if self._masks:
+            self._masked = _parameters_to_mask(self._backbone, count)
+        else:
+            _set_unfrozen_layers(self._backbone, count)
+        if not self._finetune.unfreeze_every_epochs:
+            return None
+        return f"epoch {epoch + 1}: the last {count} of {self.num_layers} layers train"
+
+    def mask_gradients(self) -> None:
+        """Drop the gradients of layers not unfrozen yet (several processes), before the step."""
+        for parameter in self._masked:
+            parameter.grad = None
 
 
 def apply_finetuning(backbone: nn.Module, finetune: FinetuneConfig) -> nn.Module:
@@ -95,7 +155,7 @@ def apply_finetuning(backbone: nn.Module, finetune: FinetuneConfig) -> nn.Module
     elif mode is FinetuneMode.FULL:
         backbone.requires_grad_(True)
     else:
-        set_unfrozen_layers(backbone, finetune.unfreeze_last_layers)
+        _set_unfrozen_layers(backbone, finetune.unfreeze_last_layers)
     _freeze_unused(backbone)
     return backbone
 

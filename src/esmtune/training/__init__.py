@@ -1,0 +1,7 @@
+"""What the training loop uses but is not the loop: its data loaders and its logs.
+
+:mod:`esmtune.train` holds the recipe (setup, ``for epoch``, ``for batch``, evaluation); the
+modules here keep plumbing out of it: ``loaders`` turns checked data into token-budget loaders
+(or cached embeddings in frozen mode), ``log`` keeps train.log, the progress bar, step metrics
+and TensorBoard.
+"""

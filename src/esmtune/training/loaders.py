@@ -1,0 +1,165 @@
+"""Checked data to loaders: token windows (or, frozen, cached embeddings) in token-budget batches.
+
+The train loader's sampler is kept next to it because the loop re-seeds it with the true epoch
+on every pass (a resumed process would otherwise start counting at 0).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from esmtune.config import FinetuneMode, Pooling, TrainConfig
+from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, encode, pad_collate
+from esmtune.data.check import DataReport
+from esmtune.embeddings import (
+    EmbeddedDataset,
+    EmbeddingCache,
+    embedding_collate,
+    pooled_embeddings,
+)
+from esmtune.inference import eval_loader
+from esmtune.model.classifier import SequenceClassifier
+from esmtune.tasks import TaskSpec
+from esmtune.training.log import say
+
+__all__ = ["encode_split", "make_loaders"]
+
+
+def encode_split(
+    report: DataReport, split: str, tokenizer: Any, config: TrainConfig, spec: TaskSpec
+) -> EncodedDataset:
+    """Token windows and encoded targets of one split."""
+    records = report.splits[split]
+    data = config.data
+    windows = encode(
+        tokenizer, [r.sequence for r in records], data.max_length, data.long_sequences,
+        data.window_stride,
+    )  # fmt: skip
+    return EncodedDataset(windows, spec.encode_targets(records))
+
+
+def make_loaders(
+    accelerator: Accelerator,
+    config: TrainConfig,
+    report: DataReport,
+    tokenizer: Any,
+    spec: TaskSpec,
+    model: SequenceClassifier,
+) -> tuple[DataLoader, TokenBudgetBatchSampler, DataLoader]:
+    """Encoded (or, frozen, embedded) train and validation sets behind token-budget loaders.
+
+    Returns:
+        The train loader, its sampler (re-seeded every epoch) and the validation loader.
+    """
+    train_set: EncodedDataset | EmbeddedDataset = encode_split(
+        report, "train", tokenizer, config, spec
+    )
+    val_set: EncodedDataset | EmbeddedDataset = encode_split(
+        report, "validation", tokenizer, config, spec
+    )
+    if _caches_embeddings(config):
+        # The backbone's only work: from here on the head trains on cached embeddings.
+        splits = {"train": train_set, "validation": val_set}
+        embedded = _embed_once(accelerator, model, tokenizer.pad_token_id, config, report, splits)
+        train_set, val_set = embedded["train"], embedded["validation"]
+    processes = accelerator.num_processes
+    train_loader, train_sampler = _make_train_loader(
+        train_set, config, tokenizer.pad_token_id, processes
+    )
+    val_loader = eval_loader(
+        val_set, config.training.max_tokens, tokenizer.pad_token_id,
+        max_sequences=config.training.batch_size, num_replicas=processes,
+        collate_fn=_collate(val_set, tokenizer.pad_token_id),
+    )  # fmt: skip
+    return train_loader, train_sampler, val_loader
+
+
+def _caches_embeddings(config: TrainConfig) -> bool:
+    """Frozen backbone and a pooling without parameters: the pooled embedding never changes."""
+    return (
+        config.finetune.mode is FinetuneMode.FROZEN
+        and config.finetune.cache_embeddings
+        and config.model.pooling is not Pooling.ATTENTION
+    )
+
+
+def _embed_once(
+    accelerator: Accelerator,
+    model: SequenceClassifier,
+    pad_token_id: int,
+    config: TrainConfig,
+    report: DataReport,
+    datasets: dict[str, EncodedDataset],
+) -> dict[str, EmbeddedDataset]:
+    """Pooled embeddings of every split, from the cache or computed once (main process)."""
+    root = config.finetune.cache_dir or (
+        Path(os.environ.get("ESMTUNE_CACHE", "~/.cache/esmtune")).expanduser() / "embeddings"
+    )
+    cache = EmbeddingCache.for_run(root, model, config)
+    model.to(accelerator.device)
+    embedded = {}
+    for split, dataset in datasets.items():
+        sequences = [r.sequence for r in report.splits[split]]
+
+        def compute(missing: list[int], dataset: EncodedDataset = dataset) -> torch.Tensor:
+            subset = EncodedDataset([dataset.windows[i] for i in missing])
+            return pooled_embeddings(
+                model, subset, pad_token_id, None, progress=accelerator.is_main_process
+            )
+
+        started = time.perf_counter()
+        computed = 0
+        if accelerator.is_main_process:
+            embeddings, computed = cache.fetch(sequences, compute)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            embeddings, _ = cache.fetch(sequences, compute)  # written by the main process
+        say(
+            accelerator,
+            f"{split}: {computed} embedding(s) computed, {len(sequences) - computed} read from "
+            f"the cache {cache.folder} ({time.perf_counter() - started:.1f} s)",
+        )
+        embedded[split] = EmbeddedDataset(embeddings, dataset)
+    return embedded
+
+
+def _make_train_loader(
+    dataset: EncodedDataset | EmbeddedDataset,
+    config: TrainConfig,
+    pad_token_id: int,
+    processes: int,
+) -> tuple[DataLoader, TokenBudgetBatchSampler]:
+    training = config.training
+    sampler = TokenBudgetBatchSampler(
+        dataset.tokens,
+        training.max_tokens,
+        shuffle=True,
+        seed=training.seed,
+        window_counts=dataset.window_counts,
+        max_sequences=training.batch_size,
+        num_replicas=processes,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=_collate(dataset, pad_token_id),
+        num_workers=training.num_workers,
+        # Its own generator: creating an iterator then draws no number from the global RNG, so a
+        # resumed run (which creates one more iterator) keeps the same dropout masks.
+        generator=torch.Generator().manual_seed(training.seed),
+    )
+    return loader, sampler
+
+
+def _collate(dataset: EncodedDataset | EmbeddedDataset, pad_token_id: int) -> Any:
+    if isinstance(dataset, EmbeddedDataset):
+        return embedding_collate
+    return partial(pad_collate, pad_token_id=pad_token_id)
