@@ -9,7 +9,7 @@ import torch
 
 from esmtune.config import load_config
 from esmtune.model.classifier import build_model
-from esmtune.model.tuning import count_parameters, unfrozen_layers_at
+from esmtune.model.tuning import ProgressiveUnfreezing, count_parameters, unfrozen_layers_at
 
 HIDDEN, LAYERS, VOCAB = 32, 2, 33
 
@@ -105,6 +105,52 @@ def test_progressive_unfreezing_schedule() -> None:
     assert [unfrozen_layers_at(config.finetune, epoch, 6) for epoch in range(7)] == [
         1, 1, 3, 3, 5, 5, 6,
     ]  # fmt: skip
+
+
+def _trained_layers(model, require: bool) -> set[str]:
+    """Backbone layers with a parameter that requires grad (or, ``require=False``, has a grad)."""
+    return {
+        name.split(".layer.")[1].split(".")[0]
+        for name, p in model.backbone.named_parameters()
+        if ".layer." in name and (p.requires_grad if require else p.grad is not None)
+    }
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_progressive_unfreezing_adds_layers_each_epoch(
+    tiny_model_dir: Path, processes: int
+) -> None:
+    """One process freezes through requires_grad; several keep it and mask the gradients."""
+    overrides = [
+        "finetune.mode=partial",
+        "finetune.unfreeze_last_layers=0",
+        "finetune.unfreeze_every_epochs=1",
+    ]
+    model, tokenizer = _build(tiny_model_dir, *overrides)
+    config = load_config(None, [f"model.name={tiny_model_dir}", *overrides])
+    unfreezing = ProgressiveUnfreezing(model.backbone, config.finetune, 3, processes)
+    assert _trained_layers(model, require=True) == {"0", "1"}  # what the optimizer must hold
+    batch = tokenizer(["MKTAYIAKQR", "MLLVVAAGGD"], return_tensors="pt", padding=True)
+    for epoch, expected in ((0, set()), (1, {"1"}), (2, {"0", "1"})):
+        note = unfreezing.for_epoch(epoch)
+        assert note == f"epoch {epoch + 1}: the last {len(expected)} of 2 layers train"
+        model.zero_grad(set_to_none=True)
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).sum().backward()
+        unfreezing.mask_gradients()
+        assert _trained_layers(model, require=False) == expected
+        if processes == 1:
+            assert _trained_layers(model, require=True) == expected
+        else:  # DDP's parameter set stays as it was wrapped
+            assert _trained_layers(model, require=True) == {"0", "1"}
+
+
+def test_other_modes_have_nothing_to_unfreeze(tiny_model_dir: Path) -> None:
+    model, _ = _build(tiny_model_dir, "finetune.mode=full")
+    config = load_config(None, [f"model.name={tiny_model_dir}", "finetune.mode=full"])
+    before = {name for name, p in model.named_parameters() if p.requires_grad}
+    unfreezing = ProgressiveUnfreezing(model.backbone, config.finetune, 3, 2)
+    assert unfreezing.for_epoch(0) is None
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == before
 
 
 def test_progressive_run_unfreezes_as_epochs_pass(

@@ -131,7 +131,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
 def _fit(run: _Run, state: TrainerState) -> None:
     """Epochs of optimizer steps, each epoch (every ``eval_every_epochs``) evaluated and saved."""
     accelerator, training = run.accelerator, run.config.training
-    max_grad_norm = training.max_grad_norm or float("inf")
+    max_grad_norm = training.max_grad_norm or float("inf")  # 0: no clipping, but a logged norm
     while state.epoch < training.epochs and not state.stopped_early:
         run.log.say(run.unfreezing.for_epoch(state.epoch))
         run.model.train()
@@ -141,7 +141,7 @@ def _fit(run: _Run, state: TrainerState) -> None:
                 logits = run.model(**model_inputs(batch))
                 loss = run.spec.loss(logits.float(), batch["target"])
                 accelerator.backward(loss)
-                if accelerator.sync_gradients:
+                if accelerator.sync_gradients:  # masked before clipping: not in the norm either
                     run.unfreezing.mask_gradients()
                     grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), max_grad_norm)
                 run.optimizer.step()
