@@ -70,7 +70,7 @@ def test_choices_come_from_the_enums_and_tables() -> None:
     for command in ("predict", "serve"):
         assert tuple(option(command, "--runtime").choices) == ("auto", *RUNTIMES)
     # Held in cli.py because their modules import torch; these keep them equal.
-    assert tuple(option("export", "--format").choices) == FORMATS
+    assert tuple(option("export", "--format").choices) == tuple(FORMATS)
     assert f"[default: {CHECK_SEQUENCES}]" in option("export", "--check-sequences").help
     assert all(suffix in option("embed", "--out").help for suffix in EMBEDDING_FORMATS)
 

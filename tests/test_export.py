@@ -7,6 +7,8 @@ ONNX path stitches them between its two graphs and must still match the torch ru
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from esmtune.config import Pooling
 from esmtune.data.fasta import read_fasta
 from esmtune.errors import EsmtuneError, RunDirError
 from esmtune.export import INT8_FILE, ONNX_FILE, OnnxClassifier, export_run, load_export
-from esmtune.predict import Predictor
+from esmtune.predict import PredictOptions, Predictor
 
 pytest.importorskip("onnxruntime")
 
@@ -184,6 +186,36 @@ def test_runtime_choices_are_checked(run_dir: Path, hf_dir: Path, onnx_dir: Path
     assert Predictor.load(run_dir).runtime == "torch"
 
 
+def test_predict_options_are_one_object_checked_at_once(run_dir: Path) -> None:
+    options = PredictOptions(device="cpu", max_tokens=512)
+    predictor = Predictor.load(run_dir, options=options, long_sequences="truncate")
+    assert predictor.options == options.model_copy(update={"long_sequences": "truncate"})
+    assert predictor.device == torch.device("cpu") and predictor.runtime == "torch"
+    with pytest.raises(EsmtuneError) as raised:
+        Predictor.from_run(run_dir, devise="cpu", precision="fp16")
+    assert "devise: not a predict option; did you mean device?" in str(raised.value)
+    assert "precision='fp16'" in str(raised.value)
+
+
+def test_an_unknown_export_format_is_refused_with_the_known_ones(tmp_path: Path) -> None:
+    from esmtune.export import FORMATS, FormatName, Runtime
+
+    # Every name has its format and every runtime its format: none falls through to another.
+    assert list(FORMATS) == list(FormatName)
+    assert sorted(r for form in FORMATS.values() for r in form.entry_files) == sorted(Runtime)
+    with pytest.raises(EsmtuneError, match="format 'zip' is unknown: choose one of hf, onnx"):
+        export_run(tmp_path / "run", tmp_path / "out", "zip")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_and_predict_names_import_without_torch() -> None:
+    code = (
+        "import sys, esmtune.export.names, esmtune.predict_options; print('torch' in sys.modules)"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False"
+
+
 def test_predict_cli_reads_an_export(
     onnx_dir: Path, sequences: list[str], run_probabilities: np.ndarray, tmp_path: Path, capsys
 ) -> None:
@@ -213,6 +245,7 @@ def test_every_export_has_a_model_card_and_run_files(export: str, request) -> No
     assert "**Task:** multiclass" in card
     assert all(label in card for label in LABELS)
     assert "## Training data" in card and "## Validation metrics" in card
+    assert "mean pooling, MLP head" in card  # the run's own head (esm: test_transformers_head)
     assert (folder / "config.yaml").is_file() and (folder / "labels.json").is_file()
     assert (folder / "metrics.json").is_file() and (folder / "manifest.json").is_file()
     assert (folder / "vocab.txt").is_file()

@@ -245,7 +245,7 @@ def test_read_only_output_is_found_before_the_work(
     capsys,
 ) -> None:
     import esmtune.evaluate
-    import esmtune.export
+    import esmtune.export.write
     import esmtune.train
 
     read_only = tmp_path / "read_only"
@@ -257,7 +257,7 @@ def test_read_only_output_is_found_before_the_work(
     elif command == "export":
         argv = ["export", str(finished_run), "--format", "hf", "--out", str(read_only / "hf")]
         named = read_only
-        monkeypatch.setattr(esmtune.export, "load_run", _expensive)
+        monkeypatch.setattr(esmtune.export.write, "load_run", _expensive)
     elif command == "train":
         argv = ["train", *_overrides(tiny_model_dir, learnable_data, read_only, "new")]
         named = read_only / "new"

@@ -13,7 +13,8 @@ from conftest import tiny_overrides
 from esmtune.cli import main
 from esmtune.config import load_config
 from esmtune.errors import ConfigError, EsmtuneError
-from esmtune.export import _merged_classifier, export_run
+from esmtune.export import export_run
+from esmtune.export.write import _merged_classifier
 from esmtune.model.classifier import build_model
 from esmtune.model.transformers_head import to_sequence_classification
 from esmtune.predict import Predictor
@@ -103,3 +104,5 @@ def test_a_run_with_the_esm_head_exports_for_auto_model(
     card = (folder / "README.md").read_text()
     assert "AutoModelForSequenceClassification.from_pretrained" in card
     assert "pipeline_tag: text-classification" in card
+    assert "EsmForSequenceClassification head on the `<cls>` state (dense 32 + tanh" in card
+    assert "MLP head" not in card

@@ -10,30 +10,24 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
-from torch import nn
 
 from esmtune.config import LongSequences, Task
 from esmtune.data.batching import EncodedDataset, Window, encode
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
-from esmtune.errors import DataError, EsmtuneError, RunDirError
+from esmtune.errors import DataError, EsmtuneError
+from esmtune.export.formats import export_format
+from esmtune.export.load import check_export_loadable, open_export
+from esmtune.export.names import AUTO, Runtime
 from esmtune.inference import predict_outputs
 from esmtune.model.backbone import check_backbone_available
-from esmtune.model.exported import (
-    HEAD_FILE,
-    INT8_FILE,
-    ONNX_FILE,
-    choose_runtime,
-    export_format,
-    load_export,
-    load_onnx_export,
-    read_export,
-)
+from esmtune.model.interface import Classifier
 from esmtune.model.run_model import LoadedRun, load_run
+from esmtune.predict_options import PredictOptions
 from esmtune.rundir import read_run
 from esmtune.tasks import TaskSpec
 
-__all__ = ["Predictor", "as_records", "check_loadable", "write_predictions"]
+__all__ = ["PredictOptions", "Predictor", "as_records", "check_loadable", "write_predictions"]
 
 
 def as_records(
@@ -56,7 +50,7 @@ def as_records(
     return cleaned
 
 
-def check_loadable(path: Path | str, runtime: str = "auto") -> None:
+def check_loadable(path: Path | str, runtime: str = AUTO) -> None:
     """Fail within seconds where :meth:`Predictor.load` would fail, without loading weights.
 
     For a server whose worker processes each load the model: one clear message up front
@@ -69,22 +63,26 @@ def check_loadable(path: Path | str, runtime: str = "auto") -> None:
     """
     path = Path(path)
     if export_format(path) is not None:
-        read_export(path)
-        chosen = choose_runtime(path, runtime)
-        graph = {"onnx": ONNX_FILE, "onnx-int8": INT8_FILE}.get(chosen)
-        if graph and not (path / graph).is_file():
-            raise RunDirError(f"{path / graph} is missing: export the run again with that form")
+        check_export_loadable(path, runtime)
         return
-    if runtime not in ("auto", "torch"):
-        raise EsmtuneError(_NEEDS_EXPORT.format(runtime=runtime, path=path))
+    _check_runs_in_torch(path, PredictOptions.merged(None, {"runtime": runtime}))
     config, _ = read_run(path)
     check_backbone_available(config.model)
 
 
-_NEEDS_EXPORT = (
-    "runtime {runtime} needs an ONNX export; {path} is a run directory, which runs in torch: "
-    "export it first (`esmtune export {path} --format onnx --quantize int8 --out DIR`)"
-)
+def _check_runs_in_torch(run_dir: Path | str, options: PredictOptions) -> None:
+    """A run directory holds torch weights only: refuse an ONNX runtime, saying how to get one."""
+    if options.runtime not in (AUTO, Runtime.TORCH):
+        raise EsmtuneError(
+            f"runtime {options.runtime} needs an ONNX export; {run_dir} is a run directory, "
+            f"which runs in torch: export it first (`esmtune export {run_dir} --format onnx "
+            "--quantize int8 --out DIR`)"
+        )
+
+
+def _with_runtime(overrides: dict[str, Any], runtime: str | None) -> dict[str, Any]:
+    """Keyword options, plus the runtime when it was given positionally."""
+    return overrides if runtime is None else {**overrides, "runtime": runtime}
 
 
 class Predictor:
@@ -92,112 +90,111 @@ class Predictor:
 
     Load one with :meth:`from_run` (a run directory, torch), :meth:`from_export` (an
     ``esmtune export`` folder: torch for ``hf``, onnxruntime for ``onnx``) or :meth:`load`
-    (either).
+    (either). Each takes a :class:`PredictOptions` (``options=``) and/or its fields as
+    keywords: ``Predictor.load(path, device="cpu", max_tokens=4096)``.
     """
 
     def __init__(
         self,
-        loaded: LoadedRun,
-        device: str | torch.device | None = None,
-        max_tokens: int | None = None,
-        long_sequences: LongSequences | str = LongSequences.WINDOW,
-        precision: str = "fp32",
-    ):
+        loaded: LoadedRun[Classifier],
+        options: PredictOptions | None = None,
+        **overrides: Any,
+    ) -> None:
+        """Predict with a model already loaded.
+
+        Args:
+            loaded: The model with its run's tokenizer, task and config
+                (:func:`~esmtune.model.run_model.load_run`,
+                :func:`~esmtune.export.load.open_export`).
+            options: How to predict (None: :class:`PredictOptions`' defaults).
+            **overrides: :class:`PredictOptions` fields replacing those of ``options``.
+
+        Raises:
+            EsmtuneError: On a bad option, or a runtime other than the model's.
+        """
+        options = PredictOptions.merged(options, overrides)
+        if options.runtime not in (AUTO, loaded.model.runtime):
+            raise EsmtuneError(
+                f"this model runs in {loaded.model.runtime}, not {options.runtime}: load the "
+                f"folder with Predictor.load(path, runtime={options.runtime!r}) instead"
+            )
         self.run = loaded
-        self.precision = precision
+        self.options = options
+        self.model = loaded.model
+        self.runtime = loaded.model.runtime
+        self.device = loaded.model.prepare_inference(options.device)
         self.task: TaskSpec = loaded.task
         self.labels: list[str] = loaded.labels
         self.max_length = loaded.config.data.max_length
         self.window_stride = loaded.config.data.window_stride
-        self.long_sequences = LongSequences(long_sequences)
-        self.max_tokens = max_tokens
-        # onnxruntime models (OnnxClassifier) say which graph they run; torch models are modules.
-        self.runtime: str = getattr(loaded.model, "runtime", "torch")
-        if isinstance(loaded.model, nn.Module):
-            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            self.model = loaded.model.to(self.device).eval()
-        else:
-            self.device = torch.device("cpu")  # onnxruntime takes numpy arrays from host memory
-            self.model = loaded.model
+        self.long_sequences = options.long_sequences
 
     @classmethod
     def from_run(
-        cls,
-        run_dir: Path | str,
-        device: str | torch.device | None = None,
-        max_tokens: int | None = None,
-        long_sequences: LongSequences | str = LongSequences.WINDOW,
-        precision: str = "fp32",
+        cls, run_dir: Path | str, options: PredictOptions | None = None, **overrides: Any
     ) -> Predictor:
-        """Load the best model of a run directory.
+        """Load the best model of a run directory (torch).
 
         Args:
             run_dir: A finished run directory.
-            device: ``cpu``, ``cuda``, ``cuda:1`` ... (default: cuda when available).
-            max_tokens: Token budget per batch, inputs x longest input (default: 1,024 on a
-                CPU, where small batches run fastest; 16,384 on a GPU).
-            long_sequences: Sequences over the run's max_length: ``window`` (default; every
-                residue is seen), ``truncate`` or ``centre``.
-            precision: ``fp32``; ``bf16`` autocast (faster and leaner where the hardware runs
-                bf16 natively: recent GPUs, CPUs with AVX512-BF16 or AMX; slower elsewhere);
-                ``auto`` = bf16 exactly there.
+            options: How to predict (see :class:`PredictOptions`; its runtime must be ``auto``
+                or ``torch``).
+            **overrides: :class:`PredictOptions` fields, e.g. ``device="cpu"``.
+
+        Raises:
+            RunDirError: When the folder is not a finished run.
+            EsmtuneError: On a bad option, or an ONNX runtime (that needs an export).
         """
-        return cls(load_run(run_dir), device, max_tokens, long_sequences, precision)
+        options = PredictOptions.merged(options, overrides)
+        _check_runs_in_torch(run_dir, options)
+        return cls(load_run(run_dir), options)
 
     @classmethod
     def from_export(
         cls,
         export_dir: Path | str,
-        runtime: str = "auto",
-        device: str | torch.device | None = None,
-        max_tokens: int | None = None,
-        long_sequences: LongSequences | str = LongSequences.WINDOW,
-        precision: str = "fp32",
+        runtime: str | None = None,
+        options: PredictOptions | None = None,
+        **overrides: Any,
     ) -> Predictor:
         """Load an ``esmtune export`` folder.
 
         Args:
             export_dir: The ``--out`` folder of ``esmtune export``.
-            runtime: ``auto`` (default): an ``hf`` export runs in torch; an ``onnx`` export in
-                onnxruntime, with the graph the export's own check found fastest among those
-                that keep the labels (``export.json``: int8 when it agreed with the run on at
-                least 99% of the checked sequences and ran faster, else fp32). Or force
-                ``torch`` (hf exports), ``onnx`` (fp32 graph) or ``onnx-int8``.
-            device: torch device for ``hf`` exports; for ONNX, ``cpu`` (default) or ``cuda``
-                (onnxruntime-gpu's CUDA provider; inputs and outputs pass through host memory).
-            max_tokens: Token budget per batch (see :meth:`from_run`).
-            long_sequences: As in :meth:`from_run`; windows work with ONNX too.
-            precision: torch only (see :meth:`from_run`).
+            runtime: The ``runtime`` option, positionally. ``auto`` (default): an ``hf`` export
+                runs in torch; an ``onnx`` export in onnxruntime, with the graph the export's
+                own check found fastest among those that keep the labels (``export.json``:
+                int8 when it agreed with the run on at least 99% of the checked sequences and
+                ran faster, else fp32). Or force ``torch`` (hf exports), ``onnx`` (fp32 graph)
+                or ``onnx-int8``.
+            options: How to predict (see :class:`PredictOptions`; ``device`` for ONNX is ``cpu``
+                or ``cuda`` with onnxruntime-gpu).
+            **overrides: :class:`PredictOptions` fields, e.g. ``max_tokens=4096``.
 
         Raises:
             RunDirError: When the folder is not an export, or lacks the requested graph.
-            EsmtuneError: On a runtime the export cannot run.
+            EsmtuneError: On a bad option, or a runtime the export cannot run.
         """
-        fmt = export_format(export_dir)
-        if fmt is None:
-            raise RunDirError(
-                f"{export_dir} is not an esmtune export (no {ONNX_FILE} or {HEAD_FILE}); "
-                "for a run directory use Predictor.from_run"
-            )
-        chosen = choose_runtime(export_dir, runtime)
-        if chosen == "torch":
-            loaded = load_export(export_dir)
-        else:
-            where = None if device is None else str(device)
-            loaded = load_onnx_export(export_dir, chosen == "onnx-int8", device=where)
-        return cls(loaded, device, max_tokens, long_sequences, precision)
+        options = PredictOptions.merged(options, _with_runtime(overrides, runtime))
+        return cls(open_export(export_dir, options.runtime, options.device), options)
 
     @classmethod
-    def load(cls, path: Path | str, runtime: str = "auto", **options: Any) -> Predictor:
+    def load(
+        cls,
+        path: Path | str,
+        runtime: str | None = None,
+        options: PredictOptions | None = None,
+        **overrides: Any,
+    ) -> Predictor:
         """A run directory (:meth:`from_run`) or an export folder (:meth:`from_export`).
 
-        ``options``: ``device``, ``max_tokens``, ``long_sequences``, ``precision``, as there.
+        ``runtime`` is the ``runtime`` option, positionally; ``options`` and ``overrides`` as
+        there.
         """
+        overrides = _with_runtime(overrides, runtime)
         if export_format(path) is not None:
-            return cls.from_export(path, runtime, **options)
-        if runtime not in ("auto", "torch"):
-            raise EsmtuneError(_NEEDS_EXPORT.format(runtime=runtime, path=path))
-        return cls.from_run(path, **options)
+            return cls.from_export(path, options=options, **overrides)
+        return cls.from_run(path, options, **overrides)
 
     def _validate(self, records: list[SequenceRecord]) -> None:
         problems = [problem for record in records if (problem := sequence_problem(record))]
@@ -233,10 +230,10 @@ class Predictor:
             self.model,
             EncodedDataset(windows),
             self.task.outputs,
-            self.max_tokens,
+            self.options.max_tokens,
             self.run.tokenizer.pad_token_id,
             progress=progress,
-            precision=self.precision,
+            precision=self.options.precision,
             device=self.device,
         )
         return outputs, windows

@@ -630,7 +630,7 @@ def _default_top_k(predictor: "Predictor") -> int | None:
 
 def _run_info(run_dir: Path, predictor: "Predictor") -> dict[str, Any]:
     """What /info says about the run: the model, its labels, how it scored, what made it."""
-    from esmtune.model.exported import export_format
+    from esmtune.export.formats import export_format
     from esmtune.rundir import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, read_json
 
     metrics = read_json(run_dir / METRICS_FILE)

@@ -18,11 +18,15 @@ from tqdm.auto import tqdm
 from esmtune.config import Task
 from esmtune.data.check import check_dataset, sequence_problem
 from esmtune.errors import EsmtuneError
+from esmtune.model.interface import Classifier
 from esmtune.model.run_model import LoadedRun
 from esmtune.predict import Predictor
 from esmtune.tasks import TaskSpec
 
-__all__ = ["LABEL_AGREEMENT", "check_runtimes", "check_sample"]
+__all__ = ["CHECK_SEQUENCES", "LABEL_AGREEMENT", "check_runtimes", "check_sample"]
+
+# Sequences an export compares its runtimes on by default (parity with the run, speed).
+CHECK_SEQUENCES = 32
 
 # A runtime "keeps the labels" when it agrees with the run on at least this share of sequences.
 LABEL_AGREEMENT = 0.99
@@ -36,7 +40,7 @@ _FREQUENCIES = np.array(
 )  # fmt: skip
 
 
-def check_sample(loaded: LoadedRun, count: int, seed: int = 0) -> tuple[list[str], str]:
+def check_sample(loaded: LoadedRun[Classifier], count: int, seed: int = 0) -> tuple[list[str], str]:
     """Up to ``count`` sequences to compare runtimes on, and where they came from.
 
     The run's own validation (else test) split when its data can still be read from here, so
@@ -83,8 +87,8 @@ def _timed_outputs(predictor: Predictor, sequences: list[str]) -> tuple[np.ndarr
 
 
 def check_runtimes(
-    reference: LoadedRun,
-    candidates: dict[str, tuple[LoadedRun, list[Path]]],
+    reference: LoadedRun[Classifier],
+    candidates: dict[str, tuple[LoadedRun[Classifier], list[Path]]],
     count: int,
 ) -> dict[str, Any]:
     """Compare each candidate runtime with the run on a sample; pick the default.
