@@ -51,13 +51,12 @@ def test_every_default_is_shown() -> None:
         for action in parser._actions:
             if action.default in (None, False, argparse.SUPPRESS, []):
                 continue
-            assert f"[default: {action.default}]" in action.help, (name, action.dest)
+            assert f"[{action.default}]" in action.help, (name, action.dest)
 
 
 def test_choices_come_from_the_enums_and_tables() -> None:
     from esmtune.embeddings import EMBEDDING_FORMATS
-    from esmtune.export import CHECK_SEQUENCES, FORMATS
-    from esmtune.model.exported import RUNTIMES
+    from esmtune.export import CHECK_SEQUENCES, FORMATS, RUNTIMES
 
     values = [task.value for task in Task]
     assert option("data check", "--task").choices == values == option("baseline", "--task").choices
@@ -69,9 +68,11 @@ def test_choices_come_from_the_enums_and_tables() -> None:
     assert set(option("baseline", "--split").choices) == set(SPLITS) - {"train"}
     for command in ("predict", "serve"):
         assert tuple(option(command, "--runtime").choices) == ("auto", *RUNTIMES)
-    # Held in cli.py because their modules import torch; these keep them equal.
     assert tuple(option("export", "--format").choices) == tuple(FORMATS)
-    assert f"[default: {CHECK_SEQUENCES}]" in option("export", "--check-sequences").help
+    # Held in cli.py because their modules import torch; these keep them equal.
+    quantizations = {name for form in FORMATS.values() for name in form.quantizations}
+    assert set(option("export", "--quantize").choices) == quantizations
+    assert f"[{CHECK_SEQUENCES}]" in option("export", "--check-sequences").help
     assert all(suffix in option("embed", "--out").help for suffix in EMBEDDING_FORMATS)
 
 
@@ -80,9 +81,9 @@ def test_the_inference_budget_shown_is_the_one_used() -> None:
 
     from esmtune.inference import inference_budget
 
-    text = option("predict", "--max-tokens").help
-    for device, name in (("cpu", "CPU"), ("cuda", "GPU")):
-        assert f"{inference_budget(torch.device(device))} on {name}" in text
+    for command in ("predict", "embed", "evaluate"):
+        text = option(command, "--max-tokens").help
+        assert all(f"{inference_budget(torch.device(d)):,}" in text for d in ("cpu", "cuda"))
 
 
 def test_data_options_are_the_config_keys_they_set(tmp_path: Path) -> None:

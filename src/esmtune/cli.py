@@ -1,10 +1,11 @@
 """The command table: each command is a function adding its options, next to its handler.
 
 A command's help is its handler's docstring (the first line in ``esmtune --help``, the rest in
-``esmtune COMMAND --help``). Choices come from the enums and tables that define them, data options
-from the config schema, and each ``[default: ...]`` from the value the option really defaults to,
-so no option's meaning is written twice. Heavy libraries (torch, transformers) are imported inside
-the handlers, so ``--help`` is instant.
+``esmtune COMMAND --help``). Options come from the schemas that define them (data options from the
+training config, predict's from PredictOptions, serve's from ServeSettings), choices from their
+enums, and each ``[default]`` from the value the option really defaults to, so no option's meaning
+is written twice. Heavy libraries (torch, transformers) are imported inside the handlers, so
+``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -13,35 +14,57 @@ import argparse
 import inspect
 import json
 import sys
+import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from esmtune.config import DataConfig, LongSequences, Pooling, Task, TrainConfig, describe_fields
+from pydantic import BaseModel
+
+from esmtune.config import DataConfig, Pooling, Task, TrainConfig, describe_fields
 from esmtune.data.layout import SPLITS
 from esmtune.errors import EsmtuneError
+from esmtune.export.names import AUTO, RUNTIMES, FormatName
+from esmtune.predict_options import PredictOptions
 from esmtune.serve import ServeSettings
 
 __all__ = ["build_parser", "main"]
 
 _Handler = Callable[[argparse.Namespace], int]
-
-# What runs the model; ServeSettings holds the one list that imports without torch
-# (tests/test_cli.py checks it against esmtune.model.exported.RUNTIMES).
-_RUNTIME = ServeSettings.model_fields["runtime"]
-# Token budgets of inference.inference_budget, which needs torch to import.
-_INFERENCE_BUDGET = "1024 on CPU, 16384 on GPU"
-# inference.precision_context's precisions; the first is the default.
-_PRECISIONS = ("fp32", "bf16", "auto")
+_METAVARS = {str: "NAME", Path: "FILE", int: "N", float: "N"}
 
 
 def _add(command: Any, *names: str, help: str, default: Any = None, **options: Any) -> None:
-    """``add_argument`` whose help ends with the default the option really has (if any)."""
-    if default is not None and default is not False:
-        help = f"{help} [default: {default}]"
+    """``add_argument`` whose help ends with the default the option really has, if not shown yet."""
+    if default is not None and default is not False and f"[{default}]" not in help:
+        help = f"{help} [{default}]"
     command.add_argument(*names, help=help, default=default, **options)
+
+
+def _kind(annotation: Any) -> dict[str, Any]:
+    """The choices, type or action of an option setting a schema field (``X | None`` as X)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is typing.Literal:
+        return {"choices": typing.get_args(annotation)}
+    if isinstance(annotation, type) and issubclass(annotation, StrEnum):
+        return {"choices": [member.value for member in annotation]}
+    if annotation is bool:
+        return {"action": "store_true"}
+    if typing.get_origin(annotation) is list:
+        return {"action": "append", "metavar": "NAME"}
+    return {"type": annotation, "metavar": _METAVARS[annotation]}
+
+
+def _add_fields(command: Any, model: type[BaseModel], names: Iterable[str]) -> None:
+    """An option per field of ``model``: its name, type, choices, default and help."""
+    for name in names:
+        spec = model.model_fields[name]
+        default = spec.default.value if isinstance(spec.default, StrEnum) else spec.default
+        option = "--" + name.replace("_", "-")
+        _add(command, option, default=default, help=spec.description, **_kind(spec.annotation))
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -112,25 +135,15 @@ _DATA_CHECK_OPTIONS = (
     ("--drop-conflicts", "data.drop_conflicts"),
     ("--drop-duplicates", "data.drop_duplicates"),
 )
-_METAVARS = {str: "NAME", Path: "FILE", int: "N"}
 
 
 def _add_config_option(command: Any, option: str, key: str, helps: dict[str, str]) -> None:
     """An option that sets one config key, read from its schema field; unset, it changes nothing."""
     section, _, name = key.rpartition(".")
     model = TrainConfig.model_fields[section].annotation if section else TrainConfig
-    annotation = model.model_fields[name].annotation  # type: ignore[union-attr]
-    kind = next(k for k in typing.get_args(annotation) or (annotation,) if k is not type(None))
-    options: dict[str, Any] = {"dest": name, "default": None, "help": helps[key]}
-    if isinstance(kind, type) and issubclass(kind, StrEnum):
-        options["choices"] = [member.value for member in kind]
-    elif kind is bool:
-        options["action"] = "store_true"
-    elif typing.get_origin(kind) is list:
-        options |= {"action": "append", "metavar": "NAME", "help": "(repeatable) " + helps[key]}
-    else:
-        options |= {"type": kind, "metavar": _METAVARS[kind]}
-    command.add_argument(option, **options)
+    options = _kind(model.model_fields[name].annotation)  # type: ignore[union-attr]
+    repeatable = "(repeatable) " if options.get("action") == "append" else ""
+    command.add_argument(option, dest=name, default=None, help=repeatable + helps[key], **options)
 
 
 def _add_data_options(
@@ -257,12 +270,10 @@ def _evaluate_options(command: argparse.ArgumentParser) -> None:
         "--data",
         type=Path,
         metavar="PATH",
-        help="dataset, read with the run's column settings [default: the one the run trained on]",
+        help="dataset, read with the run's column settings [the one the run trained on]",
     )
     _add(command, "--split", default="test", choices=SPLITS, help="split")
-    command.add_argument(
-        "--max-tokens", type=int, help=f"token budget per batch [default: {_INFERENCE_BUDGET}]"
-    )
+    _add_fields(command, PredictOptions, ["max_tokens"])
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -314,43 +325,15 @@ def _read_inputs(args: argparse.Namespace) -> list:
     return records
 
 
-def _add_inference_options(command: argparse.ArgumentParser) -> None:
-    """How `predict` and `embed` run the model: batches, long sequences, device, precision."""
-    command.add_argument(
-        "--max-tokens",
-        type=int,
-        help="token budget per batch (inputs x longest input); CPUs run fastest with small "
-        f"batches, GPUs need wide ones [default: {_INFERENCE_BUDGET}]",
-    )
-    _add(
-        command,
-        "--long-sequences",
-        choices=[member.value for member in LongSequences],
-        default=LongSequences.WINDOW.value,
-        help=DataConfig.model_fields["long_sequences"].description,
-    )
-    command.add_argument("--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]")
-    _add(
-        command,
-        "--precision",
-        choices=_PRECISIONS,
-        default=_PRECISIONS[0],
-        help="bf16 autocast: faster where the hardware runs bf16 natively (recent GPUs, CPUs "
-        "with AVX512-BF16 or AMX), slower where it is emulated; auto = bf16 exactly there; see "
-        "the README's Performance section",
-    )
-
-
 def _add_runtime_option(command: argparse.ArgumentParser) -> None:
-    _add(
-        command,
-        "--runtime",
-        choices=typing.get_args(_RUNTIME.annotation),
-        default=_RUNTIME.default,
-        help="what runs the model: auto = torch for a run or an hf export; for an onnx export, "
-        "the graph its export check found fastest among those that keep the run's labels "
-        "(export.json); or force torch, onnx (fp32) or onnx-int8",
-    )
+    """``--runtime`` of `predict` and `serve`: PredictOptions' field, with the runtimes' names."""
+    spec = PredictOptions.model_fields["runtime"]
+    runtimes = (AUTO, *(runtime.value for runtime in RUNTIMES))
+    _add(command, "--runtime", choices=runtimes, default=spec.default, help=spec.description)
+
+
+# How `predict` and `embed` run the model (embed has no runtime: it runs torch).
+_INFERENCE_OPTIONS = [name for name in PredictOptions.model_fields if name != "runtime"]
 
 
 # Prediction formats and the --output suffix that selects each (write_predictions writes them).
@@ -367,7 +350,7 @@ def _predict_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--top-k",
         type=int,
-        help="rank only the k most probable labels [default: multiclass: all; multilabel: 5]",
+        help="rank only the k most probable labels [multiclass: all; multilabel: 5]",
     )
     command.add_argument(
         "--output",
@@ -379,9 +362,9 @@ def _predict_options(command: argparse.ArgumentParser) -> None:
         "--format",
         choices=list(_PREDICTION_FORMATS),
         help="output format; text is for reading, with probability bars "
-        f"[default: {_DEFAULT_PREDICTION_FORMAT}, or from --output]",
+        f"[{_DEFAULT_PREDICTION_FORMAT}, or from --output]",
     )
-    _add_inference_options(command)
+    _add_fields(command, PredictOptions, _INFERENCE_OPTIONS)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -396,10 +379,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from esmtune.predict import Predictor, write_predictions
 
     records = _read_inputs(args)
-    predictor = Predictor.load(
-        args.run, args.runtime, device=args.device, max_tokens=args.max_tokens,
-        long_sequences=args.long_sequences, precision=args.precision,
-    )  # fmt: skip
+    options = {name: getattr(args, name) for name in PredictOptions.model_fields}
+    predictor = Predictor.load(args.run, **options)
     results = predictor.predict(records, top_k=args.top_k, progress=len(records) > 100)
     long = [row for row in results if row["length"] > predictor.max_length]
     if long:
@@ -446,11 +427,11 @@ def _embed_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--max-length",
         type=int,
-        help="residues per model input [default: a run's max_length, else "
+        help="residues per model input [a run's max_length, else "
         f"{DataConfig.model_fields['max_length'].default}]",
     )
     command.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    _add_inference_options(command)
+    _add_fields(command, PredictOptions, _INFERENCE_OPTIONS)
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
@@ -505,16 +486,16 @@ def _cuda_available() -> bool:
 
 # --- export ----------------------------------------------------------------------------------
 
-# esmtune.export's FORMATS, quantisations and CHECK_SEQUENCES: that module needs torch to import
-# (tests/test_cli.py checks these against it).
-_EXPORT_FORMATS = ("hf", "onnx")
+# The quantisations of esmtune.export.FORMATS and its CHECK_SEQUENCES, which import torch
+# (tests/test_cli.py holds them equal).
 _QUANTIZATIONS = ("int8",)
 _CHECK_SEQUENCES = 32
 
 
 def _export_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("run", type=Path, metavar="RUN", help="run directory")
-    command.add_argument("--format", choices=_EXPORT_FORMATS, required=True, help="export format")
+    formats = [name.value for name in FormatName]
+    command.add_argument("--format", choices=formats, required=True, help="export format")
     command.add_argument(
         "--quantize",
         choices=_QUANTIZATIONS,
@@ -528,7 +509,7 @@ def _export_options(command: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="sequences the export is checked on, from the run's validation split when its "
-        f"data is readable, else synthetic; 0 skips the check [default: {_CHECK_SEQUENCES}]",
+        f"data is readable, else synthetic; 0 skips the check [{_CHECK_SEQUENCES}]",
     )
 
 
@@ -544,8 +525,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     that keeps the labels becomes the default of `esmtune predict` and `esmtune serve` on the
     folder. ONNX needs the export extra: pip install 'esmtune[export]'.
     """
-    from esmtune.export import CHECK_SEQUENCES, export_run
-    from esmtune.model.exported import read_export_info
+    from esmtune.export import CHECK_SEQUENCES, export_run, read_export_info
 
     count = CHECK_SEQUENCES if args.check_sequences is None else args.check_sequences
     folder = export_run(args.run, args.out, args.format, args.quantize, count)
@@ -577,17 +557,7 @@ def _add_serve_settings(command: argparse.ArgumentParser) -> None:
     Name, type, choices, default and help come from the field, so the CLI, create_app and the
     worker processes of ``--workers N`` cannot drift apart.
     """
-    for name, spec in ServeSettings.model_fields.items():
-        if name == "runtime":
-            continue
-        option: dict[str, Any] = {"default": spec.default, "help": spec.description}
-        if typing.get_origin(spec.annotation) is typing.Literal:
-            option["choices"] = typing.get_args(spec.annotation)
-        else:  # int, float or str, possibly | None; a None default is explained in the help
-            kinds = typing.get_args(spec.annotation) or (spec.annotation,)
-            kind = next(k for k in (int, float, str) if k in kinds)
-            option |= {"type": kind, "metavar": "NAME" if kind is str else "N"}
-        _add(command, "--" + name.replace("_", "-"), **option)
+    _add_fields(command, ServeSettings, [n for n in ServeSettings.model_fields if n != "runtime"])
 
 
 def _serve_options(command: argparse.ArgumentParser) -> None:
