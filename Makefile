@@ -7,7 +7,7 @@ CONFIG ?= configs/train.yaml
 ACCELERATE_CONFIG ?= configs/accelerate.yaml
 DEMO_RUN := runs/demo
 
-.PHONY: install train demo test lint format clean
+.PHONY: install train demo test test-fast lint format clean
 
 install: $(BIN)/esmtune
 
@@ -39,9 +39,14 @@ demo: install
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
+# The inner loop: everything but the slow groups (see the markers in pyproject.toml).
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/pytest -q -m "not (multiprocess or browser or export or end_to_end)"
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff check --fix .

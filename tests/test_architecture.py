@@ -10,20 +10,22 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "esmtune"
 # Lower rank = further upstream. A module may import only modules of lower or equal rank.
 # A package whose modules sit at different ranks lists them as "package.module"; its other
 # modules (and the package itself, its __init__) take the package's rank.
-RANKS = {
+RANKS: dict[str, float] = {
     "errors": 0,
     "storage": 0,
     "config": 1,
     "data": 2,
     "metrics": 2,
-    "baseline": 3,
+    "plots": 2,
     "tasks": 3,
     "rundir": 3,
+    # Checking a dataset applies its task's rules to what the readers found.
+    "data.check": 3.5,
+    "baseline": 4,
     "model": 4,
     "inference": 5,
     "embeddings": 5,
     "checkpoint": 5,
-    "plots": 5,
     "train": 6,
     "training": 6,
     "evaluate": 6,
@@ -42,15 +44,13 @@ RANKS = {
     "export.card": 8,
     "export.check": 8,
     "export.write": 8,
-    # The old address of export loading (re-exports only), until cli.py imports esmtune.export.
-    "model.exported": 5,
     "cli": 9,
     "__init__": 9,
     "__main__": 9,
 }
 
 
-def _rank(module: str) -> int:
+def _rank(module: str) -> float:
     """The module's own rank, else its package's: ``export.hf``, then ``export``."""
     parts = module.split(".")
     ranked = [".".join(parts[:end]) for end in range(len(parts), 0, -1)]
@@ -99,3 +99,57 @@ def test_only_the_cli_package_root_and_server_import_from_predict() -> None:
         if any(name == "predict" for name in _imports(p))
     }
     assert users <= {"cli", "__init__", "serve", "export.check"}
+
+
+_TASK_MEMBERS = {"MULTICLASS", "BINARY", "MULTILABEL", "REGRESSION"}
+
+
+def _task_members_used(path: Path) -> list[int]:
+    """Lines that name a particular task (``Task.BINARY`` ...) other than as a default value."""
+    tree = ast.parse(path.read_text())
+    defaults = {
+        id(value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        for value in [*node.args.defaults, *node.args.kw_defaults]
+        if value is not None
+    }
+    members = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "Task"
+        and node.attr in _TASK_MEMBERS
+        and id(node) not in defaults
+    ]
+    # The same branch spelled with the task's name: `task == "regression"`, {"binary": ...}.
+    names = {member.lower() for member in _TASK_MEMBERS}
+    compared = [
+        side
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Compare)
+        for side in [node.left, *node.comparators]
+    ]
+    keys = [key for node in ast.walk(tree) if isinstance(node, ast.Dict) for key in node.keys]
+    spelled = [
+        node.lineno
+        for node in [*compared, *keys]
+        if isinstance(node, ast.Constant) and node.value in names
+    ]
+    return members + spelled
+
+
+def test_only_the_task_modules_and_the_config_literal_name_a_task() -> None:
+    """What differs per task lives in its module in esmtune/tasks/; nothing else branches on it.
+
+    config.py holds each task's literal (the Task member and its TASK_OPTIONS row).
+    """
+    allowed = {PACKAGE / "config.py", *PACKAGE.joinpath("tasks").glob("*.py")}
+    found = [
+        f"{path.relative_to(PACKAGE)}:{line}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path not in allowed
+        for line in _task_members_used(path)
+    ]
+    assert not found, found

@@ -188,6 +188,35 @@ def test_a_cross_field_problem_is_reported_with_the_field_errors() -> None:
     assert "finetune.mode=partial trains nothing" in message
 
 
+def test_task_rules_are_reported_with_the_field_errors() -> None:
+    """Options of another task are named even when an unrelated field fails validation."""
+    message = config_error(
+        [
+            "task=binary",
+            "objective.class_weights=balanced",
+            "training.epochs=0",
+            "training.early_stopping.metric=fmax",
+            "data.target_columns=[a, b]",
+        ]
+    )
+    assert message.startswith("defaults: 4 problem(s) in the configuration:")
+    assert "training.epochs: Input should be greater than or equal to 1" in message
+    assert "objective.class_weights applies to task=multiclass, not task=binary" in message
+    assert "'fmax' is not a binary metric" in message
+    assert "task=binary reads one label column" in message
+
+
+def test_task_rules_alone_are_reported_once() -> None:
+    message = config_error(["task=regression", "objective.class_weights={A: 2}"])
+    assert message.startswith("defaults: 1 problem(s) in the configuration:")
+    assert message.count("applies to task=multiclass, not task=regression") == 1
+
+
+def test_class_weights_given_per_label_are_one_setting() -> None:
+    config = load_config(None, ["objective.class_weights={A: 2, B: 1}"])
+    assert config.objective.class_weights == {"A": 2.0, "B": 1.0}
+
+
 def test_numeric_looking_text_overrides_are_accepted() -> None:
     config = load_config(None, ["output.name=2024", "model.revision=1234567"])
     assert (config.output.name, config.model.revision) == ("2024", "1234567")

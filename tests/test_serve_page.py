@@ -213,6 +213,7 @@ def test_other_tasks_are_drawn(page: sync_api.Page, task: str) -> None:
     answer = {"task": task, "predictions": [{"id": "Q1", **prediction, "length": 9, "windows": 1}]}
     info = {"task": task, "base_model": "tiny", "labels": spec.labels, "metrics": {}}
     info["label_names"] = spec.label_names
+    info["display"] = spec.display()  # the task's own description of how to draw it
     page.route("**/info", lambda route: route.fulfill(json=info))
     page.route("**/predict", lambda route: route.fulfill(json=answer))
     page.goto("/")

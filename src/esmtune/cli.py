@@ -216,8 +216,10 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     for line in report.notes:
         print(f"note: {line}")
     report.raise_if_errors()
-    what = "target(s)" if task.value == "regression" else "labels"
-    print(f"OK: {data.path} can be trained on ({len(report.labels)} {what})")
+    from esmtune.tasks import task_class
+
+    noun = task_class(task).target_noun
+    print(f"OK: {data.path} can be trained on ({len(report.labels)} {noun})")
     return 0
 
 
@@ -239,22 +241,15 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
     task, data = _data_config(args)
     result = composition_baseline(data, task, args.split)
-    names = {
-        "multiclass": ("accuracy", "macro_f1", "mcc"),
-        "binary": ("mcc", "f1", "roc_auc", "pr_auc"),
-        "multilabel": ("fmax", "micro_f1", "macro_f1", "micro_ap"),
-        "regression": ("spearman", "pearson", "r2", "rmse"),
-    }[result["task"]]
 
     def scores(metrics: dict) -> str:
         return ", ".join(
             f"{name} {'n/a' if metrics[name] is None else format(metrics[name], '.3f')}"
-            for name in names
+            for name in result["headline"]
         )
 
-    model = "ridge" if result["task"] == "regression" else "logistic"
     print(
-        f"composition baseline ({model} regression on amino-acid + dipeptide composition), "
+        f"composition baseline ({result['model_name']} on amino-acid + dipeptide composition), "
         f"{result['split']} n={result['n']}: {scores(result['model'])}\n"
         f"{result['trivial_name']}: {scores(result['trivial'])}"
     )

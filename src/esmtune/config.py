@@ -8,6 +8,8 @@ rules) and reports them in one :class:`~esmtune.errors.ConfigError`.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +28,8 @@ from esmtune.errors import ConfigError
 
 __all__ = [
     "TASK_METRICS",
+    "TASK_OPTIONS",
+    "TASK_SPECIFIC_KEYS",
     "DataConfig",
     "EarlyStoppingConfig",
     "FinetuneConfig",
@@ -37,11 +41,13 @@ __all__ = [
     "OutputConfig",
     "Pooling",
     "Task",
+    "TaskOptions",
     "TrainConfig",
     "TrainingConfig",
     "apply_overrides",
     "describe_fields",
     "load_config",
+    "task_problems",
 ]
 
 
@@ -54,13 +60,96 @@ class Task(StrEnum):
     REGRESSION = "regression"
 
 
+@dataclass(frozen=True)
+class TaskOptions:
+    """What the configuration knows of a task; its behaviour lives in :mod:`esmtune.tasks`."""
+
+    metrics: tuple[
+        str, ...
+    ]  # validation metrics that can select the best checkpoint, default first
+    target_column: str  # the target column's name unless data.target_columns says otherwise
+    several_targets: bool  # whether data.target_columns may name more than one column
+    options: frozenset[str]  # the task-specific keys (of TASK_SPECIFIC_KEYS) that apply to it
+
+
+# A task's config literal: adding a task adds a Task member and its row here.
+TASK_OPTIONS: dict[Task, TaskOptions] = {
+    Task.MULTICLASS: TaskOptions(
+        ("macro_f1", "accuracy", "weighted_f1", "mcc", "roc_auc_ovr", "loss"),
+        "label",
+        several_targets=False,
+        options=frozenset({"objective.class_weights"}),
+    ),
+    Task.BINARY: TaskOptions(
+        ("mcc", "f1", "accuracy", "precision", "recall", "roc_auc", "pr_auc", "loss"),
+        "label",
+        several_targets=False,
+        options=frozenset({"data.positive_label", "objective.pos_weight"}),
+    ),
+    Task.MULTILABEL: TaskOptions(
+        ("fmax", "micro_f1", "macro_f1", "micro_ap", "macro_ap", "loss"),
+        "label",
+        several_targets=True,
+        options=frozenset({"data.ontology", "data.min_label_count", "objective.pos_weight"}),
+    ),
+    Task.REGRESSION: TaskOptions(
+        ("spearman", "pearson", "r2", "rmse", "mae", "mse", "loss"),
+        "target",
+        several_targets=True,
+        options=frozenset({"objective.regression_loss"}),
+    ),
+}
+
 # Validation metrics each task can select its best checkpoint and stop early on, default first.
 TASK_METRICS: dict[Task, tuple[str, ...]] = {
-    Task.MULTICLASS: ("macro_f1", "accuracy", "weighted_f1", "mcc", "roc_auc_ovr", "loss"),
-    Task.BINARY: ("mcc", "f1", "accuracy", "precision", "recall", "roc_auc", "pr_auc", "loss"),
-    Task.MULTILABEL: ("fmax", "micro_f1", "macro_f1", "micro_ap", "macro_ap", "loss"),
-    Task.REGRESSION: ("spearman", "pearson", "r2", "rmse", "mae", "mse", "loss"),
+    task: options.metrics for task, options in TASK_OPTIONS.items()
 }
+
+
+def _whole_number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+# Keys that belong to some tasks only, and when a value counts as set (not left at its default).
+TASK_SPECIFIC_KEYS: dict[str, Callable[[Any], bool]] = {
+    "data.positive_label": lambda value: value is not None,
+    "data.ontology": lambda value: value is not None,
+    "data.min_label_count": lambda value: _whole_number(value) > 1,
+    "objective.class_weights": lambda value: value is not None,
+    "objective.pos_weight": lambda value: value is not None,
+    "objective.regression_loss": lambda value: value not in (None, "mse"),
+}
+
+
+def task_problems(task: Task, values: Mapping[str, Any]) -> list[str]:
+    """What a config sets that does not fit its task; ``values`` maps dotted keys to values.
+
+    Runs on the validated config and, when other fields fail validation, on the raw mapping,
+    so that one message lists every problem.
+    """
+    problems = []
+    for key, is_set in TASK_SPECIFIC_KEYS.items():
+        if key in values and is_set(values[key]) and key not in TASK_OPTIONS[task].options:
+            tasks = sorted(t.value for t, o in TASK_OPTIONS.items() if key in o.options)
+            problems.append(f"{key} applies to task={' or '.join(tasks)}, not task={task.value}")
+    columns = values.get("data.target_columns") or []
+    if not TASK_OPTIONS[task].several_targets and isinstance(columns, list) and len(columns) > 1:
+        problems.append(
+            f"data.target_columns: task={task.value} reads one label column, got {columns}"
+        )
+    metric = values.get("training.early_stopping.metric")
+    metrics = TASK_METRICS[task]
+    if metric is not None and metric not in metrics:
+        close = difflib.get_close_matches(str(metric), metrics, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        problems.append(
+            f"training.early_stopping.metric: '{metric}' is not a {task.value} metric; "
+            f"{hint}choose one of {', '.join(metrics)}"
+        )
+    return problems
 
 
 class Pooling(StrEnum):
@@ -413,39 +502,7 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _task_rules(self) -> TrainConfig:
         """Options that belong to another task are mistakes; name them all at once."""
-        task, data, objective = self.task, self.data, self.objective
-        problems = []
-        only = {
-            "data.positive_label": (data.positive_label is not None, {Task.BINARY}),
-            "data.ontology": (data.ontology is not None, {Task.MULTILABEL}),
-            "data.min_label_count": (data.min_label_count > 1, {Task.MULTILABEL}),
-            "objective.class_weights": (objective.class_weights is not None, {Task.MULTICLASS}),
-            "objective.pos_weight": (
-                objective.pos_weight is not None,
-                {Task.BINARY, Task.MULTILABEL},
-            ),
-            "objective.regression_loss": (
-                objective.regression_loss != "mse",
-                {Task.REGRESSION},
-            ),
-        }
-        for key, (is_set, tasks) in only.items():
-            if is_set and task not in tasks:
-                names = " or ".join(sorted(t.value for t in tasks))
-                problems.append(f"{key} applies to task={names}, not task={task.value}")
-        columns = data.target_columns or []
-        if task in (Task.MULTICLASS, Task.BINARY) and len(columns) > 1:
-            problems.append(
-                f"data.target_columns: task={task.value} reads one label column, got {columns}"
-            )
-        metric = self.training.early_stopping.metric
-        if metric is not None and metric not in TASK_METRICS[task]:
-            close = difflib.get_close_matches(metric, TASK_METRICS[task], n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            problems.append(
-                f"training.early_stopping.metric: '{metric}' is not a {task.value} metric; "
-                f"{hint}choose one of {', '.join(TASK_METRICS[task])}"
-            )
+        problems = task_problems(self.task, _dotted(self.model_dump()))
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -458,12 +515,32 @@ class TrainConfig(_Section):
     @property
     def target_columns(self) -> list[str]:
         """Target columns, with the task's default."""
-        default = ["target"] if self.task is Task.REGRESSION else ["label"]
-        return self.data.target_columns or default
+        return self.data.target_columns or [TASK_OPTIONS[self.task].target_column]
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """Plain data for YAML: enums as strings, paths as text."""
         return self.model_dump(mode="json")
+
+
+def _dotted(mapping: Mapping[str, Any], model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """A config mapping as ``{"section.key": value}``; only the schema's sections are walked.
+
+    (A value that is itself a mapping, such as ``objective.class_weights``, stays one value.)
+    """
+    model = model or TrainConfig
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        field = model.model_fields.get(str(key))
+        section = getattr(field, "annotation", None)
+        if (
+            isinstance(value, Mapping)
+            and isinstance(section, type)
+            and issubclass(section, BaseModel)
+        ):
+            flat.update({f"{key}.{k}": v for k, v in _dotted(value, section).items()})
+        else:
+            flat[str(key)] = value
+    return flat
 
 
 def _field_names(model: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
@@ -478,7 +555,7 @@ def _field_names(model: type[BaseModel], path: tuple[str | int, ...]) -> list[st
     return list(current.model_fields)
 
 
-def _format_errors(error: ValidationError, source: str) -> str:
+def _format_errors(error: ValidationError, source: str, task_problems: list[str]) -> str:
     lines = []
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -494,6 +571,8 @@ def _format_errors(error: ValidationError, source: str) -> str:
             message = message.removeprefix("Value error, ")
         # Cross-field validators report several problems, one per line.
         lines += [f"  - {location}: {part}" for part in message.split("\n")]
+    shown = set(lines)
+    lines += [line for problem in task_problems if (line := f"  - {problem}") not in shown]
     return "\n".join([f"{source}: {len(lines)} problem(s) in the configuration:", *lines])
 
 
@@ -563,7 +642,19 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_format_errors(error, source)) from None
+        # The task rules ran (at the top level) only if every field was valid; else run them here.
+        ran = any(not item["loc"] for item in error.errors())
+        extra = [] if ran else _raw_task_problems(raw)
+        raise ConfigError(_format_errors(error, source, extra)) from None
+
+
+def _raw_task_problems(raw: Mapping[str, Any]) -> list[str]:
+    """The task rules on a mapping that failed validation elsewhere (one message lists all)."""
+    try:
+        task = Task(raw.get("task", Task.MULTICLASS))
+    except ValueError:
+        return []  # an unknown task is reported by validation
+    return task_problems(task, _dotted(raw))
 
 
 def describe_fields(

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from esmtune.config import LongSequences, Task
+from esmtune.config import LongSequences
 from esmtune.data.batching import EncodedDataset, Window, encode
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
@@ -302,84 +302,21 @@ class Predictor:
             import pandas as pd
         except ImportError:
             raise EsmtuneError("predict_frame needs pandas: pip install pandas") from None
-        rows = []
-        for result in self.predict(sequences, top_k=top_k, progress=progress):
-            row: dict[str, Any] = {"id": result["id"]}
-            if "values" in result:
-                row.update(result["values"])
-            else:
-                row["label" if "label" in result else "labels"] = result.get(
-                    "label", ";".join(result.get("labels", []))
-                )
-                row.update({k: result[k] for k in ("probability", "threshold") if k in result})
-                row.update({f"p_{k}": v for k, v in result["probabilities"].items()})
-            row.update({k: result[k] for k in ("length", "truncated", "windows")})
-            rows.append(row)
+        rows = [
+            {
+                "id": result["id"],
+                **self.task.frame_row(result),
+                **{k: result[k] for k in ("length", "truncated", "windows")},
+            }
+            for result in self.predict(sequences, top_k=top_k, progress=progress)
+        ]
         return pd.DataFrame(rows)
 
 
-# Per-label probability columns stop being readable (and useful in a table) beyond this many.
-_MAX_PROBABILITY_COLUMNS = 50
-
-
-def _ranked_text(result: dict[str, Any]) -> str:
-    names = result.get("names", {})
-    return ";".join(
-        f"{label}{' ' + names[label] if label in names else ''}:{p:.4f}"
-        for label, p in result["top_k"]
-    )
-
-
-def _table_row(task: TaskSpec, result: dict[str, Any], columns: list[str]) -> list[str]:
-    if task.task is Task.REGRESSION:
-        return [result["id"], *(f"{result['values'][x]:.6g}" for x in task.labels)]
-    chosen = ";".join(result["labels"]) if "labels" in result else result["label"]
-    row = [result["id"], chosen]
-    if task.task is Task.BINARY:
-        row += [f"{result['probability']:.6f}", f"{result['threshold']:.4f}"]
-    elif task.task is Task.MULTICLASS:
-        row += [f"{result['probability']:.6f}", _ranked_text(result)]
-    else:
-        row += [_ranked_text(result)]
-    return row + [f"{result['probabilities'][x]:.6f}" for x in columns]
-
-
-def _table_header(task: TaskSpec) -> tuple[list[str], list[str]]:
-    """Column names and the labels that get a probability column."""
-    if task.task is Task.REGRESSION:
-        return ["id", *task.labels], []
-    columns = task.labels if len(task.labels) <= _MAX_PROBABILITY_COLUMNS else []
-    header = {
-        Task.MULTICLASS: ["id", "label", "probability", "top_k"],
-        Task.BINARY: ["id", "label", "probability", "threshold"],
-        Task.MULTILABEL: ["id", "labels", "top_k"],
-    }[task.task]
-    return header + [f"p_{x}" for x in columns], columns
-
-
 def _text_block(task: TaskSpec, result: dict[str, Any]) -> list[str]:
-    """A person's view of one prediction."""
-    lines = [f"{result['id']} ({result['length']} residues"
-             + (", truncated)" if result["truncated"] else ")")]  # fmt: skip
-    if task.task is Task.REGRESSION:
-        lines += [f"  {name}: {value:.4g}" for name, value in result["values"].items()]
-        return lines
-    if task.task is Task.BINARY:
-        lines.append(
-            f"  {result['label']}  (P({task.labels[1]}) = {result['probability']:.3f}, "
-            f"threshold {result['threshold']:.3f})"
-        )
-        return lines
-    names = result.get("names", {})
-    if task.task is Task.MULTILABEL:
-        chosen = ", ".join(names.get(x, x) for x in result["labels"]) or "none above threshold"
-        lines.append(f"  labels: {chosen}")
-    lines.append(f"  top {len(result['top_k'])}:")
-    for label, p in result["top_k"]:
-        bar = "#" * round(p * 20)
-        shown = f"{names[label]} ({label})" if label in names else label
-        lines.append(f"    {p:5.2f} {bar:<20} {shown}")
-    return lines
+    """A person's view of one prediction: its id and length, then the task's lines."""
+    cut = ", truncated)" if result["truncated"] else ")"
+    return [f"{result['id']} ({result['length']} residues{cut}", *task.text_lines(result)]
 
 
 def write_predictions(
@@ -395,7 +332,5 @@ def write_predictions(
             handle.write("\n".join(_text_block(task, result)) + "\n")
         return
     writer = csv.writer(handle, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
-    header, columns = _table_header(task)
-    writer.writerow(header)
-    for result in results:
-        writer.writerow(_table_row(task, result, columns))
+    writer.writerow(task.table_header())
+    writer.writerows(task.table_row(result) for result in results)

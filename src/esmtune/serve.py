@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from esmtune.config import LongSequences, Task, load_config
+from esmtune.config import LongSequences, load_config
 from esmtune.data.fasta import SequenceRecord, parse_fasta
 from esmtune.errors import DataError, EsmtuneError
 
@@ -618,16 +618,6 @@ def _keep_top(result: dict[str, Any], top_k: int | None) -> dict[str, Any]:
     return result
 
 
-def _default_top_k(predictor: "Predictor") -> int | None:
-    """The task's own top_k when a request gives none (multiclass: all; multilabel: 5)."""
-    if predictor.task.task not in (Task.MULTICLASS, Task.MULTILABEL):
-        return None
-    import numpy as np
-
-    probe = np.zeros((1, len(predictor.labels)), dtype=np.float32)
-    return len(predictor.task.predictions(probe, None)[0]["top_k"])
-
-
 def _run_info(run_dir: Path, predictor: "Predictor") -> dict[str, Any]:
     """What /info says about the run: the model, its labels, how it scored, what made it."""
     from esmtune.export.formats import export_format
@@ -644,6 +634,7 @@ def _run_info(run_dir: Path, predictor: "Predictor") -> dict[str, Any]:
         "task": task.task.value,
         "labels": predictor.labels,
         "label_names": task.label_names,
+        "display": task.display(),  # how the page draws a prediction of this task
         # The saved config names the base model; load_run points random-init runs elsewhere.
         "base_model": saved.model.name,
         "finetune_mode": saved.finetune.mode.value,
@@ -789,7 +780,7 @@ def create_app(
         long_sequences=LongSequences.WINDOW,
     )  # fmt: skip
     info = _run_info(run_dir, predictor)
-    default_top_k = _default_top_k(predictor)
+    default_top_k = predictor.task.default_top_k
     batcher = _Batcher(predictor, settings.batch_wait_ms / 1000, settings.max_batch_tokens)
 
     @asynccontextmanager
@@ -900,6 +891,7 @@ const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({"&":"&amp;","<":"&lt;",">":"&gt;",
   '"':"&quot;"}[c]));
 let names = {};
+let display = {};
 // An answer's body as JSON, or null when it is not JSON (a plain-text 500, a proxy's HTML page).
 async function readAnswer(response) {
   const text = await response.text();
@@ -915,15 +907,16 @@ const infoReady = fetch("info").then(async (response) => {
   if (!response.ok || !answer.json) throw new Error(failure(response, answer));
   const i = answer.json;
   names = i.label_names || {};
+  display = i.display || {};
   const m = i.metrics || {};
   const score = m.best_value == null ? "" :
     ` · best ${m.selection_metric} ${Number(m.best_value).toFixed(3)} (epoch ${m.best_epoch})`;
   const runtime = i.runtime && i.runtime !== "torch" ? ` · ${i.runtime}` : "";
   $("info").textContent = `${i.task} model on ${i.base_model} · ${i.labels.length} ` +
-    `${i.task === "regression" ? "target(s)" : "labels"}${score}${runtime}`;
+    `${display.noun}${score}${runtime}`;
   const shown = i.labels.slice(0, 30).map((x) => names[x] ? `${x} ${names[x]}` : x);
   const more = i.labels.length > 30 ? `, … ${i.labels.length - 30} more` : "";
-  $("labels").textContent = `${i.task === "regression" ? "targets" : "labels"}: ` +
+  $("labels").textContent = `${display.list_title}: ` +
     shown.join(", ") + more;
 }).catch((error) => {
   $("info").innerHTML = `<span class="error">model information unavailable: ` +
@@ -935,18 +928,23 @@ function bars(pairs) {
     `<span style="width:${(100 * p).toFixed(1)}%"></span></div>` +
     `<div class="num">${p.toFixed(3)}</div></div>`).join("");
 }
+// Drawn from the task's description in /info: the decision, bars, or named values.
 function card(r) {
-  let body;
-  if ("values" in r) {
-    body = Object.entries(r.values).map(([k, v]) => `<div>${esc(k)}: <b>${v.toPrecision(4)}` +
-      `</b></div>`).join("");
-  } else if (r.top_k) {
-    const chosen = r.labels ? `<div>labels: <b>${esc(r.labels.join(", ") || "none")}</b></div>`
-      : `<div>label: <b>${esc(r.label)}</b> (${r.probability.toFixed(3)})</div>`;
-    body = chosen + bars(r.top_k);
-  } else {
-    body = `<div>label: <b>${esc(r.label)}</b> (threshold ${r.threshold.toFixed(3)})</div>` +
-      bars(Object.entries(r.probabilities));
+  let body = "";
+  const c = display.chosen;
+  if (c) {
+    const v = r[c.field];
+    const shown = Array.isArray(v) ? (v.join(", ") || c.empty) : v;
+    const detail = c.detail ? ` (${c.prefix || ""}${r[c.detail].toFixed(3)})` : "";
+    body += `<div>${esc(c.title)}: <b>${esc(shown)}</b>${detail}</div>`;
+  }
+  if (display.bars) {
+    const b = r[display.bars];
+    body += bars(Array.isArray(b) ? b : Object.entries(b));
+  }
+  if (display.values) {
+    body += Object.entries(r[display.values]).map(([k, v]) => `<div>${esc(k)}: ` +
+      `<b>${v.toPrecision(4)}</b></div>`).join("");
   }
   const w = r.windows > 1 ? `, ${r.windows} windows` : "";
   return `<div class="card"><h3>${esc(r.id)} <span class="meta">${r.length} residues${w}` +

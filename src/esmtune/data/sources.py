@@ -16,11 +16,11 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esmtune.config import DataConfig, Task
+from esmtune.config import DataConfig
 from esmtune.data.fasta import FASTA_SUFFIXES, SequenceRecord, header_fields, read_fasta
 from esmtune.data.layout import SPLITS, read_split
 from esmtune.data.tables import TABLE_SUFFIXES, is_table, read_table
-from esmtune.data.targets import parse_target
+from esmtune.data.targets import TargetKind
 from esmtune.errors import DataError
 
 __all__ = ["SplitRecords", "read_splits"]
@@ -60,7 +60,7 @@ class SplitRecords:
 class _Columns:
     """The names to read, from the config and task."""
 
-    task: Task
+    kind: TargetKind
     id: str
     sequence: str
     targets: list[str]
@@ -160,7 +160,7 @@ def _add_record(
         if not identifier.strip():
             raise ValueError(f"empty id in column '{columns.id}'; give every record an id")
         split = _split_of(split_text, columns.split) if split_from_data else split_text
-        target = parse_target(columns.task, values, columns.targets, columns.separator)
+        target = columns.kind.parse_target(values, columns.targets, columns.separator)
     except ValueError as problem:
         result.record_errors.append(f"{record.where}: {problem}")
         return
@@ -202,12 +202,12 @@ def _layout_help(path: Path) -> str:
     )
 
 
-def read_splits(data: DataConfig, task: Task, targets: list[str]) -> SplitRecords:
+def read_splits(data: DataConfig, kind: TargetKind, targets: list[str]) -> SplitRecords:
     """Read every split of a dataset, in whichever layout ``data.path`` has.
 
     Args:
         data: The data section of the config (path and column names).
-        task: The task, which decides how targets are read.
+        kind: The task's way of reading targets (see :class:`TargetKind`).
         targets: The target column (or FASTA header key) names.
 
     Returns:
@@ -218,7 +218,7 @@ def read_splits(data: DataConfig, task: Task, targets: list[str]) -> SplitRecord
     """
     path = Path(data.path)
     columns = _Columns(
-        task, data.id_column, data.sequence_column, targets, data.split_column,
+        kind, data.id_column, data.sequence_column, targets, data.split_column,
         data.label_separator,
     )  # fmt: skip
     if path.is_file():
@@ -232,11 +232,11 @@ def read_splits(data: DataConfig, task: Task, targets: list[str]) -> SplitRecord
     if not path.is_dir():
         raise DataError(f"{path}: no such file or folder; {_layout_help(path)}")
     if any((path / split).is_dir() for split in SPLITS):
-        if task not in (Task.MULTICLASS, Task.BINARY):
+        if not kind.one_label_per_file:
             raise DataError(
                 f"{path}: one FASTA file per class gives each sequence one label, which suits "
-                f"multiclass or binary, not {task.value}; give a table (or FASTA with "
-                f"'>id {targets[0]}=...' headers) per split instead"
+                f"tasks with one label per sequence, not {kind.task.value}; give a table (or "
+                f"FASTA with '>id {targets[0]}=...' headers) per split instead"
             )
         result = SplitRecords(
             layout=f"one FASTA file per label: {path}/<split>/<Label>.fasta",

@@ -1,89 +1,65 @@
-"""Reading a target from text, the way each task needs it.
+"""Targets as the data layer sees them: text read by a task's rules, and shown back as text.
 
 A table cell or FASTA header value is text; whether it is a class label, a set of labels or a
-number depends on the task. Problems are returned as plain sentences so that the caller can add
-the file, line and record.
+number is the task's business. The data layer reads and checks datasets through the
+:class:`TargetKind` protocol, which each task class in :mod:`esmtune.tasks` implements, so that
+this layer never branches on the task.
 """
 
 from __future__ import annotations
 
-import math
+from typing import TYPE_CHECKING, Protocol
 
-from esmtune.config import Task
 from esmtune.data.fasta import Target
 
-__all__ = ["FALSE_WORDS", "TRUE_WORDS", "format_target", "parse_target"]
+if TYPE_CHECKING:
+    from esmtune.config import DataConfig, Task
+    from esmtune.data.report import DataReport
+
+__all__ = ["FALSE_WORDS", "TRUE_WORDS", "TargetKind", "format_target"]
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "y", "t", "1.0", "positive", "pos"})
 FALSE_WORDS = frozenset({"0", "false", "no", "n", "f", "0.0", "negative", "neg"})
 
 
-def _labels_from_indicators(values: list[str], columns: list[str]) -> tuple[str, ...]:
-    labels = []
-    for column, value in zip(columns, values, strict=True):
-        word = value.strip().lower()
-        if word in TRUE_WORDS:
-            labels.append(column)
-        elif word not in FALSE_WORDS:
-            raise ValueError(
-                f"column '{column}' holds {value!r}; one-column-per-label data needs 1/0 "
-                "(or true/false)"
-            )
-    return tuple(sorted(labels))
+class TargetKind(Protocol):
+    """How one task's targets are read from text, checked, labelled and tabulated.
 
-
-def parse_target(task: Task, values: list[str], columns: list[str], separator: str) -> Target:
-    """The target of one record from the text of its target columns.
-
-    Args:
-        task: The task, which decides how the text is read.
-        values: Text of each target column, in ``columns`` order.
-        columns: The target column names.
-        separator: Separator between labels in one multilabel column.
-
-    Returns:
-        A label (multiclass, binary), a sorted tuple of labels (multilabel) or a tuple of
-        floats (regression).
-
-    Raises:
-        ValueError: Saying what is wrong and how to fix it (without the location).
+    Problems found while parsing are ``ValueError``s with plain sentences (the reader adds the
+    file, line and record); problems with the label set go into the report.
     """
-    if task in (Task.MULTICLASS, Task.BINARY):
-        label = values[0].strip()
-        if not label:
-            raise ValueError(f"empty label in column '{columns[0]}'; fill it in or drop the row")
-        return label
-    if task is Task.MULTILABEL:
-        if len(columns) > 1:
-            labels = _labels_from_indicators(values, columns)
-        else:
-            labels = tuple(sorted({x.strip() for x in values[0].split(separator) if x.strip()}))
-        if not labels:
-            where = f"column '{columns[0]}'" if len(columns) == 1 else "any label column"
-            raise ValueError(
-                f"no label in {where}; every multilabel record needs at least one "
-                f"(several separated by '{separator}'); drop unlabelled records"
-            )
-        return labels
-    numbers = []
-    for column, value in zip(columns, values, strict=True):
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-            if value.strip():
-                raise ValueError(
-                    f"column '{column}' holds {value!r}, not a number; regression targets "
-                    "must be numeric"
-                ) from None
-        if not math.isfinite(number):
-            shown = repr(value) if value.strip() else "empty"
-            raise ValueError(
-                f"column '{column}' is {shown}; "
-                "every regression target needs a finite number: fill it in or drop the row"
-            )
-        numbers.append(number)
-    return tuple(numbers)
+
+    task: Task
+    # One FASTA file per label (``data/{split}/<Label>.fasta``) can hold these targets.
+    one_label_per_file: bool
+
+    def default_target_columns(self) -> list[str]:
+        """The target column(s) unless data.target_columns names others."""
+        ...
+
+    def parse_target(self, values: list[str], columns: list[str], separator: str) -> Target:
+        """The target of one record from the text of its target columns (in ``columns`` order).
+
+        Raises:
+            ValueError: Saying what is wrong and how to fix it (without the location).
+        """
+        ...
+
+    def prepare_targets(self, report: DataReport, data: DataConfig) -> bool:
+        """Rewrite targets before duplicates and conflicts are judged; False stops the check."""
+        ...
+
+    def find_labels(self, report: DataReport, data: DataConfig) -> None:
+        """Set ``report.labels`` (and names) from train, adding errors and notes to the report."""
+        ...
+
+    def target_table(self, report: DataReport) -> str:
+        """Per label (or target) and split: counts or statistics, as text."""
+        ...
+
+    def target_summary(self, report: DataReport) -> dict[str, object]:
+        """Counts (or statistics) per split, for the run's manifest."""
+        ...
 
 
 def format_target(target: Target | None) -> str:
@@ -92,4 +68,4 @@ def format_target(target: Target | None) -> str:
         return ""
     if isinstance(target, str):
         return target
-    return ";".join(f"{x:g}" if isinstance(x, float) else x for x in target)
+    return ";".join(f"{x:g}" if isinstance(x, float) else str(x) for x in target)

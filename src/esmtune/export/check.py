@@ -15,13 +15,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from esmtune.config import Task
 from esmtune.data.check import check_dataset, sequence_problem
 from esmtune.errors import EsmtuneError
 from esmtune.model.interface import Classifier
 from esmtune.model.run_model import LoadedRun
 from esmtune.predict import Predictor
-from esmtune.tasks import TaskSpec
 
 __all__ = ["CHECK_SEQUENCES", "LABEL_AGREEMENT", "check_runtimes", "check_sample"]
 
@@ -30,8 +28,6 @@ CHECK_SEQUENCES = 32
 
 # A runtime "keeps the labels" when it agrees with the run on at least this share of sequences.
 LABEL_AGREEMENT = 0.99
-# Regression has no labels: a value "agrees" within this share of the predictions' spread.
-_VALUE_TOLERANCE = 0.01
 # Amino-acid frequencies of UniProtKB/Swiss-Prot (per cent), for synthetic check sequences.
 _RESIDUES = "ARNDCQEGHILKMFPSTWYV"
 _FREQUENCIES = np.array(
@@ -63,18 +59,6 @@ def check_sample(loaded: LoadedRun[Classifier], count: int, seed: int = 0) -> tu
     weights = _FREQUENCIES / _FREQUENCIES.sum()
     sequences = ["".join(rng.choice(list(_RESIDUES), size=n, p=weights)) for n in lengths]
     return sequences, "synthetic proteins (the run's data was not readable from here)"
-
-
-def _agreement(task: TaskSpec, reference: np.ndarray, other: np.ndarray) -> float:
-    """Share of sequences given the run's label(s), or (regression) the run's values."""
-    if task.task is Task.REGRESSION:
-        spread = np.maximum(reference.std(axis=0), 1e-6)
-        close = np.abs(other - reference) <= _VALUE_TOLERANCE * spread
-        return float(close.all(axis=1).mean())
-    key = "labels" if task.task is Task.MULTILABEL else "label"
-    expected = task.predictions(reference, 1)
-    got = task.predictions(other, 1)
-    return float(np.mean([a[key] == b[key] for a, b in zip(expected, got, strict=True)]))
 
 
 def _timed_outputs(predictor: Predictor, sequences: list[str]) -> tuple[np.ndarray, float]:
@@ -115,7 +99,7 @@ def check_runtimes(
         bar.update()
         runtimes[name] = {
             "residues_per_second": round(speed, 1),
-            "label_agreement": _agreement(reference.task, expected, outputs),
+            "label_agreement": reference.task.agreement(expected, outputs),
             "max_abs_difference": float(np.abs(outputs - expected).max()),
             "file_bytes": sum(path.stat().st_size for path in files if path.is_file()),
         }

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file
 
-from esmtune.config import FinetuneMode, Task
+from esmtune.config import FinetuneMode
 from esmtune.errors import ModelLoadError, RunDirError
 from esmtune.export.files import HEAD_FILE, ONNX_FILE, read_export
 from esmtune.export.names import FormatName, Runtime
@@ -26,15 +26,8 @@ from esmtune.rundir import CONFIG_FILE, save_weights
 
 __all__ = ["HfFormat", "load_export"]
 
+
 # What the usual transformers recipe does after the logits, per task (shown in the model card).
-_AFTER_LOGITS = {
-    Task.MULTICLASS: "probabilities = logits.softmax(-1)",
-    Task.BINARY: "probabilities = logits.softmax(-1)  # [:, 1] is P(positive)",
-    Task.MULTILABEL: "probabilities = logits.sigmoid()",
-    Task.REGRESSION: "values = logits  # in the targets' own units",
-}
-
-
 class HfFormat:
     """``--format hf``: runs in torch; see the module docstring for what it writes."""
 
@@ -102,7 +95,7 @@ class HfFormat:
                 'batch = tokenizer(["MKTAYIAKQR"], return_tensors="pt", padding=True)',
                 "with torch.no_grad():",
                 "    logits = model(**batch).logits",
-                _AFTER_LOGITS[loaded.task.task],
+                loaded.task.hf_usage,
                 "print(model.config.id2label)",
                 "```",
             ]

@@ -3,13 +3,10 @@
 With ``model.head: esm`` the classifier is layer for layer what ``EsmForSequenceClassification``
 computes (the ``<cls>`` state, dense, tanh, out_proj), so an ``hf`` export can be a folder that
 ``AutoModelForSequenceClassification`` loads with no esmtune code. What the task adds after the
-logits is folded into the weights where it can be, so the usual recipe gives the run's numbers:
-
-- multiclass: softmax of the logits, as esmtune;
-- binary: esmtune's one logit z becomes two logits (0, z), whose softmax is (1 - σ(z), σ(z));
-- multilabel: sigmoid of each logit (``problem_type`` says so);
-- regression: the target standardisation learned on train is folded into ``out_proj``, so the
-  logits are values in the targets' own units.
+logits is folded into the weights where it can be, so the usual recipe gives the run's numbers;
+each task says how (:meth:`~esmtune.tasks.TaskSpec.hf_output_layer`, ``hf_problem_type``): e.g.
+binary's one logit z becomes two logits (0, z), whose softmax is (1 - σ(z), σ(z)), and
+regression's target standardisation is folded into ``out_proj``.
 
 Decision thresholds tuned on validation (binary, multilabel) stay esmtune's: plain transformers
 users get them from ``esmtune_head.safetensors``'s metadata or the model card.
@@ -22,32 +19,11 @@ import copy
 import torch
 from transformers import EsmForSequenceClassification
 
-from esmtune.config import Task
 from esmtune.errors import EsmtuneError
 from esmtune.model.classifier import SequenceClassifier
 from esmtune.tasks import TaskSpec
 
-__all__ = ["PROBLEM_TYPES", "to_sequence_classification"]
-
-PROBLEM_TYPES = {
-    Task.MULTICLASS: "single_label_classification",
-    Task.BINARY: "single_label_classification",
-    Task.MULTILABEL: "multi_label_classification",
-    Task.REGRESSION: "regression",
-}
-
-
-def _output_layer(
-    task: TaskSpec, weight: torch.Tensor, bias: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The out_proj weights that give, through transformers' usual recipe, the task's outputs."""
-    if task.task is Task.BINARY:
-        return torch.cat([torch.zeros_like(weight), weight]), torch.cat([bias.new_zeros(1), bias])
-    if task.task is Task.REGRESSION:
-        mean = torch.as_tensor(task.target_mean, dtype=weight.dtype)
-        std = torch.as_tensor(task.target_std, dtype=weight.dtype)
-        return weight * std.unsqueeze(1), bias * std + mean
-    return weight, bias
+__all__ = ["to_sequence_classification"]
 
 
 def to_sequence_classification(
@@ -70,11 +46,11 @@ def to_sequence_classification(
     config.architectures = ["EsmForSequenceClassification"]
     config.id2label = dict(enumerate(task.labels))
     config.label2id = {label: i for i, label in enumerate(task.labels)}
-    config.problem_type = PROBLEM_TYPES[task.task]
+    config.problem_type = task.hf_problem_type
     classifier = EsmForSequenceClassification(config)
     classifier.esm.load_state_dict(model.backbone.state_dict())
     classifier.classifier.dense.load_state_dict(dense.state_dict())
-    weight, bias = _output_layer(task, out.weight.detach(), out.bias.detach())
+    weight, bias = task.hf_output_layer(out.weight.detach(), out.bias.detach())
     with torch.no_grad():
         classifier.classifier.out_proj.weight.copy_(weight)
         classifier.classifier.out_proj.bias.copy_(bias)

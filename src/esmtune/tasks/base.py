@@ -1,0 +1,323 @@
+"""What every task has, and what each task module fills in.
+
+A task owns everything that differs between kinds of prediction: how its targets are read and
+checked, the loss and output activation, decision thresholds, metrics, the evaluation report and
+plots, the predictions file and ``predict``'s table and text, the composition baseline, how two
+runtimes' outputs are compared, the Hugging Face head mapping and how the serve page draws a
+prediction. The rest of esmtune calls these methods and never asks which task it has.
+
+A task is fitted once on the training targets (class weights, positive weights, target
+standardisation) and saved with the run (:meth:`TaskSpec.state`), so that evaluation and
+prediction rebuild exactly the same behaviour from the run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from esmtune.config import TASK_OPTIONS, DataConfig, ObjectiveConfig, Task
+from esmtune.data.fasta import SequenceRecord, Target
+from esmtune.data.report import DataReport, label_summary, label_table
+from esmtune.data.targets import format_target
+
+if TYPE_CHECKING:
+    from sklearn.base import BaseEstimator
+
+__all__ = ["TaskSpec", "metric_table", "number", "positive_weights", "ranked_text"]
+
+
+def number(value: float | None) -> str:
+    """A metric as report text: four decimals, or n/a when undefined."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def ranked_text(result: dict[str, Any]) -> str:
+    """A top-k ranking as one table cell: ``label[ name]:p;...``."""
+    names = result.get("names", {})
+    return ";".join(
+        f"{label}{' ' + names[label] if label in names else ''}:{p:.4f}"
+        for label, p in result["top_k"]
+    )
+
+
+def positive_weights(targets: np.ndarray, setting: float | str | None) -> list[float] | None:
+    """BCE pos_weight: negatives / positives per output ("balanced") or one number for all."""
+    if setting is None:
+        return None
+    columns = targets.reshape(len(targets), -1)
+    if setting == "balanced":
+        positives = columns.sum(axis=0)
+        ratio = (len(columns) - positives) / np.maximum(positives, 1)
+        return np.clip(ratio, 1e-3, 1e3).tolist()
+    return [float(setting)] * columns.shape[1]
+
+
+def metric_table(rows: dict[str, dict[str, Any]], columns: list[str], first: str) -> list[str]:
+    """A per-class / per-label / per-target table of numbers, as report lines."""
+    width = max(len(first), *(len(name) for name in rows))
+    lines = [f"{first.ljust(width)}  " + "  ".join(c.rjust(9) for c in columns)]
+    for name, row in rows.items():
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            cells.append(str(value).rjust(9) if isinstance(value, int) else number(value).rjust(9))
+        lines.append(f"{name.ljust(width)}  " + "  ".join(cells))
+    return lines
+
+
+@dataclass
+class TaskSpec:
+    """Behaviour shared by every task; each task module's subclass fills in what differs.
+
+    Attributes:
+        labels: Output names: classes (binary: negative, positive), multilabel vocabulary or
+            regression targets, in the order of the head's outputs.
+        objective: Loss and threshold settings from the config.
+        label_names: Readable names (e.g. GO term names) for labels that have one.
+        ancestors: For each label, its ancestors within ``labels`` (ontology consistency).
+        weights: Per-output loss weights fitted on train (class or positive weights), or None.
+        thresholds: Decision thresholds (binary: one; multilabel: one per label), or None.
+        target_mean: Regression: training mean of each target.
+        target_std: Regression: training standard deviation of each target.
+    """
+
+    task: ClassVar[Task]
+    # One FASTA file per label can hold this task's targets (data/{split}/<Label>.fasta).
+    one_label_per_file: ClassVar[bool] = False
+    # How outputs are named in messages: "labels", or "target(s)" for numbers.
+    target_noun: ClassVar[str] = "labels"
+    # The metrics `esmtune baseline` prints, most telling first.
+    headline_metrics: ClassVar[tuple[str, ...]]
+    # transformers' problem_type of the equivalent EsmForSequenceClassification.
+    hf_problem_type: ClassVar[str]
+    # The model card's line turning AutoModelForSequenceClassification logits into outputs.
+    hf_usage: ClassVar[str]
+
+    labels: list[str]
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    label_names: dict[str, str] = field(default_factory=dict)
+    ancestors: dict[str, list[str]] = field(default_factory=dict)
+    weights: list[float] | None = None
+    thresholds: list[float] | None = None
+    target_mean: list[float] | None = None
+    target_std: list[float] | None = None
+
+    # --- reading and checking targets (the data layer's TargetKind, on the class) ------------
+
+    @classmethod
+    def default_target_columns(cls) -> list[str]:
+        """The target column unless data.target_columns names others."""
+        return [TASK_OPTIONS[cls.task].target_column]
+
+    @classmethod
+    def parse_target(cls, values: list[str], columns: list[str], separator: str) -> Target:
+        """The target of one record from the text of its target columns.
+
+        Raises:
+            ValueError: Saying what is wrong and how to fix it (without the location).
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def prepare_targets(cls, report: DataReport, data: DataConfig) -> bool:
+        """Rewrite targets before conflicts are judged (nothing by default); False stops."""
+        return True
+
+    @classmethod
+    def find_labels(cls, report: DataReport, data: DataConfig) -> None:
+        """Set ``report.labels`` from the data, adding errors and notes to the report."""
+        raise NotImplementedError
+
+    @classmethod
+    def target_table(cls, report: DataReport) -> str:
+        """Sequences per label and split, with lengths."""
+        return label_table(report)
+
+    @classmethod
+    def target_summary(cls, report: DataReport) -> dict[str, object]:
+        """Sequences per split and label, for the manifest."""
+        return label_summary(report)
+
+    def unknown_targets(self, records: list[SequenceRecord], found: list[str]) -> str | None:
+        """Why records to evaluate do not fit this model (``found``: their label set), or None."""
+        return None
+
+    # --- training ------------------------------------------------------------------------
+
+    @property
+    def num_outputs(self) -> int:
+        """Size of the head's output layer."""
+        return len(self.labels)
+
+    def state(self) -> dict[str, Any]:
+        """What the run directory keeps to rebuild this task."""
+        return {
+            "task": self.task.value,
+            "labels": self.labels,
+            "label_names": self.label_names,
+            "ancestors": self.ancestors,
+            "weights": self.weights,
+            "thresholds": self.thresholds,
+            "target_mean": self.target_mean,
+            "target_std": self.target_std,
+            "objective": self.objective.model_dump(mode="json"),
+        }
+
+    def fit(self, targets: np.ndarray) -> None:
+        """Learn what the loss needs from the training targets (nothing by default)."""
+
+    def encode_targets(self, records: list[SequenceRecord]) -> np.ndarray:
+        """Targets as the numbers the loss and metrics take."""
+        raise NotImplementedError
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch."""
+        raise NotImplementedError
+
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits to probabilities (or values on the targets' own scale)."""
+        raise NotImplementedError
+
+    def outputs(self, logits: torch.Tensor) -> np.ndarray:
+        """What a prediction reports, as numpy: activated, and made consistent where needed."""
+        return self.activation(logits.float()).cpu().numpy()
+
+    def tune(self, targets: np.ndarray, outputs: np.ndarray) -> list[float] | None:
+        """Thresholds that maximise the configured metric on these (validation) outputs."""
+        return None
+
+    def metrics(
+        self, targets: np.ndarray, outputs: np.ndarray, thresholds: list[float] | None = None
+    ) -> dict[str, Any]:
+        """Every metric of the task (thresholded ones at ``thresholds`` or the saved ones)."""
+        raise NotImplementedError
+
+    # --- predictions -----------------------------------------------------------------------
+
+    def predictions(self, outputs: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:
+        """One result per row of ``outputs``: the task's prediction format."""
+        raise NotImplementedError
+
+    @property
+    def default_top_k(self) -> int | None:
+        """How many ranked labels a prediction shows unless asked (None: no ranking)."""
+        return None
+
+    def agreement(self, reference: np.ndarray, other: np.ndarray) -> float:
+        """Share of sequences given the same label by two runtimes' outputs (export check)."""
+        expected, got = self.predictions(reference, 1), self.predictions(other, 1)
+        return float(
+            np.mean([a["label"] == b["label"] for a, b in zip(expected, got, strict=True)])
+        )
+
+    def table_header(self) -> list[str]:
+        """Columns of ``esmtune predict``'s TSV/CSV output."""
+        raise NotImplementedError
+
+    def table_row(self, result: dict[str, Any]) -> list[str]:
+        """One prediction as a row under :meth:`table_header`."""
+        raise NotImplementedError
+
+    def text_lines(self, result: dict[str, Any]) -> list[str]:
+        """One prediction for people (``--format text``), under its id line."""
+        raise NotImplementedError
+
+    def frame_row(self, result: dict[str, Any]) -> dict[str, Any]:
+        """One prediction as DataFrame columns (:meth:`Predictor.predict_frame`)."""
+        raise NotImplementedError
+
+    def display(self) -> dict[str, Any]:
+        """How the serve page draws this task's predictions: which fields, in which form.
+
+        ``chosen``: the decision (``field``, its ``title``, an optional ``detail`` number with a
+        ``prefix``, and what to show when a list is ``empty``); ``bars``: the field of
+        (label, probability) pairs or a label -> probability mapping; ``values``: a field of
+        name -> number; ``noun`` / ``list_title``: how the outputs are named.
+        """
+        raise NotImplementedError
+
+    # --- evaluation ------------------------------------------------------------------------
+
+    @classmethod
+    def report_lines(cls, metrics: dict[str, Any]) -> tuple[str, list[str]]:
+        """The headline of an evaluation and the table under it, as terminal text."""
+        raise NotImplementedError
+
+    def plots(
+        self, targets: np.ndarray, outputs: np.ndarray, metrics: dict[str, Any], out: Path
+    ) -> list[Path]:
+        """The figures a person looks at for this task; returns the files written."""
+        return []
+
+    def prediction_columns(self) -> list[str]:
+        """Header of an evaluation's predictions.csv."""
+        return ["id", "true_label", "predicted_label", *(f"p_{x}" for x in self.labels)]
+
+    def prediction_rows(
+        self, records: list[SequenceRecord], outputs: np.ndarray
+    ) -> list[list[str]]:
+        """One predictions.csv row per record: id, truth, prediction and the numbers behind it."""
+        rows = []
+        for record, result in zip(records, self.predictions(outputs, None), strict=True):
+            chosen = ";".join(result["labels"]) if "labels" in result else result["label"]
+            probabilities = (f"{result['probabilities'][x]:.6f}" for x in self.labels)
+            rows.append([record.id, format_target(record.target), chosen, *probabilities])
+        return rows
+
+    # --- the composition baseline -------------------------------------------------------------
+
+    baseline_model_name: ClassVar[str] = "logistic regression"
+
+    def baseline_estimator(self) -> BaseEstimator:
+        """The scikit-learn model fitted on composition features and encoded targets."""
+        raise NotImplementedError
+
+    def baseline_outputs(self, estimator: Any, features: np.ndarray) -> np.ndarray:
+        """The fitted estimator's predictions in this task's output form."""
+        raise NotImplementedError
+
+    def trivial_outputs(self, train_targets: np.ndarray, count: int) -> tuple[np.ndarray, str]:
+        """A sequence-blind predictor's outputs (commonest label, the mean) and its name."""
+        raise NotImplementedError
+
+    # --- Hugging Face ------------------------------------------------------------------------
+
+    def hf_output_layer(
+        self, weight: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """out_proj weights that give, through transformers' usual recipe, this task's outputs."""
+        return weight, bias
+
+    # --- shared helpers ------------------------------------------------------------------------
+
+    def _weight_tensor(self, like: torch.Tensor) -> torch.Tensor | None:
+        if self.weights is None:
+            return None
+        return torch.as_tensor(self.weights, dtype=torch.float32, device=like.device)
+
+    def _ranked(self, row: np.ndarray, top_k: int | None) -> list[tuple[str, float]]:
+        order = np.argsort(-row, kind="stable")[: top_k or len(self.labels)]
+        return [(self.labels[i], float(row[i])) for i in order]
+
+    def _ranking_lines(self, result: dict[str, Any]) -> list[str]:
+        """``top k:`` and one line per ranked label with a bar of its probability."""
+        names = result.get("names", {})
+        lines = [f"  top {len(result['top_k'])}:"]
+        for label, p in result["top_k"]:
+            bar = "#" * round(p * 20)
+            shown = f"{names[label]} ({label})" if label in names else label
+            lines.append(f"    {p:5.2f} {bar:<20} {shown}")
+        return lines
+
+    def _probability_columns(self) -> list[str]:
+        """Labels that get a p_<label> column in predict's table (not too many to read)."""
+        return self.labels if len(self.labels) <= _MAX_PROBABILITY_COLUMNS else []
+
+
+# Per-label probability columns stop being readable (and useful in a table) beyond this many.
+_MAX_PROBABILITY_COLUMNS = 50
