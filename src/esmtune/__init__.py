@@ -7,10 +7,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["Predictor", "TrainConfig", "check_dataset", "load_config", "train"]
+__all__ = [
+    "PredictOptions",
+    "Predictor",
+    "TrainConfig",
+    "check_dataset",
+    "load_config",
+    "train",
+]
 __version__ = "0.1.0"
 
 _HOMES = {
+    "PredictOptions": "esmtune.predict_options",
     "Predictor": "esmtune.predict",
     "TrainConfig": "esmtune.config",
     "load_config": "esmtune.config",
@@ -22,6 +30,7 @@ if TYPE_CHECKING:
     from esmtune.config import TrainConfig, load_config
     from esmtune.data.check import check_dataset
     from esmtune.predict import Predictor
+    from esmtune.predict_options import PredictOptions
     from esmtune.train import train
 
 

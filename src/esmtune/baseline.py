@@ -33,9 +33,9 @@ def composition_features(sequences: list[str]) -> np.ndarray:
             if column >= 0:
                 features[row, column] += 1
         for start in range(len(sequence) - 1):
-            column = _DIPEPTIDES.get(sequence[start : start + 2])
-            if column is not None:
-                features[row, 20 + column] += 1
+            pair = _DIPEPTIDES.get(sequence[start : start + 2])
+            if pair is not None:
+                features[row, 20 + pair] += 1
         features[row, :20] /= max(len(sequence), 1)
         features[row, 20:] /= max(len(sequence) - 1, 1)
     return features

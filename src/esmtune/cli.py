@@ -23,7 +23,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from esmtune.config import DataConfig, Pooling, Task, TrainConfig, describe_fields
+from esmtune.config import (
+    DataConfig,
+    Pooling,
+    Task,
+    TrainConfig,
+    describe_fields,
+    field_description,
+)
 from esmtune.data.layout import SPLITS
 from esmtune.errors import EsmtuneError
 from esmtune.export.names import AUTO, RUNTIMES, FormatName
@@ -64,7 +71,8 @@ def _add_fields(command: Any, model: type[BaseModel], names: Iterable[str]) -> N
         spec = model.model_fields[name]
         default = spec.default.value if isinstance(spec.default, StrEnum) else spec.default
         option = "--" + name.replace("_", "-")
-        _add(command, option, default=default, help=spec.description, **_kind(spec.annotation))
+        help = field_description(model, name)
+        _add(command, option, default=default, help=help, **_kind(spec.annotation))
 
 
 # --- train -----------------------------------------------------------------------------------
@@ -141,7 +149,9 @@ def _add_config_option(command: Any, option: str, key: str, helps: dict[str, str
     """An option that sets one config key, read from its schema field; unset, it changes nothing."""
     section, _, name = key.rpartition(".")
     model = TrainConfig.model_fields[section].annotation if section else TrainConfig
-    options = _kind(model.model_fields[name].annotation)  # type: ignore[union-attr]
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise TypeError(f"{key}: '{section}' is not a section of the config")
+    options = _kind(model.model_fields[name].annotation)
     repeatable = "(repeatable) " if options.get("action") == "append" else ""
     command.add_argument(option, dest=name, default=None, help=repeatable + helps[key], **options)
 
@@ -322,9 +332,10 @@ def _read_inputs(args: argparse.Namespace) -> list:
 
 def _add_runtime_option(command: argparse.ArgumentParser) -> None:
     """``--runtime`` of `predict` and `serve`: PredictOptions' field, with the runtimes' names."""
-    spec = PredictOptions.model_fields["runtime"]
+    default = PredictOptions.model_fields["runtime"].default
+    help = field_description(PredictOptions, "runtime")
     runtimes = (AUTO, *(runtime.value for runtime in RUNTIMES))
-    _add(command, "--runtime", choices=runtimes, default=spec.default, help=spec.description)
+    _add(command, "--runtime", choices=runtimes, default=default, help=help)
 
 
 # How `predict` and `embed` run the model (embed has no runtime: it runs torch).
@@ -639,6 +650,14 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], _Handler]]
 _GROUPS = {"data": "Inspect datasets."}
 
 
+def _handler_help(handler: _Handler) -> str:
+    """A command's help: its handler's docstring (one line for ``esmtune --help``, then more)."""
+    text = inspect.getdoc(handler)
+    if not text:
+        raise TypeError(f"{handler.__name__} has no docstring, which is its command's --help")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every command of the table, each documented by its handler."""
     parser = argparse.ArgumentParser(
@@ -660,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
                     dest=f"{group[0]}_command", metavar="SUBCOMMAND", required=True
                 )
             where = groups[group[0]]
-        summary, _, description = inspect.getdoc(handler).partition("\n\n")  # type: ignore[union-attr]
+        summary, _, description = _handler_help(handler).partition("\n\n")
         command = where.add_parser(leaf, help=summary, description=description or summary)
         add_options(command)
         command.set_defaults(handler=handler)

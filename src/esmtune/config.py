@@ -46,6 +46,7 @@ __all__ = [
     "TrainingConfig",
     "apply_overrides",
     "describe_fields",
+    "field_description",
     "load_config",
     "task_problems",
 ]
@@ -657,6 +658,18 @@ def _raw_task_problems(raw: Mapping[str, Any]) -> list[str]:
     return task_problems(task, _dotted(raw))
 
 
+def field_description(model: type[BaseModel], name: str) -> str:
+    """The description of a schema field: the ``--help`` of the key or option that sets it.
+
+    Raises:
+        TypeError: When the field has none; every settable field must say what it does.
+    """
+    description = model.model_fields[name].description
+    if description is None:
+        raise TypeError(f"{model.__name__}.{name} has no description; give its Field one")
+    return description
+
+
 def describe_fields(
     model: type[BaseModel] = TrainConfig, prefix: str = ""
 ) -> list[tuple[str, str]]:
@@ -670,13 +683,7 @@ def describe_fields(
             continue
         default = field.get_default(call_default_factory=True)
         default_text = default.value if isinstance(default, StrEnum) else default
-        described = "[default: " in str(field.description)  # the description says it better
-        rows.append(
-            (
-                key,
-                field.description
-                if described
-                else f"{field.description} [default: {default_text}]",
-            )
-        )
+        description = field_description(model, name)
+        described = "[default: " in description  # the description says it better
+        rows.append((key, description if described else f"{description} [default: {default_text}]"))
     return rows

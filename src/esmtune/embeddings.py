@@ -13,18 +13,18 @@ import hashlib
 import json
 import os
 import uuid
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from esmtune.config import LongSequences, Pooling, TrainConfig
-from esmtune.data.batching import EncodedDataset, encode
+from esmtune.data.batching import BudgetedDataset, EncodedDataset, encode
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import DataError, EsmtuneError
@@ -88,6 +88,7 @@ def _per_sequence(
     bar = _progress(len(dataset), progress, "embed")
     with precision_context(precision, device):
         for batch in eval_loader(dataset, budget, pad_token_id):
+            reduced: torch.Tensor | list[torch.Tensor]  # a tensor's rows, or one per sequence
             if over_budget(batch, budget):
                 reduced = stream_windows(model.window_states, batch, budget, make_sink, device)
             else:
@@ -281,7 +282,8 @@ def write_embeddings(
     ones (one ``(residues, hidden)`` tensor per sequence) as one array per id.
 
     Raises:
-        EsmtuneError: On an unknown extension or repeated ids.
+        EsmtuneError: On an unknown extension or repeated ids (or, per-residue ``.npz``, the id
+            ``ids``).
     """
     suffix = path.suffix.lower()
     if suffix not in EMBEDDING_FORMATS:
@@ -291,23 +293,31 @@ def write_embeddings(
     if len(set(ids)) != len(ids):
         raise EsmtuneError("repeated sequence ids; embeddings are stored by id, make them unique")
     path.parent.mkdir(parents=True, exist_ok=True)
-    pooled = isinstance(embeddings, torch.Tensor)
     temporary = path.with_name(f".{path.name}.tmp{suffix}")
     if suffix == ".safetensors":
-        tensors = {"embeddings": embeddings} if pooled else dict(zip(ids, embeddings, strict=True))
+        tensors = (
+            {"embeddings": embeddings}
+            if isinstance(embeddings, torch.Tensor)
+            else dict(zip(ids, embeddings, strict=True))
+        )
         save_tensors(  # (with the umask's mode, unlike safetensors' own 0600)
             {k: v.contiguous() for k, v in tensors.items()},
             temporary,
             metadata={**metadata, "ids": json.dumps(ids)},
         )
     elif suffix == ".npz":
-        if pooled:
+        if isinstance(embeddings, torch.Tensor):
             arrays = {"ids": np.asarray(ids), "embeddings": embeddings.numpy()}
         else:
+            if "ids" in ids:  # the member holding the id list
+                raise EsmtuneError(
+                    "a sequence has the id 'ids', the name .npz files give the list of ids; "
+                    "rename it, or write .h5 or .safetensors"
+                )
             per_id = {i: e.numpy() for i, e in zip(ids, embeddings, strict=True)}
             arrays = {"ids": np.asarray(ids), **per_id}
         with temporary.open("wb") as handle:
-            np.savez(handle, **arrays)
+            _save_npz(handle, arrays)
     else:
         import h5py  # only .h5 users pay for the import
 
@@ -315,7 +325,7 @@ def write_embeddings(
             handle.attrs.update(metadata)
             names = np.asarray(ids, dtype=object)
             handle.create_dataset("ids", data=names, dtype=h5py.string_dtype())
-            if pooled:
+            if isinstance(embeddings, torch.Tensor):
                 handle.create_dataset("embeddings", data=embeddings.numpy())
             else:
                 group = handle.create_group("per_residue")  # one dataset per id ('/' escaped)
@@ -324,7 +334,19 @@ def write_embeddings(
     os.replace(temporary, path)
 
 
-class EmbeddedDataset(Dataset):
+def _save_npz(handle: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
+    """What ``np.savez(handle, **arrays)`` writes, one ``<name>.npy`` member per array.
+
+    Not ``np.savez`` itself: its keyword arguments ``file`` and ``allow_pickle`` would capture a
+    sequence with that id (a TypeError, or an array silently taken for the pickle flag).
+    """
+    with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=True)
+
+
+class EmbeddedDataset(BudgetedDataset):
     """Cached pooled embeddings in place of token windows, batched exactly like them.
 
     ``tokens`` and ``window_counts`` come from the encoded dataset, so the token-budget sampler
@@ -334,11 +356,21 @@ class EmbeddedDataset(Dataset):
     def __init__(self, embeddings: torch.Tensor, encoded: EncodedDataset) -> None:
         self.embeddings = embeddings
         self.targets = encoded.targets
-        self.tokens = encoded.tokens
-        self.window_counts = encoded.window_counts
+        self._tokens = encoded.tokens
+        self._window_counts = encoded.window_counts
 
     def __len__(self) -> int:
         return len(self.embeddings)
+
+    @property
+    def tokens(self) -> list[int]:
+        """Tokens of each sequence's longest window, as if it were run from tokens."""
+        return self._tokens
+
+    @property
+    def window_counts(self) -> list[int]:
+        """Windows each sequence has, as if it were run from tokens."""
+        return self._window_counts
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, np.ndarray | None]:
         target = None if self.targets is None else self.targets[index]
@@ -353,8 +385,9 @@ def embedding_collate(
         "index": torch.tensor([index for index, _, _ in items], dtype=torch.long),
         "embeddings": torch.stack([embedding for _, embedding, _ in items]),
     }
-    if items[0][2] is not None:
-        batch["target"] = torch.from_numpy(np.stack([target for _, _, target in items]))
+    targets = [target for _, _, target in items if target is not None]
+    if targets:  # a dataset has targets for every sequence or for none
+        batch["target"] = torch.from_numpy(np.stack(targets))
     return batch
 
 
@@ -413,6 +446,6 @@ def embed_records(
     pad = tokenizer.pad_token_id
     if pooling == "per-residue":
         return residue_embeddings(model, dataset, pad, max_tokens, progress, precision)
-    hidden = model.backbone.config.hidden_size
+    hidden = model.backbone_config.hidden_size
     pooler = Pooler(Pooling(pooling), hidden)
     return pooled_embeddings(model, dataset, pad, max_tokens, pooler, progress, precision)

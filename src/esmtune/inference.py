@@ -15,10 +15,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, pad_collate
+from esmtune.data.batching import (
+    BudgetedDataset,
+    EncodedDataset,
+    TokenBudgetBatchSampler,
+    pad_collate,
+)
+from esmtune.model.interface import Classifier
 from esmtune.model.windows import ResidueSink, WindowStitcher
 
 __all__ = [
@@ -67,7 +74,7 @@ def precision_context(precision: str, device: torch.device) -> AbstractContextMa
 
 
 def eval_loader(
-    dataset: EncodedDataset,
+    dataset: BudgetedDataset,
     max_tokens: int,
     pad_token_id: int,
     max_sequences: int | None = None,
@@ -165,6 +172,13 @@ def stream_windows(
     return results
 
 
+def _parameters_device(model: Classifier) -> torch.device:
+    """Where a torch model's parameters are; a model without any (onnxruntime) takes the CPU's."""
+    if isinstance(model, nn.Module):
+        return next(model.parameters()).device
+    return torch.device("cpu")
+
+
 def _unwrapped(model: Any) -> Any:
     """The model inside a DistributedDataParallel wrapper (which hides its methods)."""
     return getattr(model, "module", model)
@@ -205,7 +219,7 @@ def iterate_outputs(
 
 
 def predict_outputs(
-    model: Callable[..., torch.Tensor],
+    model: Classifier,
     dataset: EncodedDataset,
     outputs: Callable[[torch.Tensor], np.ndarray],
     max_tokens: int | None,
@@ -222,7 +236,7 @@ def predict_outputs(
     batches go (default: the model's parameters' device); an onnxruntime model, which has no
     parameters, takes CPU tensors.
     """
-    device = device or next(model.parameters()).device
+    device = device or _parameters_device(model)
     budget = max_tokens or inference_budget(device)
     loader = eval_loader(dataset, budget, pad_token_id, max_sequences)
     rows: dict[int, np.ndarray] = {}

@@ -452,6 +452,7 @@ def _finite_or_none(value: float) -> float | None:
 
 def _mean_or_none(values: list[float | None]) -> float | None:
     """The mean of ``values``, or None when any is undefined."""
-    if any(value is None for value in values):
+    defined = [value for value in values if value is not None]
+    if len(defined) < len(values):
         return None
-    return float(np.mean(values))
+    return float(np.mean(defined))

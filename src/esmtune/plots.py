@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 
@@ -258,7 +258,7 @@ def plot_scatter(
     _save(figure, path)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[Real]:
     """True for real numbers, numpy scalars included; False for None, text and booleans."""
     return isinstance(value, Real) and not isinstance(value, bool)
 

@@ -18,11 +18,15 @@ from esmtune.config import LongSequences
 from esmtune.errors import EsmtuneError
 from esmtune.export.names import AUTO, RUNTIMES
 
-__all__ = ["PredictOptions"]
+__all__ = ["InferenceOptions", "PredictOptions"]
 
 
-class PredictOptions(BaseModel):
-    """How predictions are made; each default suits most uses."""
+class InferenceOptions(BaseModel):
+    """What runs the model, where, and in what batches: the options predict and serve share.
+
+    :class:`PredictOptions` and :class:`esmtune.serve.ServeSettings` both extend it, so each of
+    these options (its type, default, checks and ``--help``) is written once.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -30,29 +34,18 @@ class PredictOptions(BaseModel):
         AUTO,
         description="what runs the model [auto]: auto = torch for a run or an hf export, and for "
         "an onnx export the graph its export check found fastest among those that keep the "
-        "run's labels (export.json); or torch (runs, hf exports), onnx (fp32 graph), onnx-int8",
+        "run's labels (export.json); or torch (runs, hf exports), onnx (fp32 graph), onnx-int8. "
+        "The onnx graphs run on the CPU unless the device is cuda (onnxruntime-gpu; inputs and "
+        "outputs pass through host memory)",
     )
     device: str | None = Field(
-        None,
-        description="cpu, cuda, cuda:1 ... [a GPU when there is one]; an onnx export runs on the "
-        "CPU unless given cuda (onnxruntime-gpu; inputs and outputs pass through host memory)",
+        None, description="cpu, cuda, cuda:1 ... [a GPU when there is one, if torch runs the model]"
     )
     max_tokens: int | None = Field(
         None,
         gt=0,
-        description="token budget per batch, inputs x longest input [1,024 on a CPU, where "
-        "small batches run fastest; 16,384 on a GPU]",
-    )
-    long_sequences: LongSequences = Field(
-        LongSequences.WINDOW,
-        description="sequences over the run's max_length [window]: window (overlapping "
-        "windows, every residue is seen; works with onnx too), truncate or centre",
-    )
-    precision: Literal["fp32", "bf16", "auto"] = Field(
-        "fp32",
-        description="torch only [fp32]: bf16 autocasts (faster and leaner where the hardware runs "
-        "bf16 natively: recent GPUs, CPUs with AVX512-BF16 or AMX; slower elsewhere); auto = "
-        "bf16 exactly there",
+        description="token budget of each forward pass, inputs x longest input [1,024 on a CPU, "
+        "where small batches run fastest; 16,384 on a GPU]",
     )
 
     @field_validator("runtime")
@@ -67,6 +60,23 @@ class PredictOptions(BaseModel):
     def _device_name(cls, device: object) -> object:
         """A ``torch.device`` by its name (``cuda:1``), so the options need no torch."""
         return device if device is None or isinstance(device, str) else str(device)
+
+
+class PredictOptions(InferenceOptions):
+    """How predictions are made; each default suits most uses."""
+
+    long_sequences: LongSequences = Field(
+        LongSequences.WINDOW,
+        description="sequences longer than one model input (max_length residues) [window]: "
+        "window (overlapping windows: every residue is seen, with any runtime), truncate (keep "
+        "the first residues) or centre (keep the central residues)",
+    )
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32",
+        description="torch only [fp32]: bf16 autocasts (faster and leaner where the hardware runs "
+        "bf16 natively: recent GPUs, CPUs with AVX512-BF16 or AMX; slower elsewhere); auto = "
+        "bf16 exactly there; see the README's Performance section",
+    )
 
     @classmethod
     def merged(cls, options: PredictOptions | None, overrides: Mapping[str, Any]) -> PredictOptions:

@@ -28,8 +28,7 @@ from esmtune.tasks import TaskSpec, task_from_state
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 __all__ = [
     "BACKBONE_DIR",
@@ -117,17 +116,20 @@ def save_run_files(
     config: TrainConfig,
     task: TaskSpec,
     tokenizer: PreTrainedTokenizerBase,
-    backbone: nn.Module,
+    backbone_config: PretrainedConfig,
     extra_manifest: dict[str, Any],
 ) -> None:
-    """Write the files that describe a run before its first step."""
+    """Write the files that describe a run before its first step.
+
+    ``backbone_config`` is the encoder's own configuration (under a LoRA wrapper, the base
+    model's), saved beside the tokenizer so that the backbone can be rebuilt from the folder.
+    """
     atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
     atomic_write_text(run_dir / LABELS_FILE, json.dumps(task.state(), indent=2) + "\n")
     backbone_dir = run_dir / BACKBONE_DIR
     backbone_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(backbone_dir)
-    base = getattr(backbone, "get_base_model", lambda: backbone)()
-    base.config.to_json_file(backbone_dir / "config.json")
+    backbone_config.to_json_file(backbone_dir / "config.json")
     manifest = {"versions": library_versions(), **extra_manifest}
     atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
 

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from esmtune.config import LongSequences, load_config
 from esmtune.data.fasta import SequenceRecord, parse_fasta
 from esmtune.errors import DataError, EsmtuneError
+from esmtune.predict_options import InferenceOptions
 
 if TYPE_CHECKING:
     from fastapi import FastAPI, Request
@@ -58,11 +59,13 @@ _SAFE_INTEGER = 2**53 - 1
 _MAX_DIGITS = 20
 
 
-class ServeSettings(BaseModel):
+class ServeSettings(InferenceOptions):
     """How ``esmtune serve`` and :func:`create_app` run: the request limits and the model's use.
 
     One object for the CLI (each field is an option; its description is the ``--help``), for
-    :func:`create_app`, and for the worker processes of ``--workers N`` (passed as JSON).
+    :func:`create_app`, and for the worker processes of ``--workers N`` (passed as JSON). What
+    runs the model (``runtime``, ``device``, ``max_tokens``) are predict's own options, from
+    :class:`~esmtune.predict_options.InferenceOptions`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -112,18 +115,6 @@ class ServeSettings(BaseModel):
         "served in between, so this bounds how long a short request waits behind a long one "
         "(raise it on a GPU)",
     )
-    max_tokens: int | None = Field(
-        None,
-        gt=0,
-        description="token budget of each forward pass inside a model call "
-        "[1024 on CPU, 16384 on GPU]",
-    )
-    device: str | None = Field(None, description="cpu, cuda, cuda:1 ... [cuda if available]")
-    runtime: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
-        "auto",
-        description="auto (an ONNX export runs the graph its export check chose), torch, onnx "
-        "or onnx-int8",
-    )
 
     @model_validator(mode="after")
     def _body_holds_the_residues(self) -> "ServeSettings":
@@ -150,7 +141,7 @@ class ServeSettings(BaseModel):
 
     def limits(self) -> dict[str, Any]:
         """What ``GET /info`` reports: every limit on a request and how requests share the model."""
-        return self.model_dump(exclude={"max_tokens", "device", "runtime"})
+        return self.model_dump(exclude=set(InferenceOptions.model_fields))
 
 
 def _settings_problems(error: ValidationError) -> str:
@@ -597,7 +588,8 @@ class _Batcher:
 
 def _slice(records: list[SequenceRecord], max_tokens: int) -> list[SequenceRecord]:
     """The leading records within ``max_tokens`` (at least one, however long)."""
-    taken, tokens = [], 0
+    taken: list[SequenceRecord] = []
+    tokens = 0
     for record in records:
         tokens += len(record.sequence) + 2
         if taken and tokens > max_tokens:

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import DataLoaderShard
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from torch.utils.data import DataLoader
-from transformers import get_scheduler
+from transformers import PretrainedConfig, get_scheduler
 
 from esmtune.checkpoint import (
     ResumePlan,
@@ -39,7 +40,7 @@ from esmtune.checkpoint import (
     unfinished_checkpoints,
 )
 from esmtune.config import TASK_METRICS, TrainConfig, TrainingConfig
-from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler
+from esmtune.data.batching import BudgetedDataset, TokenBudgetBatchSampler
 from esmtune.data.check import DataReport, check_dataset
 from esmtune.inference import iterate_outputs, model_inputs
 from esmtune.metrics import is_improvement
@@ -74,9 +75,10 @@ class _Run:
     model: Any  # prepared: DDP-wrapped under several processes
     optimizer: Any
     scheduler: Any
-    train_loader: DataLoader
+    # Prepared by accelerate, whose loaders shard batches and take set_epoch.
+    train_loader: DataLoaderShard
     train_sampler: TokenBudgetBatchSampler
-    val_loader: DataLoader
+    val_loader: DataLoaderShard
     unfreezing: ProgressiveUnfreezing
     log: TrainingLog
 
@@ -284,7 +286,8 @@ def _set_up(
     train_loader, train_sampler, val_loader = make_loaders(
         accelerator, config, report, tokenizer, spec, model
     )
-    sizes = f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} validation sequences"
+    splits = report.splits
+    sizes = f"{len(splits['train'])} train / {len(splits['validation'])} validation sequences"
     scheduler = _learning_rate_schedule(optimizer, config.training, len(train_loader))
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
@@ -292,9 +295,9 @@ def _set_up(
     if checkpoint is None:
         state = TrainerState()
         if accelerator.is_main_process:
-            backbone = accelerator.unwrap_model(model).backbone
+            backbone_config = accelerator.unwrap_model(model).backbone_config
             _write_run_files(
-                accelerator, config, report, spec, run_dir, tokenizer, backbone, parameters
+                accelerator, config, report, spec, run_dir, tokenizer, backbone_config, parameters
             )
     else:
         state = load_checkpoint(
@@ -361,7 +364,7 @@ def _write_run_files(
     spec: TaskSpec,
     run_dir: Path,
     tokenizer: Any,
-    backbone: torch.nn.Module,
+    backbone_config: PretrainedConfig,
     parameters: tuple[int, int],
 ) -> None:
     """What describes a fresh run before its first step: config, labels, manifest, data check."""
@@ -378,7 +381,7 @@ def _write_run_files(
         "processes": accelerator.num_processes,
         "mixed_precision": accelerator.mixed_precision,
     }
-    save_run_files(run_dir, config, spec, tokenizer, backbone, manifest)
+    save_run_files(run_dir, config, spec, tokenizer, backbone_config, manifest)
     atomic_write_text(run_dir / "data_check.txt", report.table() + "\n")
 
 
@@ -423,7 +426,9 @@ def _validate(run: _Run) -> tuple[dict[str, Any], list[float] | None]:
     by_index: dict[int, np.ndarray] = {}
     for indices, outputs in gathered:
         by_index.update(zip(indices.tolist(), outputs, strict=True))  # drops padding duplicates
-    dataset: EncodedDataset = run.val_loader.dataset
+    dataset: BudgetedDataset = run.val_loader.dataset
+    if dataset.targets is None:  # encode_split encodes them for every split
+        raise RuntimeError("the validation set was encoded without its targets")
     outputs = np.stack([by_index[i] for i in range(len(dataset))])
     thresholds = run.spec.tune(dataset.targets, outputs)
     return run.spec.metrics(dataset.targets, outputs, thresholds), thresholds

@@ -13,8 +13,10 @@ overlapping windows whose residue states the model stitches back together (see
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import assert_never
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from esmtune.config import LongSequences
 
 __all__ = [
+    "BudgetedDataset",
     "EncodedDataset",
     "TokenBudgetBatchSampler",
     "Window",
@@ -106,13 +109,39 @@ def encode(
         elif long_sequences is LongSequences.CENTRE:
             start = (len(sequence) - max_length) // 2
             encoded.append([Window(start, vocabulary(sequence[start : start + max_length]))])
-        else:
+        elif long_sequences is LongSequences.TRUNCATE:
             encoded.append([Window(0, vocabulary(sequence[:max_length]))])
+        else:
+            assert_never(long_sequences)
     return encoded
 
 
+class BudgetedDataset(Dataset, ABC):
+    """A dataset the token-budget sampler batches: each sequence's cost, and the targets.
+
+    Token windows (:class:`EncodedDataset`) and cached pooled embeddings
+    (:class:`~esmtune.embeddings.EmbeddedDataset`) are batched alike, so one loader takes either.
+    Items are ``(index, inputs, target or None)``.
+    """
+
+    targets: np.ndarray | None
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def tokens(self) -> list[int]:
+        """Tokens of each sequence's longest model input (what padding is decided by)."""
+
+    @property
+    @abstractmethod
+    def window_counts(self) -> list[int]:
+        """Model inputs each sequence needs."""
+
+
 @dataclass
-class EncodedDataset(Dataset):
+class EncodedDataset(BudgetedDataset):
     """Encoded windows and (optional) targets, indexable by position.
 
     Targets are one row per sequence, as the task encodes them: class indices, 0/1, multi-hot
@@ -280,6 +309,7 @@ def pad_collate(
         batch["residue_count"] = torch.tensor(
             [max(w.start + len(w.ids) - 2 for w in ws) for _, ws, _ in items], dtype=torch.long
         )
-    if items[0][2] is not None:
-        batch["target"] = torch.from_numpy(np.stack([target for _, _, target in items]))
+    targets = [target for _, _, target in items if target is not None]
+    if targets:  # a dataset has targets for every sequence or for none
+        batch["target"] = torch.from_numpy(np.stack(targets))
     return batch

@@ -13,6 +13,7 @@ import shlex
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from esmtune.errors import DataError
 
@@ -30,8 +31,17 @@ FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
 
 
 # A sequence's target: a class label (multiclass, binary), a set of labels (multilabel, sorted),
-# or one number per target column (regression).
+# or one number per target column (regression). Read it through SequenceRecord's typed views
+# (label, labels, values), which say what they expect instead of converting whatever is there.
 Target = str | tuple[str, ...] | tuple[float, ...]
+
+
+def _all_text(items: tuple[object, ...]) -> TypeGuard[tuple[str, ...]]:
+    return all(isinstance(item, str) for item in items)
+
+
+def _all_numbers(items: tuple[object, ...]) -> TypeGuard[tuple[float, ...]]:
+    return all(isinstance(item, float) for item in items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +69,41 @@ class SequenceRecord:
     def where(self) -> str:
         """File, line (or row) and id, for messages."""
         return f"{self.position}, record '{self.id}'"
+
+    @property
+    def label(self) -> str:
+        """The class label of a single-label record (multiclass, binary).
+
+        Raises:
+            TypeError: When the target is not one label (a set, numbers, or no target).
+        """
+        if not isinstance(self.target, str):
+            raise TypeError(f"{self.where}: expected one class label, found {self.target!r}")
+        return self.target
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The class labels the record carries: its label or label set; none for numbers."""
+        target = self.target
+        if isinstance(target, str):
+            return (target,)
+        if target is not None and _all_text(target):
+            return target
+        return ()
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        """The numbers of a regression record, one per target column (none without a target).
+
+        Raises:
+            TypeError: When the target is class labels.
+        """
+        target = self.target
+        if target is None:
+            return ()
+        if isinstance(target, str) or not _all_numbers(target):
+            raise TypeError(f"{self.where}: expected numbers, found {target!r}")
+        return target
 
 
 def header_fields(description: str) -> dict[str, str]:

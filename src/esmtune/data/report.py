@@ -24,7 +24,6 @@ __all__ = [
     "align_table",
     "label_summary",
     "label_table",
-    "labels_of",
     "length_stats",
 ]
 
@@ -79,16 +78,6 @@ class DataReport:
         return self.kind.target_summary(self)
 
 
-def labels_of(record: SequenceRecord) -> tuple[str, ...]:
-    """The class labels a record carries (none for numeric targets)."""
-    target = record.target
-    if isinstance(target, str):
-        return (target,)
-    if isinstance(target, tuple) and all(isinstance(x, str) for x in target):
-        return target  # type: ignore[return-value]  # a tuple of labels, checked just above
-    return ()
-
-
 def align_table(header: list[str], rows: list[list[str]], footer: list[list[str]]) -> str:
     """Rows as columns: the first left-aligned, the others right-aligned, rules around rows."""
     every = [header, *rows, *footer]
@@ -116,12 +105,10 @@ def label_table(report: DataReport, footer: list[list[str]] | None = None) -> st
     header = ["label", *present, "len min", "len median", "len max"]
     rows = []
     for label in report.labels or sorted(
-        {x for recs in report.splits.values() for r in recs for x in labels_of(r)}
+        {x for recs in report.splits.values() for r in recs for x in r.labels}
     ):
-        counts = [sum(label in labels_of(r) for r in report.splits[s]) for s in present]
-        lengths = [
-            len(r.sequence) for s in present for r in report.splits[s] if label in labels_of(r)
-        ]
+        counts = [sum(label in r.labels for r in report.splits[s]) for s in present]
+        lengths = [len(r.sequence) for s in present for r in report.splits[s] if label in r.labels]
         names = report.label_names
         shown = label if label not in names else f"{label} {names[label]}"
         rows.append([shown, *map(str, counts), *length_stats(lengths)])
@@ -134,6 +121,6 @@ def label_table(report: DataReport, footer: list[list[str]] | None = None) -> st
 def label_summary(report: DataReport) -> dict[str, object]:
     """Sequences per split and label, for the manifest."""
     return {
-        split: {label: sum(label in labels_of(r) for r in recs) for label in report.labels}
+        split: {label: sum(label in r.labels for r in recs) for label in report.labels}
         for split, recs in report.splits.items()
     }

@@ -80,7 +80,7 @@ def _head_description(loaded: LoadedRun[SequenceClassifier]) -> str:
     """The head the run trained: esmtune's MLP on the pooled states, or transformers' own."""
     model = loaded.config.model
     if model.head == "esm":
-        width = loaded.model.backbone.config.hidden_size
+        width = loaded.model.backbone_config.hidden_size
         return (
             "transformers' EsmForSequenceClassification head on the `<cls>` state "
             f"(dense {width} + tanh + out_proj)"

@@ -14,9 +14,10 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file
+from transformers import EsmModel
 
 from esmtune.config import FinetuneMode
-from esmtune.errors import ModelLoadError, RunDirError
+from esmtune.errors import EsmtuneError, ModelLoadError, RunDirError
 from esmtune.export.files import HEAD_FILE, ONNX_FILE, read_export
 from esmtune.export.names import FormatName, Runtime
 from esmtune.model.classifier import SequenceClassifier, build_model
@@ -58,6 +59,8 @@ class HfFormat:
             to_sequence_classification(model, loaded.task).save_pretrained(folder)
         else:
             backbone = model.backbone
+            if not isinstance(backbone, EsmModel):  # export hands over the merged classifier
+                raise EsmtuneError("merge the LoRA adapters before saving the backbone")
             labels = loaded.task.labels
             backbone.config.id2label = dict(enumerate(labels))
             backbone.config.label2id = {label: i for i, label in enumerate(labels)}

@@ -161,7 +161,7 @@ def _quiet_logs(logger: logging.Logger) -> Iterator[None]:
 
 def _onnx_program(
     module: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str], outputs: list[str]
-) -> Any:
+) -> torch.onnx.ONNXProgram:
     """Trace with the torch.export-based (dynamo) exporter; inputs' axes 0, 1 are dynamic."""
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     registry = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -183,6 +183,8 @@ def _onnx_program(
             optimize=False,
             verbose=False,
         )
+    if program is None:  # the legacy exporter's result; dynamo=True always returns a program
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNXProgram")
     # Folding puts every weight into its matmul pre-transposed, which int8 quantisation needs
     # (it quantises matmuls whose weight is a stored tensor). No size limit: large models'
     # weight matrices are larger than onnxscript's default folding limit.

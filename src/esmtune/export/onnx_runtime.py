@@ -87,6 +87,8 @@ class OnnxClassifier:
         if window_owner is None:
             logits = self.session.run(["logits"], _feeds(input_ids, attention_mask))[0]
             return torch.from_numpy(logits)
+        if window_start is None or residue_count is None:
+            raise ValueError("window_owner needs window_start and residue_count (see pad_collate)")
         states, residues = stitch_windows(
             self.window_states(input_ids, attention_mask),
             torch.as_tensor(attention_mask),

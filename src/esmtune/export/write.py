@@ -23,6 +23,7 @@ from esmtune.export.formats import FORMATS, ExportFormat, format_named, offered_
 from esmtune.model.classifier import SequenceClassifier
 from esmtune.model.interface import Classifier
 from esmtune.model.run_model import LoadedRun, load_run
+from esmtune.model.tuning import merge_lora
 from esmtune.rundir import (
     CONFIG_FILE,
     LABELS_FILE,
@@ -150,8 +151,7 @@ def _merged_classifier(model: SequenceClassifier) -> SequenceClassifier:
     model stays usable.
     """
     merged = copy.deepcopy(model).cpu().eval()
-    if hasattr(merged.backbone, "merge_and_unload"):
-        merged.backbone = merged.backbone.merge_and_unload()
+    merged.backbone = merge_lora(merged.backbone)
     return merged
 
 

@@ -77,7 +77,9 @@ ESM2_VOCAB = [
 
 def build_esm2_config(layers: int, hidden: int, heads: int) -> EsmConfig:
     """An ESM2 configuration with the published settings (rotary positions, 1,026 positions)."""
-    return EsmConfig(
+    # transformers' EsmConfig keeps extra keys (its signature does not list them); ESM itself
+    # always uses GELU, but the published checkpoints' config.json records it, and so does ours.
+    return EsmConfig(  # type: ignore[call-arg]  # hidden_act: an extra key, see above
         vocab_size=len(ESM2_VOCAB),
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -164,13 +166,20 @@ def check_backbone_available(config: ModelConfig) -> None:
         raise ModelLoadError(f"model.name: local folder {local} does not exist")
     _refuse_pickled_weights(local)
     try:
-        EsmConfig.from_pretrained(config.name, revision=config.revision, local_files_only=True)
+        EsmConfig.from_pretrained(
+            config.name,
+            revision=config.revision,  # type: ignore[arg-type]  # None: the default branch
+            local_files_only=True,
+        )
         return
     except (OSError, ValueError) as error:
         cause = error
     if not local.exists() and _hub_reachable():
         try:
-            EsmConfig.from_pretrained(config.name, revision=config.revision)
+            EsmConfig.from_pretrained(
+                config.name,
+                revision=config.revision,  # type: ignore[arg-type]  # None: the default branch
+            )
             return
         except (OSError, ValueError) as error:
             cause = error
@@ -195,7 +204,9 @@ def _load_pretrained(config: ModelConfig) -> tuple[EsmModel, PreTrainedTokenizer
         tokenizer = AutoTokenizer.from_pretrained(config.name, revision=config.revision)
         model = EsmModel.from_pretrained(
             config.name,
-            revision=config.revision,
+            # transformers annotates revision as str (default "main"), but passes None on to
+            # huggingface_hub, where it means the repository's default branch, as documented.
+            revision=config.revision,  # type: ignore[arg-type]
             add_pooling_layer=False,
             attn_implementation=config.attn_implementation,
             use_safetensors=True,  # never a pickle (pytorch_model.bin): it could run code

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import EsmConfig, PreTrainedTokenizerBase
 
 from esmtune.config import FinetuneMode, TrainConfig
 from esmtune.model.backbone import load_backbone
 from esmtune.model.heads import MLPHead, Pooler, StreamingPooler
-from esmtune.model.tuning import apply_finetuning
+from esmtune.model.tuning import Backbone, apply_finetuning
 from esmtune.model.windows import ResidueSink, stitch_windows
 
 __all__ = ["SequenceClassifier", "build_model"]
@@ -22,10 +22,11 @@ class SequenceClassifier(nn.Module):
     """
 
     runtime = "torch"
+    special_token_ids: torch.Tensor  # a buffer: <cls>, <eos> and padding, never pooled
 
     def __init__(
         self,
-        backbone: nn.Module,
+        backbone: Backbone,
         num_outputs: int,
         config: TrainConfig,
         special_token_ids: tuple[int, ...],
@@ -43,6 +44,12 @@ class SequenceClassifier(nn.Module):
         self.register_buffer(
             "special_token_ids", torch.tensor(special_token_ids, dtype=torch.long), persistent=False
         )
+
+    @property
+    def backbone_config(self) -> EsmConfig:
+        """The encoder's configuration (a LoRA wrapper hands on its base model's)."""
+        config: EsmConfig = self.backbone.config
+        return config
 
     def prepare_inference(self, device: str | torch.device | None) -> torch.device:
         """Eval mode on ``device`` (None: a GPU when there is one); the device inputs go to."""
@@ -73,6 +80,8 @@ class SequenceClassifier(nn.Module):
             special = (input_ids.unsqueeze(-1) == self.special_token_ids).any(dim=-1)
             residues = attention_mask.bool() & ~special
             return hidden, residues
+        if window_start is None or residue_count is None:
+            raise ValueError("window_owner needs window_start and residue_count (see pad_collate)")
         return stitch_windows(hidden, attention_mask, window_owner, window_start, residue_count)
 
     def pooled(self, **inputs: torch.Tensor) -> torch.Tensor:
@@ -120,14 +129,14 @@ def build_model(
     Returns:
         The model and its tokenizer.
     """
-    backbone, tokenizer = load_backbone(config.model)
+    encoder, tokenizer = load_backbone(config.model)
     if config.model.gradient_checkpointing:
-        backbone.gradient_checkpointing_enable(
+        encoder.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False}
         )
         if config.finetune.mode is FinetuneMode.LORA:
-            backbone.enable_input_require_grads()
-    backbone = apply_finetuning(backbone, config.finetune)
+            encoder.enable_input_require_grads()
+    backbone = apply_finetuning(encoder, config.finetune)
     special = tuple(
         token_id
         for token_id in (tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)

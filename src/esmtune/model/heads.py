@@ -6,6 +6,8 @@ ESM's own ``extract.py``; ``cls`` pooling is the one exception, by definition.
 
 from __future__ import annotations
 
+from typing import assert_never
+
 import torch
 from torch import nn
 
@@ -26,6 +28,16 @@ class Pooler(nn.Module):
         self.pooling = Pooling(pooling)
         self.scorer = nn.Linear(hidden_size, 1) if self.pooling is Pooling.ATTENTION else None
 
+    def attention_scorer(self) -> nn.Linear:
+        """The layer that scores each residue state.
+
+        Raises:
+            ValueError: When the pooling is not attention, which has no scores.
+        """
+        if self.scorer is None:
+            raise ValueError(f"{self.pooling.value} pooling has no residue scorer")
+        return self.scorer
+
     def forward(self, hidden: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
         """Pool the residues marked by ``residue_mask`` (bool, ``(batch, length)``)."""
         if self.pooling is Pooling.CLS:
@@ -37,10 +49,12 @@ class Pooler(nn.Module):
         if self.pooling is Pooling.MAX:
             lowest = torch.finfo(hidden.dtype).min
             return hidden.masked_fill(~mask, lowest).max(dim=1).values
-        scores = self.scorer(hidden).squeeze(-1).float()
-        scores = scores.masked_fill(~residue_mask, float("-inf"))
-        weights = torch.softmax(scores, dim=1).to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(dim=1)
+        if self.pooling is Pooling.ATTENTION:
+            scores = self.attention_scorer()(hidden).squeeze(-1).float()
+            scores = scores.masked_fill(~residue_mask, float("-inf"))
+            weights = torch.softmax(scores, dim=1).to(hidden.dtype).unsqueeze(-1)
+            return (hidden * weights).sum(dim=1)
+        assert_never(self.pooling)
 
 
 class MLPHead(nn.Module):
@@ -101,10 +115,9 @@ class StreamingPooler:
         elif pooling is Pooling.MAX:
             piece = states.max(dim=0).values
             self._total = piece if self._total is None else torch.maximum(self._total, piece)
-        else:
-            assert self.pooler.scorer is not None
-            scores = self.pooler.scorer(states.to(self.pooler.scorer.weight.dtype))
-            scores = scores.squeeze(-1).float()
+        elif pooling is Pooling.ATTENTION:
+            scorer = self.pooler.attention_scorer()
+            scores = scorer(states.to(scorer.weight.dtype)).squeeze(-1).float()
             top = torch.maximum(self._top_score, scores.max())
             rescale = torch.exp(self._top_score - top)  # 0 for the first piece
             weights = torch.exp(scores - top)
@@ -112,6 +125,8 @@ class StreamingPooler:
             self._total = piece if self._total is None else self._total * rescale + piece
             self._weight = self._weight * rescale + weights.sum()
             self._top_score = top
+        else:
+            assert_never(pooling)
 
     def close(self, cls_state: torch.Tensor) -> torch.Tensor:
         """The pooled vector ``(hidden,)``; ``cls_state`` is the sequence's ``<cls>`` state."""
@@ -124,4 +139,6 @@ class StreamingPooler:
             return self._total / self._count
         if pooling is Pooling.MAX:
             return self._total
-        return self._total / self._weight
+        if pooling is Pooling.ATTENTION:
+            return self._total / self._weight
+        assert_never(pooling)

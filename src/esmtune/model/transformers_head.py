@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import nn
 from transformers import EsmForSequenceClassification
 
 from esmtune.errors import EsmtuneError
@@ -35,14 +36,20 @@ def to_sequence_classification(
         EsmtuneError: When the classifier's head is not the ``esm`` head.
     """
     layers = list(model.head.layers)
-    hidden = model.backbone.config.hidden_size
+    hidden = model.backbone_config.hidden_size
     dense, out = layers[1], layers[-1]
-    if model.pooler.pooling.value != "cls" or len(layers) != 5 or dense.out_features != hidden:
+    if (
+        model.pooler.pooling.value != "cls"
+        or len(layers) != 5
+        or not isinstance(dense, nn.Linear)
+        or not isinstance(out, nn.Linear)
+        or dense.out_features != hidden
+    ):
         raise EsmtuneError(
             "only a run trained with model.head=esm (and model.pooling=cls) has the head of "
             "EsmForSequenceClassification"
         )
-    config = copy.deepcopy(model.backbone.config)
+    config = copy.deepcopy(model.backbone_config)
     config.architectures = ["EsmForSequenceClassification"]
     config.id2label = dict(enumerate(task.labels))
     config.label2id = {label: i for i, label in enumerate(task.labels)}

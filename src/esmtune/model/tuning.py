@@ -8,17 +8,28 @@ not-yet-unfrozen ones have their gradients dropped before the optimizer step.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypeAlias
+
 from torch import nn
+from transformers import EsmModel
 
 from esmtune.config import FinetuneConfig, FinetuneMode
 
+if TYPE_CHECKING:  # peft is imported only when a run uses LoRA
+    from peft import PeftModel
+
 __all__ = [
+    "Backbone",
     "ProgressiveUnfreezing",
     "apply_finetuning",
     "backbone_layers",
     "count_parameters",
+    "merge_lora",
     "unfrozen_layers_at",
 ]
+
+# The encoder as a model holds it: a plain EsmModel, or (LoRA) peft's wrapper around one.
+Backbone: TypeAlias = "EsmModel | PeftModel"
 
 
 def backbone_layers(backbone: nn.Module) -> list[nn.Module]:
@@ -126,7 +137,7 @@ class ProgressiveUnfreezing:
             parameter.grad = None
 
 
-def apply_finetuning(backbone: nn.Module, finetune: FinetuneConfig) -> nn.Module:
+def apply_finetuning(backbone: EsmModel, finetune: FinetuneConfig) -> Backbone:
     """Set which backbone parameters train; returns the backbone (a peft model for LoRA).
 
     Args:
@@ -139,17 +150,22 @@ def apply_finetuning(backbone: nn.Module, finetune: FinetuneConfig) -> nn.Module
     """
     mode = finetune.mode
     if mode is FinetuneMode.LORA:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, PeftModel, get_peft_model
 
         lora = finetune.lora
         adapter = LoraConfig(
             r=lora.r,
-            lora_alpha=lora.alpha,
+            # peft annotates lora_alpha as int, but only divides it (scale = alpha / r): a float
+            # such as 8.5 works, and the config has always accepted one.
+            lora_alpha=lora.alpha,  # type: ignore[arg-type]
             lora_dropout=lora.dropout,
             target_modules=list(lora.target_modules),
             bias="none",
         )
-        return get_peft_model(backbone, adapter)
+        wrapped = get_peft_model(backbone, adapter)
+        if not isinstance(wrapped, PeftModel):  # only mixed=True gives a PeftMixedModel
+            raise TypeError(f"get_peft_model returned a {type(wrapped).__name__}, not a PeftModel")
+        return wrapped
     if mode is FinetuneMode.FROZEN:
         backbone.requires_grad_(False)
     elif mode is FinetuneMode.FULL:
@@ -158,6 +174,17 @@ def apply_finetuning(backbone: nn.Module, finetune: FinetuneConfig) -> nn.Module
         _set_unfrozen_layers(backbone, finetune.unfreeze_last_layers)
     _freeze_unused(backbone)
     return backbone
+
+
+def merge_lora(backbone: Backbone) -> EsmModel:
+    """The plain encoder: LoRA adapters merged into its weights, or the backbone as it is.
+
+    Merging changes the wrapped module in place; copy the model first to keep the adapters.
+    """
+    if isinstance(backbone, EsmModel):
+        return backbone
+    merged: EsmModel = backbone.merge_and_unload()
+    return merged
 
 
 def _freeze_unused(backbone: nn.Module) -> None:

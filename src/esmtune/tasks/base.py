@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -28,7 +28,17 @@ from esmtune.data.targets import format_target
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
 
-__all__ = ["TaskSpec", "metric_table", "number", "positive_weights", "ranked_text"]
+__all__ = [
+    "HfProblemType",
+    "TaskSpec",
+    "metric_table",
+    "number",
+    "positive_weights",
+    "ranked_text",
+]
+
+# The problem types transformers' sequence classifiers know.
+HfProblemType = Literal["regression", "single_label_classification", "multi_label_classification"]
 
 
 def number(value: float | None) -> str:
@@ -94,7 +104,7 @@ class TaskSpec:
     # The metrics `esmtune baseline` prints, most telling first.
     headline_metrics: ClassVar[tuple[str, ...]]
     # transformers' problem_type of the equivalent EsmForSequenceClassification.
-    hf_problem_type: ClassVar[str]
+    hf_problem_type: ClassVar[HfProblemType]
     # The model card's line turning AutoModelForSequenceClassification logits into outputs.
     hf_usage: ClassVar[str]
 

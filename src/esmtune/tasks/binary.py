@@ -19,7 +19,7 @@ from esmtune.data.report import DataReport
 from esmtune.data.targets import FALSE_WORDS, TRUE_WORDS
 from esmtune.metrics import binary_metrics, tune_threshold
 from esmtune.plots import plot_roc_pr
-from esmtune.tasks.base import number, positive_weights
+from esmtune.tasks.base import HfProblemType, number, positive_weights
 from esmtune.tasks.single_label import SingleLabelTask
 
 __all__ = ["BinaryTask"]
@@ -50,7 +50,7 @@ class BinaryTask(SingleLabelTask):
     task: ClassVar[Task] = Task.BINARY
     title_metric: ClassVar[tuple[str, str]] = ("mcc", "MCC")
     headline_metrics: ClassVar[tuple[str, ...]] = ("mcc", "f1", "roc_auc", "pr_auc")
-    hf_problem_type: ClassVar[str] = "single_label_classification"
+    hf_problem_type: ClassVar[HfProblemType] = "single_label_classification"
     hf_usage: ClassVar[str] = "probabilities = logits.softmax(-1)  # [:, 1] is P(positive)"
 
     @classmethod

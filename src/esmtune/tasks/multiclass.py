@@ -16,7 +16,7 @@ from esmtune.config import Task
 from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import ConfigError
 from esmtune.metrics import multiclass_metrics
-from esmtune.tasks.base import metric_table, number, ranked_text
+from esmtune.tasks.base import HfProblemType, metric_table, number, ranked_text
 from esmtune.tasks.single_label import SingleLabelTask
 
 __all__ = ["MulticlassTask"]
@@ -28,7 +28,7 @@ class MulticlassTask(SingleLabelTask):
     task: ClassVar[Task] = Task.MULTICLASS
     title_metric: ClassVar[tuple[str, str]] = ("macro_f1", "macro-F1")
     headline_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "mcc")
-    hf_problem_type: ClassVar[str] = "single_label_classification"
+    hf_problem_type: ClassVar[HfProblemType] = "single_label_classification"
     hf_usage: ClassVar[str] = "probabilities = logits.softmax(-1)"
 
     def fit(self, targets: np.ndarray) -> None:
@@ -49,7 +49,7 @@ class MulticlassTask(SingleLabelTask):
     def encode_targets(self, records: list[SequenceRecord]) -> np.ndarray:
         """Class indices."""
         index = {label: i for i, label in enumerate(self.labels)}
-        return np.asarray([index[str(r.target)] for r in records], dtype=np.int64)
+        return np.asarray([index[r.label] for r in records], dtype=np.int64)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy, class-weighted when configured."""

@@ -21,12 +21,19 @@ from torch import nn
 from esmtune.config import DataConfig, Task
 from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.ontology import Ontology, consistent_scores, read_obo
-from esmtune.data.report import DataReport, label_table, labels_of
+from esmtune.data.report import DataReport, label_table
 from esmtune.data.targets import FALSE_WORDS, TRUE_WORDS
 from esmtune.errors import DataError
 from esmtune.metrics import multilabel_metrics, tune_thresholds
 from esmtune.plots import plot_roc_pr
-from esmtune.tasks.base import TaskSpec, metric_table, number, positive_weights, ranked_text
+from esmtune.tasks.base import (
+    HfProblemType,
+    TaskSpec,
+    metric_table,
+    number,
+    positive_weights,
+    ranked_text,
+)
 
 __all__ = ["MultilabelTask"]
 
@@ -62,7 +69,7 @@ class MultilabelTask(TaskSpec):
 
     task: ClassVar[Task] = Task.MULTILABEL
     headline_metrics: ClassVar[tuple[str, ...]] = ("fmax", "micro_f1", "macro_f1", "micro_ap")
-    hf_problem_type: ClassVar[str] = "multi_label_classification"
+    hf_problem_type: ClassVar[HfProblemType] = "multi_label_classification"
     hf_usage: ClassVar[str] = "probabilities = logits.sigmoid()"
 
     def __post_init__(self) -> None:
@@ -100,7 +107,7 @@ class MultilabelTask(TaskSpec):
             return False  # labels cannot be judged; the ontology error says what to do
         for split, records in report.splits.items():
             report.splits[split] = [
-                replace(r, target=tuple(sorted(ontology.propagate(labels_of(r))))) for r in records
+                replace(r, target=tuple(sorted(ontology.propagate(r.labels)))) for r in records
             ]
         report.notes.append(
             f"multilabel: annotations propagated to their ancestors in {data.ontology}"
@@ -111,13 +118,13 @@ class MultilabelTask(TaskSpec):
     def find_labels(cls, report: DataReport, data: DataConfig) -> None:
         """The vocabulary of train; rare labels dropped (data.min_label_count)."""
         train = report.splits.get("train", [])
-        counts = Counter(label for r in train for label in labels_of(r))
+        counts = Counter(label for r in train for label in r.labels)
         for split in ("validation", "test"):
             records = report.splits.get(split, [])
-            unknown = sorted({x for r in records for x in labels_of(r)} - set(counts))
+            unknown = sorted({x for r in records for x in r.labels} - set(counts))
             if unknown and train:
                 listed = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-                example = next(r for r in records if set(labels_of(r)) & set(unknown))
+                example = next(r for r in records if set(r.labels) & set(unknown))
                 report.errors.append(
                     f"{split}: {len(unknown)} label(s) never occur in train: {listed} (e.g. "
                     f"{example.where}); add training examples of each, or remove them from "
@@ -154,7 +161,7 @@ class MultilabelTask(TaskSpec):
         keep = set(labels)
         for split, records in report.splits.items():
             relabelled = [
-                replace(r, target=tuple(x for x in labels_of(r) if x in keep)) for r in records
+                replace(r, target=tuple(x for x in r.labels if x in keep)) for r in records
             ]
             kept = [r for r in relabelled if r.target]
             if len(kept) < len(records):
@@ -168,7 +175,7 @@ class MultilabelTask(TaskSpec):
     def target_table(cls, report: DataReport) -> str:
         """Sequences per label and split, and labels per sequence."""
         per_record = [
-            f"{statistics.mean(len(labels_of(r)) for r in report.splits[s]):.2f}"
+            f"{statistics.mean(len(r.labels) for r in report.splits[s]):.2f}"
             for s in report.present
         ]
         return label_table(report, [["labels per sequence", *per_record, "", "", ""]])
@@ -188,7 +195,7 @@ class MultilabelTask(TaskSpec):
         index = {label: i for i, label in enumerate(self.labels)}
         rows = np.zeros((len(records), len(self.labels)), dtype=np.float32)
         for row, record in enumerate(records):
-            columns = [index[x] for x in labels_of(record) if x in index]
+            columns = [index[x] for x in record.labels if x in index]
             rows[row, columns] = 1.0
         return rows
 

@@ -22,16 +22,12 @@ from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.report import DataReport, align_table, length_stats
 from esmtune.metrics import regression_metrics
 from esmtune.plots import plot_scatter
-from esmtune.tasks.base import TaskSpec, metric_table, number
+from esmtune.tasks.base import HfProblemType, TaskSpec, metric_table, number
 
 __all__ = ["RegressionTask"]
 
 # Two runtimes "agree" on a sequence when every value is within this share of the spread.
 _VALUE_TOLERANCE = 0.01
-
-
-def _values(record: SequenceRecord) -> tuple[float, ...]:
-    return tuple(float(x) for x in record.target or ())
 
 
 @dataclass
@@ -41,7 +37,7 @@ class RegressionTask(TaskSpec):
     task: ClassVar[Task] = Task.REGRESSION
     target_noun: ClassVar[str] = "target(s)"
     headline_metrics: ClassVar[tuple[str, ...]] = ("spearman", "pearson", "r2", "rmse")
-    hf_problem_type: ClassVar[str] = "regression"
+    hf_problem_type: ClassVar[HfProblemType] = "regression"
     hf_usage: ClassVar[str] = "values = logits  # in the targets' own units"
     baseline_model_name: ClassVar[str] = "ridge regression"
 
@@ -82,7 +78,7 @@ class RegressionTask(TaskSpec):
         rows = []
         for column, name in enumerate(report.labels):
             for split in report.present:
-                values = [_values(r)[column] for r in report.splits[split]]
+                values = [r.values[column] for r in report.splits[split]]
                 spread = statistics.pstdev(values)  # as in the summary and the standardisation
                 rows.append([
                     name, split, str(len(values)), f"{statistics.mean(values):.4g}",
@@ -102,8 +98,8 @@ class RegressionTask(TaskSpec):
                 "n": len(records),
                 **{
                     name: {
-                        "mean": statistics.mean(_values(r)[i] for r in records),
-                        "std": statistics.pstdev(_values(r)[i] for r in records),
+                        "mean": statistics.mean(r.values[i] for r in records),
+                        "std": statistics.pstdev(r.values[i] for r in records),
                     }
                     for i, name in enumerate(report.labels)
                 },
@@ -136,7 +132,7 @@ class RegressionTask(TaskSpec):
 
     def encode_targets(self, records: list[SequenceRecord]) -> np.ndarray:
         """Values on their own scale, shape ``(n, targets)``."""
-        return np.asarray([_values(r) for r in records], dtype=np.float32).reshape(len(records), -1)
+        return np.asarray([r.values for r in records], dtype=np.float32).reshape(len(records), -1)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """MSE or Huber between the outputs and the standardised targets."""
@@ -228,7 +224,7 @@ class RegressionTask(TaskSpec):
     ) -> list[list[str]]:
         """id, the true values, the predicted ones."""
         return [
-            [record.id, *map(str, _values(record)), *(f"{v:.6g}" for v in row)]
+            [record.id, *map(str, record.values), *(f"{v:.6g}" for v in row)]
             for record, row in zip(records, outputs, strict=True)
         ]
 

@@ -39,14 +39,14 @@ class SingleLabelTask(TaskSpec):
     def find_labels(cls, report: DataReport, data: DataConfig) -> None:
         """Labels of train (at least two); labels only other splits have are errors."""
         train = report.splits.get("train", [])
-        labels = sorted({str(r.target) for r in train})
+        labels = sorted({r.label for r in train})
         if labels and len(labels) < 2:
             report.errors.append(f"train has only one label ({labels[0]}); need at least two")
         for split in ("validation", "test"):
             records = report.splits.get(split, [])
-            unknown = sorted({str(r.target) for r in records} - set(labels))
+            unknown = sorted({r.label for r in records} - set(labels))
             if unknown and train:
-                example = next(r for r in records if r.target in unknown)
+                example = next(r for r in records if r.label in unknown)
                 report.errors.append(
                     f"{split}: label(s) {', '.join(unknown)} never occur in train, e.g. "
                     f"{example.where}; add training examples of each, or remove them from {split}"
@@ -60,7 +60,7 @@ class SingleLabelTask(TaskSpec):
 
     def unknown_targets(self, records: list[SequenceRecord], found: list[str]) -> str | None:
         """Labels to evaluate that the model never learned."""
-        unknown = sorted({str(r.target) for r in records} - set(self.labels))
+        unknown = sorted({r.label for r in records} - set(self.labels))
         if not unknown:
             return None
         return (

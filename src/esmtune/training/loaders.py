@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,13 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from esmtune.config import FinetuneMode, Pooling, TrainConfig
-from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, encode, pad_collate
+from esmtune.data.batching import (
+    BudgetedDataset,
+    EncodedDataset,
+    TokenBudgetBatchSampler,
+    encode,
+    pad_collate,
+)
 from esmtune.data.check import DataReport
 from esmtune.embeddings import (
     EmbeddedDataset,
@@ -59,17 +66,15 @@ def make_loaders(
     Returns:
         The train loader, its sampler (re-seeded every epoch) and the validation loader.
     """
-    train_set: EncodedDataset | EmbeddedDataset = encode_split(
-        report, "train", tokenizer, config, spec
-    )
-    val_set: EncodedDataset | EmbeddedDataset = encode_split(
-        report, "validation", tokenizer, config, spec
-    )
+    encoded = {
+        split: encode_split(report, split, tokenizer, config, spec)
+        for split in ("train", "validation")
+    }
+    datasets: Mapping[str, BudgetedDataset] = encoded
     if _caches_embeddings(config):
         # The backbone's only work: from here on the head trains on cached embeddings.
-        splits = {"train": train_set, "validation": val_set}
-        embedded = _embed_once(accelerator, model, tokenizer.pad_token_id, config, report, splits)
-        train_set, val_set = embedded["train"], embedded["validation"]
+        datasets = _embed_once(accelerator, model, tokenizer.pad_token_id, config, report, encoded)
+    train_set, val_set = datasets["train"], datasets["validation"]
     processes = accelerator.num_processes
     train_loader, train_sampler = _make_train_loader(
         train_set, config, tokenizer.pad_token_id, processes
@@ -105,7 +110,7 @@ def _embed_once(
     )
     cache = EmbeddingCache.for_run(root, model, config)
     model.to(accelerator.device)
-    embedded = {}
+    embedded: dict[str, EmbeddedDataset] = {}
     for split, dataset in datasets.items():
         sequences = [r.sequence for r in report.splits[split]]
 
@@ -132,7 +137,7 @@ def _embed_once(
 
 
 def _make_train_loader(
-    dataset: EncodedDataset | EmbeddedDataset,
+    dataset: BudgetedDataset,
     config: TrainConfig,
     pad_token_id: int,
     processes: int,
@@ -159,7 +164,9 @@ def _make_train_loader(
     return loader, sampler
 
 
-def _collate(dataset: EncodedDataset | EmbeddedDataset, pad_token_id: int) -> Any:
+def _collate(
+    dataset: BudgetedDataset, pad_token_id: int
+) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
     if isinstance(dataset, EmbeddedDataset):
         return embedding_collate
     return partial(pad_collate, pad_token_id=pad_token_id)
