@@ -337,13 +337,15 @@ def write_embeddings(
 def _save_npz(handle: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
     """What ``np.savez(handle, **arrays)`` writes, one ``<name>.npy`` member per array.
 
+    Ids are text and embeddings numbers, so nothing is pickled (``allow_pickle=False``).
+
     Not ``np.savez`` itself: its keyword arguments ``file`` and ``allow_pickle`` would capture a
     sequence with that id (a TypeError, or an array silently taken for the pickle flag).
     """
     with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED) as archive:
         for name, array in arrays.items():
             with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=True)
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 class EmbeddedDataset(BudgetedDataset):
