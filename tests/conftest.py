@@ -1,12 +1,14 @@
-"""Shared fixtures: a tiny ESM2 saved locally, a learnable FASTA dataset, and a trained run.
+"""Shared fixtures: a tiny ESM2 saved locally, a learnable FASTA dataset, and the trained runs
+several modules read, each trained once per session.
 
 Everything runs offline on the CPU: the hub is switched off before transformers is imported.
+The trained runs are shared: a test that changes a run (resumes it, evaluates into it, damages
+it) works on a copy. Plain helpers are in ``tests/helpers.py``.
 """
 
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -14,40 +16,13 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# Three classes a 2-layer model learns in a few epochs: residue composition differs.
-_CLASS_RESIDUES = {
-    "Acidic": "DEDEEDSTGANQ",
-    "Basic": "KRKRRKSTGANQ",
-    "Hydrophobic": "LIVLFVMASTGW",
-}
-
-
-def write_fasta(path: Path, records: list[tuple[str, str]], width: int = 60) -> Path:
-    """Write records, wrapping sequences at ``width`` to exercise line joining."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for name, sequence in records:
-        lines.append(f">{name} synthetic")
-        lines += [sequence[i : i + width] for i in range(0, len(sequence), width)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def make_learnable_dataset(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
-    """``root/{split}/<Label>.fasta`` with composition-coded classes and no duplicates."""
-    rng = random.Random(seed)
-    for split, count in per_class.items():
-        for label, residues in _CLASS_RESIDUES.items():
-            records = []
-            for i in range(count):
-                length = rng.randint(20, 70)
-                sequence = "M" + "".join(rng.choice(residues) for _ in range(length))
-                records.append((f"{label}_{split}_{i}", sequence))
-            write_fasta(root / split / f"{label}.fasta", records)
-    return root
+from tests.helpers import (
+    FULL_RUN_CHECKPOINTS,
+    FULL_RUN_SETTINGS,
+    LORA_RUN_SETTINGS,
+    make_learnable_dataset,
+    tiny_overrides,
+)
 
 
 @pytest.fixture(scope="session")
@@ -67,22 +42,54 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer():
+    """The ESM2 tokenizer esmtune builds (the same vocabulary as the tiny model's)."""
+    from esmtune.model.backbone import esm2_tokenizer
+
+    return esm2_tokenizer()
+
+
+@pytest.fixture(scope="session")
 def learnable_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Train 40 / validation 12 / test 16 sequences per class, three classes."""
     root = tmp_path_factory.mktemp("data")
     return make_learnable_dataset(root, {"train": 40, "validation": 12, "test": 16})
 
 
-def tiny_overrides(model_dir: Path, data_dir: Path, out_dir: Path, name: str) -> list[str]:
-    """Config overrides for a fast run of the tiny model on the learnable data."""
-    return [
-        f"model.name={model_dir}",
-        f"data.path={data_dir}",
-        f"output.dir={out_dir}",
-        f"output.name={name}",
-        "model.head_hidden=[32]",
-        "training.epochs=4",
-        "training.batch_size=8",
-        "training.learning_rate=0.003",
-        "training.warmup_ratio=0.0",
-    ]
+def _train(model_dir: Path, data: Path, out: Path, name: str, *settings: str) -> Path:
+    from esmtune.cli import main
+
+    assert main(["train", *tiny_overrides(model_dir, data, out, name), *settings]) == 0
+    return out / name
+
+
+@pytest.fixture(scope="session")
+def lora_run(tiny_model_dir: Path, learnable_data: Path, tmp_path_factory) -> Path:
+    """Multiclass, LoRA (the default mode), 2 epochs, read in windows of 80 residues.
+
+    What the serve tests answer from, the long-sequence memory test streams through, and the
+    file-mode tests inspect. Read it; copy it before changing it.
+    """
+    out = tmp_path_factory.mktemp("lora_runs")
+    return _train(tiny_model_dir, learnable_data, out, "lora", *LORA_RUN_SETTINGS)
+
+
+@pytest.fixture(scope="session")
+def full_run(tiny_model_dir: Path, learnable_data: Path, tmp_path_factory) -> Path:
+    """Multiclass, full fine-tuning, 2 epochs, a checkpoint after each (both kept).
+
+    What the storage tests resume and damage (copies of it) and the embedding tests read a
+    fine-tuned backbone from. Read it; copy it before changing it.
+    """
+    out = tmp_path_factory.mktemp("full_runs")
+    run = _train(tiny_model_dir, learnable_data, out, "full", *FULL_RUN_SETTINGS)
+    assert tuple(sorted(p.name for p in (run / "checkpoints").iterdir())) == FULL_RUN_CHECKPOINTS
+    return run
+
+
+@pytest.fixture(scope="session")
+def lora_predictor(lora_run: Path):
+    """esmtune's Predictor on ``lora_run``: the answers a server over that run must give."""
+    from esmtune.predict import Predictor
+
+    return Predictor.from_run(lora_run, device="cpu")

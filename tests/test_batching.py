@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.helpers import ATOL, RESIDUES, logits_as_array, random_protein, tiny_model
 
-from esmtune.config import LongSequences, Pooling, load_config
+from esmtune.config import LongSequences, Pooling
 from esmtune.data.batching import (
     EncodedDataset,
     TokenBudgetBatchSampler,
@@ -24,38 +25,7 @@ from esmtune.data.batching import (
     window_starts,
 )
 from esmtune.inference import eval_loader, model_inputs, predict_outputs
-from esmtune.model.backbone import esm2_tokenizer
-from esmtune.model.classifier import SequenceClassifier, build_model
-
-# The 20 standard residues, then the ambiguous / rare letters ESM2 also has tokens for.
-RESIDUES = "ACDEFGHIKLMNPQRSTVWYXBZUO"
-ATOL = 1e-5
-
-
-def random_protein(rng: random.Random, length: int, letters: str = RESIDUES) -> str:
-    return "".join(rng.choice(letters) for _ in range(length))
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return esm2_tokenizer()
-
-
-def tiny_model(model_dir: Path, pooling: Pooling = Pooling.MEAN) -> SequenceClassifier:
-    """The tiny ESM2 with a head, in eval mode (no dropout), seeded so heads are reproducible."""
-    config = load_config(
-        None,
-        [
-            f"model.name={model_dir}",
-            f"model.pooling={pooling.value}",
-            "model.head_hidden=[8]",
-            "finetune.mode=frozen",
-        ],
-    )
-    torch.manual_seed(0)
-    model, _ = build_model(config, num_outputs=3)
-    return model.eval()
-
+from esmtune.model.classifier import SequenceClassifier
 
 # --- encode ---------------------------------------------------------------------------------
 
@@ -344,10 +314,6 @@ def test_one_sequence_batches_share_evenly_between_processes() -> None:
 
 
 # --- predict_outputs ------------------------------------------------------------------------
-
-
-def logits_as_array(logits: torch.Tensor) -> np.ndarray:
-    return logits.float().cpu().numpy()
 
 
 @pytest.mark.parametrize("mode", [LongSequences.TRUNCATE, LongSequences.WINDOW])

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import save_file
-from tests.conftest import tiny_overrides
+from tests.helpers import tiny_overrides
 
 from esmtune.cli import main
 from esmtune.config import ModelConfig, load_config

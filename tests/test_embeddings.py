@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from tests.conftest import tiny_overrides, write_fasta
+from tests.helpers import tiny_overrides, write_fasta
 
 from esmtune.cli import main
 from esmtune.config import load_config
@@ -208,17 +208,15 @@ def test_embed_refuses_to_overwrite_and_unknown_formats(
 
 
 def test_embed_from_a_run_uses_its_trained_backbone(
-    tiny_model_dir: Path, learnable_data: Path, fasta: Path, tmp_path: Path
+    tiny_model_dir: Path, full_run: Path, fasta: Path, tmp_path: Path
 ) -> None:
     from esmtune.data.batching import EncodedDataset, encode
     from esmtune.embeddings import pooled_embeddings
     from esmtune.model.run_model import load_run
 
-    overrides = tiny_overrides(tiny_model_dir, learnable_data, tmp_path, "full")
-    assert main(["train", *overrides, "finetune.mode=full", "training.epochs=1"]) == 0
     out = tmp_path / "e.safetensors"
-    assert main(["embed", str(tmp_path / "full"), str(fasta), "--out", str(out)]) == 0
-    loaded = load_run(tmp_path / "full")
+    assert main(["embed", str(full_run), str(fasta), "--out", str(out)]) == 0
+    loaded = load_run(full_run)
     sequences = ["MKTAYIAKQR", "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQ" * 2]
     windows = encode(loaded.tokenizer, sequences, loaded.config.data.max_length, "window")
     expected = pooled_embeddings(loaded.model, EncodedDataset(windows), 1, None)

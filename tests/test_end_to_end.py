@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import tiny_overrides
+from tests.helpers import ROOT, readme_commands, tiny_overrides
 
 from esmtune.cli import main
 
@@ -133,17 +133,6 @@ def test_existing_run_directory_is_never_overwritten(
     assert (trained_run / "model/weights.safetensors").read_bytes() == before
 
 
-def readme_commands() -> list[list[str]]:
-    import re
-    import shlex
-
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
-    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
-    lines += re.findall(r"`(esmtune [a-z]+ [^`]+)`", text)  # full commands in tables and prose
-    return [shlex.split(line)[1:] for line in lines if line.startswith("esmtune ")]
-
-
 def test_readme_commands_parse() -> None:
     from esmtune.cli import build_parser
 
@@ -157,14 +146,15 @@ def test_readme_commands_parse() -> None:
             assert exit.code == 0, argv
 
 
+@pytest.mark.end_to_end
+@pytest.mark.export
 def test_readme_export_and_predict_examples_run(
     trained_run: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """The README's export commands, then its predict commands (on the run and on an export)."""
     pytest.importorskip("onnxruntime")
-    root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "examples").symlink_to(root / "examples")
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
     commands = readme_commands()
     ran = []
     for command in ("export", "predict"):
@@ -177,10 +167,11 @@ def test_readme_export_and_predict_examples_run(
     assert (tmp_path / "predictions.csv").is_file() and (tmp_path / "exported.tsv").is_file()
 
 
+@pytest.mark.end_to_end
 def test_readme_python_example_runs(trained_run: Path, capsys) -> None:
     import re
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (ROOT / "README.md").read_text()
     (snippet,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     exec(snippet.replace('"runs/demo"', repr(str(trained_run))), {})
     assert capsys.readouterr().out.startswith("P1 ")

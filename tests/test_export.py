@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.helpers import make_learnable_dataset, tiny_overrides
 
-from conftest import make_learnable_dataset, tiny_overrides
 from esmtune.cli import main
 from esmtune.config import Pooling
 from esmtune.data.fasta import read_fasta
 from esmtune.errors import EsmtuneError, RunDirError
 from esmtune.export import INT8_FILE, ONNX_FILE, OnnxClassifier, export_run, load_export
 from esmtune.predict import PredictOptions, Predictor
+
+pytestmark = pytest.mark.export
 
 pytest.importorskip("onnxruntime")
 

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import tiny_overrides
 
-from esmtune.cli import main
 from esmtune.embeddings import EmbeddingCache, write_embeddings
 from esmtune.export import export_run
 from esmtune.rundir import save_weights
@@ -29,20 +27,12 @@ def _umask() -> int:
     return mask
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_model_dir: Path, learnable_data: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("mode_runs")
-    overrides = tiny_overrides(tiny_model_dir, learnable_data, out, "lora")
-    assert main(["train", *overrides, "finetune.mode=lora", "training.epochs=1"]) == 0
-    return out / "lora"
-
-
 @pytest.fixture(scope="module", params=["hf", "onnx"])
-def export_dir(request, run_dir: Path, tmp_path_factory) -> Path:
+def export_dir(request, lora_run: Path, tmp_path_factory) -> Path:
     if request.param == "onnx":
         pytest.importorskip("onnxruntime")
     out = tmp_path_factory.mktemp("mode_exports") / request.param
-    return export_run(run_dir, out, request.param, check_sequences=0)
+    return export_run(lora_run, out, request.param, check_sequences=0)
 
 
 def _wrong_modes(root: Path) -> list[str]:
@@ -57,11 +47,12 @@ def _wrong_modes(root: Path) -> list[str]:
     return wrong
 
 
-def test_run_files_follow_the_umask(run_dir: Path) -> None:
-    assert (run_dir / "model" / "weights.safetensors").is_file()
-    assert not _wrong_modes(run_dir)
+def test_run_files_follow_the_umask(lora_run: Path) -> None:
+    assert (lora_run / "model" / "weights.safetensors").is_file()
+    assert not _wrong_modes(lora_run)
 
 
+@pytest.mark.export
 def test_export_files_follow_the_umask(export_dir: Path) -> None:
     assert not _wrong_modes(export_dir)
 
@@ -93,11 +84,12 @@ SETPRIV = shutil.which("setpriv")
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
 @pytest.mark.skipif(SETPRIV is None, reason="setpriv (util-linux) is not installed")
-def test_another_user_can_read_the_weights(run_dir: Path, export_dir: Path) -> None:
+@pytest.mark.export
+def test_another_user_can_read_the_weights(lora_run: Path, export_dir: Path) -> None:
     """As nobody: each weight file, copied with its mode into a folder nobody may enter."""
     weights = [
-        run_dir / "model" / "weights.safetensors",
-        *sorted((run_dir / "checkpoints").glob("*/*.safetensors")),
+        lora_run / "model" / "weights.safetensors",
+        *sorted((lora_run / "checkpoints").glob("*/*.safetensors")),
         *sorted(export_dir.glob("*.safetensors")),
     ]
     # pytest's own temporary folders are 0700, so the files are copied (mode and all) into one

@@ -19,22 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import tiny_overrides
-from tests.test_batching import ATOL, logits_as_array, random_protein, tiny_model
+from tests.helpers import ATOL, logits_as_array, random_protein, tiny_model
 
-from esmtune.cli import main
 from esmtune.config import LongSequences, Pooling
 from esmtune.data.batching import EncodedDataset, encode, pad_collate
 from esmtune.embeddings import pooled_embeddings, residue_embeddings
 from esmtune.inference import model_inputs, over_budget, predict_outputs, stream_windows
-from esmtune.model.backbone import esm2_tokenizer
 from esmtune.model.heads import Pooler, StreamingPooler
 from esmtune.model.windows import WindowStitcher
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return esm2_tokenizer()
 
 
 def _batch(tokenizer, sequences: list[str], max_length: int = 20, stride: int = 10) -> dict:
@@ -162,15 +154,8 @@ _MEASURE = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def long_run(tiny_model_dir: Path, learnable_data: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("long_runs")
-    overrides = tiny_overrides(tiny_model_dir, learnable_data, out, "long")
-    assert main(["train", *overrides, "training.epochs=1", "data.max_length=80"]) == 0
-    return out / "long"
-
-
-def test_peak_memory_is_flat_in_sequence_length(long_run: Path) -> None:
+@pytest.mark.end_to_end
+def test_peak_memory_is_flat_in_sequence_length(lora_run: Path) -> None:
     """From 2,000 to 32,000 residues (50 to 800 windows of 80), peak memory must not follow.
 
     Measured in a fresh process (peak resident memory is per process). With all windows in one
@@ -180,7 +165,7 @@ def test_peak_memory_is_flat_in_sequence_length(long_run: Path) -> None:
     """
     lengths = [2_000, 8_000, 32_000]
     answer = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(long_run), "1024", *map(str, lengths)],
+        [sys.executable, "-c", _MEASURE, str(lora_run), "1024", *map(str, lengths)],
         capture_output=True,
         text=True,
         check=True,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from tests.conftest import tiny_overrides
+from tests.helpers import tiny_overrides
 
 from esmtune.cli import main
 

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from tests.conftest import tiny_overrides
+from tests.helpers import ACID, BASE, LONG, OILY, serve_process, wait_until_healthy
+from tests.helpers import LORA_RUN_MAX_LENGTH as MAX_LENGTH
 
 from esmtune.cli import main
 
@@ -22,42 +16,13 @@ httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from esmtune.predict import Predictor  # noqa: E402
 from esmtune.serve import create_app  # noqa: E402
 
-MAX_LENGTH = 80  # short context, so that windowing is cheap to test
-ACID = "MDEDEEDDEEDSDEDEEDDEEDEDDE"
-BASE = "MKRKRRKKRKRRKKRKRRKSTGK"
-OILY = "MLIVLFVMLIVLIVLWVLLF"
-LONG = "M" + "KRKRRKSTGANQ" * 20  # 241 residues: four windows of 80
-
-
-_SERVED_RUNS: dict[tuple[Path, Path], Path] = {}
-
-
-@pytest.fixture(scope="session")
-def served_run(tiny_model_dir: Path, learnable_data: Path, tmp_path_factory) -> Path:
-    """One trained run for every serve test module: each imports this fixture, which pytest
-    then holds once per module; the run itself is trained once per session."""
-    key = (tiny_model_dir, learnable_data)
-    if key not in _SERVED_RUNS:
-        out = tmp_path_factory.mktemp("serve_runs")
-        args = ["train", *tiny_overrides(tiny_model_dir, learnable_data, out, "served")]
-        args += ["training.epochs=2", f"data.max_length={MAX_LENGTH}"]
-        assert main(args) == 0
-        _SERVED_RUNS[key] = out / "served"
-    return _SERVED_RUNS[key]
-
 
 @pytest.fixture(scope="module")
-def predictor(served_run: Path) -> Predictor:
-    return Predictor.from_run(served_run, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def client(served_run: Path):
+def client(lora_run: Path):
     app = create_app(
-        served_run, max_sequences=5, max_request_residues=600, batch_wait_ms=5, device="cpu"
+        lora_run, max_sequences=5, max_request_residues=600, batch_wait_ms=5, device="cpu"
     )
     with TestClient(app) as test_client:  # `with` runs the lifespan: the batching worker
         yield test_client
@@ -72,8 +37,8 @@ def _same(served: list[dict], expected: list[dict]) -> None:
         assert got["length"] == want["length"] and got["windows"] == want["windows"]
 
 
-def test_json_and_fasta_give_the_predictors_answers(client, predictor) -> None:
-    expected = predictor.predict({"P1": ACID, "P2": BASE, "seq3": OILY}, top_k=2)
+def test_json_and_fasta_give_the_predictors_answers(client, lora_predictor) -> None:
+    expected = lora_predictor.predict({"P1": ACID, "P2": BASE, "seq3": OILY}, top_k=2)
     body = {
         "sequences": [{"id": "P1", "sequence": ACID}, {"id": "P2", "sequence": BASE}, OILY],
         "top_k": 2,
@@ -93,29 +58,29 @@ def test_json_and_fasta_give_the_predictors_answers(client, predictor) -> None:
         _same(answer.json()["predictions"], expected)
 
 
-def test_plain_lines_and_default_ids_and_top_k(client, predictor) -> None:
+def test_plain_lines_and_default_ids_and_top_k(client, lora_predictor) -> None:
     answer = client.post(
         "/predict", content=f"{ACID}\n\n{BASE}\n", headers={"Content-Type": "text/plain"}
     )
     assert answer.status_code == 200, answer.text
     results = answer.json()["predictions"]
-    _same(results, predictor.predict([ACID, BASE]))
+    _same(results, lora_predictor.predict([ACID, BASE]))
     assert [r["id"] for r in results] == ["seq1", "seq2"]
     assert len(results[0]["top_k"]) == 3  # multiclass default: every label ranked
 
 
-def test_long_sequences_are_windowed_with_a_warning(client, predictor) -> None:
+def test_long_sequences_are_windowed_with_a_warning(client, lora_predictor) -> None:
     answer = client.post("/predict", json={"sequences": [{"id": "big", "sequence": LONG}]})
     assert answer.status_code == 200, answer.text
     (warning,) = answer.json()["warnings"]
     assert "'big'" in warning and "windows" in warning and str(MAX_LENGTH) in warning
     (result,) = answer.json()["predictions"]
     assert result["windows"] > 1
-    _same([result], predictor.predict({"big": LONG}))
+    _same([result], lora_predictor.predict({"big": LONG}))
 
 
-def test_long_sequences_refused_when_asked(served_run: Path) -> None:
-    app = create_app(served_run, long_sequences="refuse", device="cpu")
+def test_long_sequences_refused_when_asked(lora_run: Path) -> None:
+    app = create_app(lora_run, long_sequences="refuse", device="cpu")
     with TestClient(app) as refusing:
         answer = refusing.post(
             "/predict", json={"sequences": [OILY, {"id": "big", "sequence": LONG}]}
@@ -173,12 +138,12 @@ def test_bad_text_input_is_a_clear_4xx(client, content, content_type, status, wo
         assert word in answer.json()["detail"]
 
 
-def test_health_info_docs_and_page(client, served_run: Path) -> None:
+def test_health_info_docs_and_page(client, lora_run: Path) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     info = client.get("/info").json()
     assert info["task"] == "multiclass"
     assert info["labels"] == ["Acidic", "Basic", "Hydrophobic"]
-    assert info["base_model"].startswith(str(served_run.parents[1]))  # the tiny model folder
+    assert info["base_model"].startswith(str(lora_run.parents[1]))  # the tiny model folder
     assert info["metrics"]["selection_metric"] == "macro_f1"
     assert info["metrics"]["best_epoch"] in (1, 2)
     assert 0 <= info["metrics"]["best_value"] <= 1
@@ -193,66 +158,29 @@ def test_health_info_docs_and_page(client, served_run: Path) -> None:
     assert "http" not in page.text.replace("http-equiv", "")  # no external CDN
 
 
-def test_settings_are_checked(served_run: Path) -> None:
+def test_settings_are_checked(lora_run: Path) -> None:
     from esmtune.errors import EsmtuneError
 
     with pytest.raises(EsmtuneError, match="window"):
-        create_app(served_run, long_sequences="truncate")
+        create_app(lora_run, long_sequences="truncate")
     with pytest.raises(EsmtuneError, match="not a finished esmtune run"):
-        create_app(served_run / "nowhere")
+        create_app(lora_run / "nowhere")
 
 
-def test_several_workers_report_a_bad_model_once(served_run: Path, capsys) -> None:
+def test_several_workers_report_a_bad_model_once(lora_run: Path, capsys) -> None:
     """Each worker would load the model itself; what stops them is said once, before any start."""
-    assert main(["serve", str(served_run / "nowhere"), "--workers", "2"]) == 2
+    assert main(["serve", str(lora_run / "nowhere"), "--workers", "2"]) == 2
     error = capsys.readouterr().err
     assert error.count("not a finished esmtune run") == 1
-    assert main(["serve", str(served_run), "--workers", "2", "--runtime", "onnx"]) == 2
+    assert main(["serve", str(lora_run), "--workers", "2", "--runtime", "onnx"]) == 2
     assert "export it first" in capsys.readouterr().err
-    assert main(["serve", str(served_run), "--workers", "2", "--max-sequences", "0"]) == 2
+    assert main(["serve", str(lora_run), "--workers", "2", "--max-sequences", "0"]) == 2
     assert "--max-sequences" in capsys.readouterr().err  # named, with what it must be
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def serve_process(run_dir: Path, *options: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`esmtune serve` starting on a free loopback port, and its base URL; stopped on exit."""
-    port = _free_port()
-    command = [sys.executable, "-m", "esmtune", "serve", str(run_dir), "--port", str(port)]
-    command += ["--device", "cpu", "--log-level", "warning", *options]
-    process = subprocess.Popen(command, env=os.environ.copy())
-    try:
-        yield process, f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def wait_until_healthy(process: subprocess.Popen, base: str, seconds: float = 60) -> None:
-    """Poll /health until the server answers (it loads the model first)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        assert process.poll() is None, "the server exited"
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"the server did not answer /health in {seconds} s"
-        time.sleep(0.1)
-
-
-def test_real_server_batches_concurrent_requests(served_run: Path, predictor) -> None:
-    with serve_process(served_run, "--batch-wait-ms", "50") as (server, base):
+@pytest.mark.end_to_end
+def test_real_server_batches_concurrent_requests(lora_run: Path, lora_predictor) -> None:
+    with serve_process(lora_run, "--batch-wait-ms", "50") as (server, base):
         wait_until_healthy(server, base)
         pool = [ACID, BASE, OILY, ACID[:12], BASE[3:], OILY + OILY]
         requests = [
@@ -268,7 +196,7 @@ def test_real_server_batches_concurrent_requests(served_run: Path, predictor) ->
         for request, answer in zip(requests, answers, strict=True):
             assert answer.status_code == 200, answer.text
             (first, second) = request["sequences"]
-            expected = predictor.predict({first["id"]: first["sequence"], "seq2": second})
+            expected = lora_predictor.predict({first["id"]: first["sequence"], "seq2": second})
             _same(answer.json()["predictions"], expected)
         info = httpx.get(f"{base}/info").json()
         assert info["sequences_served"] == 48

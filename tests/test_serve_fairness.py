@@ -16,14 +16,7 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-# The fixtures are used by name (pytest finds them in this module), hence the noqa.
-from tests.test_serve import (  # noqa: E402
-    ACID,
-    BASE,
-    OILY,
-    predictor,  # noqa: F401
-    served_run,  # noqa: F401
-)
+from tests.helpers import ACID, BASE, OILY  # noqa: E402
 
 from esmtune.data.fasta import SequenceRecord  # noqa: E402
 from esmtune.serve import _Batcher, create_app  # noqa: E402
@@ -167,9 +160,9 @@ def _p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20, method="inclusive")[-1]
 
 
-def test_short_requests_stay_fast_behind_a_long_one(served_run: Path, predictor) -> None:  # noqa: F811
+def test_short_requests_stay_fast_behind_a_long_one(lora_run: Path, lora_predictor) -> None:
     app = create_app(
-        served_run,
+        lora_run,
         device="cpu",
         batch_wait_ms=2,
         max_batch_tokens=4096,  # slices of two long sequences
@@ -205,12 +198,12 @@ def test_short_requests_stay_fast_behind_a_long_one(served_run: Path, predictor)
     assert long_answer.status_code == 200, long_answer.text[:300]
     long_results = long_answer.json()["predictions"]
     assert [row["id"] for row in long_results] == [f"L{i}" for i in range(LONG_COUNT)]
-    expected = predictor.predict({"L0": LONG_SEQUENCE})[0]
+    expected = lora_predictor.predict({"L0": LONG_SEQUENCE})[0]
     assert long_results[-1]["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-5)
     for i, (_, _, answer) in enumerate(shorts):
         assert answer.status_code == 200
         (row,) = answer.json()["predictions"]
-        want = predictor.predict({f"S{i}": SHORTS[i % len(SHORTS)]})[0]
+        want = lora_predictor.predict({f"S{i}": SHORTS[i % len(SHORTS)]})[0]
         assert row["id"] == f"S{i}" and row["label"] == want["label"]
 
     long_seconds = long_end - long_start

@@ -20,17 +20,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
-
-# The fixtures are used by name (pytest finds them in this module), hence the noqa.
-from tests.test_serve import (  # noqa: E402
-    ACID,
-    BASE,
-    OILY,
-    predictor,  # noqa: F401
-    serve_process,
-    served_run,  # noqa: F401
-    wait_until_healthy,
-)
+from tests.helpers import ACID, BASE, OILY, serve_process, wait_until_healthy  # noqa: E402
 
 from esmtune import serve  # noqa: E402
 from esmtune.cli import build_parser, main  # noqa: E402
@@ -49,8 +39,8 @@ CHUNK = 1 << 16
 
 
 @pytest.fixture(scope="module")
-def app(served_run: Path):  # noqa: F811
-    return create_app(served_run, batch_wait_ms=0, device="cpu", **LIMITS)
+def app(lora_run: Path):
+    return create_app(lora_run, batch_wait_ms=0, device="cpu", **LIMITS)
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +184,8 @@ def test_a_chunked_body_is_cut_off_at_the_limit(app) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(served_run: Path) -> Iterator[tuple[subprocess.Popen, str]]:  # noqa: F811
-    with serve_process(served_run, "--batch-wait-ms", "0") as (process, base):
+def server(lora_run: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    with serve_process(lora_run, "--batch-wait-ms", "0") as (process, base):
         wait_until_healthy(process, base)
         yield process, base
 
@@ -205,6 +195,7 @@ def _connection(base: str) -> http.client.HTTPConnection:
     return http.client.HTTPConnection(url.hostname, url.port, timeout=60)
 
 
+@pytest.mark.end_to_end
 def test_real_server_keeps_the_connection_after_bad_json(server) -> None:
     connection = _connection(server[1])
     json_type = {"Content-Type": "application/json"}
@@ -237,6 +228,7 @@ def _status_line(sock: socket.socket) -> str:
     return sock.recv(4096).split(b"\r\n", 1)[0].decode()
 
 
+@pytest.mark.end_to_end
 def test_real_server_stops_reading_a_chunked_upload(server) -> None:
     process, base = server
     before = _rss_kib(process.pid)
@@ -253,6 +245,7 @@ def test_real_server_stops_reading_a_chunked_upload(server) -> None:
     assert _rss_kib(process.pid) - before < 32 << 10  # KiB: the body was not kept
 
 
+@pytest.mark.end_to_end
 def test_real_server_refuses_before_100_continue(server) -> None:
     headers = "Content-Type: application/json\r\nContent-Length: 104857600\r\n"
     with _open_request(server[1], headers + "Expect: 100-continue\r\n") as sock:
@@ -315,9 +308,9 @@ def test_the_cli_options_are_the_settings(tmp_path: Path) -> None:
     )
 
 
-def test_settings_problems_are_reported_together(served_run: Path) -> None:  # noqa: F811
+def test_settings_problems_are_reported_together(lora_run: Path) -> None:
     with pytest.raises(EsmtuneError) as raised:
-        create_app(served_run, max_sequences=0, max_residues=5, long_sequences="truncate")
+        create_app(lora_run, max_sequences=0, max_residues=5, long_sequences="truncate")
     message = str(raised.value)
     assert "max_sequences (--max-sequences) = 0" in message
     assert "max_residues: not a serve setting; did you mean" in message
@@ -326,13 +319,13 @@ def test_settings_problems_are_reported_together(served_run: Path) -> None:  # n
         ServeSettings.checked({"max_body_bytes": 1000})
 
 
-def test_worker_processes_get_the_same_settings(served_run: Path, monkeypatch) -> None:  # noqa: F811
+def test_worker_processes_get_the_same_settings(lora_run: Path, monkeypatch) -> None:
     """`--workers N` hands the settings to each worker as JSON; they must arrive whole."""
     import uvicorn
 
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)  # start no processes
     monkeypatch.setenv(serve.SETTINGS_ENV, "")  # restored (unset) after the test
-    argv = ["serve", str(served_run), "--workers", "2", "--device", "cpu", "--max-sequences", "7"]
+    argv = ["serve", str(lora_run), "--workers", "2", "--device", "cpu", "--max-sequences", "7"]
     assert main([*argv, "--max-sequence-residues", "900", "--batch-wait-ms", "2.5"]) == 0
     with TestClient(serve._app_from_environment()) as worker:
         limits = worker.get("/info").json()["limits"]

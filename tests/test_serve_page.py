@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Chromium against `esmtune serve` started as a process.
+pytestmark = [pytest.mark.browser, pytest.mark.end_to_end]
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).exists():
     pytest.skip(
@@ -25,18 +28,8 @@ sync_api = pytest.importorskip(
 )
 httpx = pytest.importorskip("httpx")
 
-# The fixtures are used by name (pytest finds them in this module), hence the noqa.
-from tests.test_serve import (  # noqa: E402
-    ACID,
-    BASE,
-    LONG,
-    MAX_LENGTH,
-    OILY,
-    predictor,  # noqa: F401
-    serve_process,
-    served_run,  # noqa: F401
-    wait_until_healthy,
-)
+from tests.helpers import ACID, BASE, LONG, OILY, serve_process, wait_until_healthy  # noqa: E402
+from tests.helpers import LORA_RUN_MAX_LENGTH as MAX_LENGTH  # noqa: E402
 
 from esmtune.tasks import task_from_state  # noqa: E402
 
@@ -74,9 +67,9 @@ def browser() -> Iterator[sync_api.Browser]:
 
 
 @pytest.fixture(scope="module")
-def server_process(served_run: Path) -> Iterator[tuple[subprocess.Popen, str]]:  # noqa: F811
+def server_process(lora_run: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     """`esmtune serve` starting on a free loopback port, and its base URL."""
-    with serve_process(served_run) as started:
+    with serve_process(lora_run) as started:
         yield started
 
 
@@ -132,12 +125,12 @@ def test_page_shows_the_model(page: sync_api.Page, server: str) -> None:
 
 def test_predictions_are_drawn_as_the_predictor_computes_them(
     page: sync_api.Page,
-    predictor,  # noqa: F811
+    lora_predictor,
     tmp_path: Path,
 ) -> None:
     # Wrapped lines, lowercase and a stop '*', as people paste them; 'big' needs four windows.
     fasta = f">P1 acidic\n{ACID[:10]}\n{ACID[10:]}\n>P2\n{BASE.lower()}*\n>big\n{LONG}\n"
-    expected = predictor.predict({"P1": ACID, "P2": BASE, "big": LONG})
+    expected = lora_predictor.predict({"P1": ACID, "P2": BASE, "big": LONG})
     page.goto("/")
     _submit(page, fasta)
     sync_api.expect(page.locator("#out .card")).to_have_count(3)

@@ -19,9 +19,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-# The fixtures are used by name (pytest finds them in this module), hence the noqa.
-from tests.test_serve import served_run  # noqa: E402, F401
-
 from esmtune.serve import (  # noqa: E402
     ServeSettings,
     _checked,
@@ -37,8 +34,8 @@ ERRORS = ("400", "413", "415", "422")
 
 
 @pytest.fixture(scope="module")
-def app(served_run: Path):  # noqa: F811
-    return create_app(served_run, device="cpu", batch_wait_ms=0, **LIMITS)
+def app(lora_run: Path):
+    return create_app(lora_run, device="cpu", batch_wait_ms=0, **LIMITS)
 
 
 @pytest.fixture(scope="module")

@@ -19,29 +19,17 @@ import pytest
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from tests.conftest import tiny_overrides
+from tests.helpers import FULL_RUN_CHECKPOINTS, FULL_RUN_SETTINGS, tiny_overrides
 
 from esmtune.cli import main
 
-FIRST, LAST = "epoch-0001-step-00000015", "epoch-0002-step-00000030"
+FIRST, LAST = FULL_RUN_CHECKPOINTS
 
 
 def _overrides(model: Path, data: Path, out: Path, name: str) -> list[str]:
-    """Two epochs of full fine-tuning: a checkpoint after each, both kept."""
-    return [
-        *tiny_overrides(model, data, out, name),
-        "finetune.mode=full",
-        "training.epochs=2",
-        "training.keep_checkpoints=2",
-    ]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_model_dir: Path, learnable_data: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("storage_runs")
-    assert main(["train", *_overrides(tiny_model_dir, learnable_data, out, "done")]) == 0
-    assert sorted(p.name for p in (out / "done" / "checkpoints").iterdir()) == [FIRST, LAST]
-    return out / "done"
+    """A fresh run like conftest's ``full_run``: two epochs of full fine-tuning, a checkpoint
+    after each, both kept."""
+    return [*tiny_overrides(model, data, out, name), *FULL_RUN_SETTINGS]
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[bytes | None, int]]:
@@ -76,21 +64,26 @@ def _metrics(run: Path) -> dict:
     return metrics
 
 
-def test_resuming_a_finished_run_changes_nothing(finished_run: Path, capsys) -> None:
-    before = _snapshot(finished_run)
-    assert main(["train", "--resume", str(finished_run)]) == 0
+def test_resuming_a_finished_run_changes_nothing(
+    full_run: Path, tmp_path_factory: pytest.TempPathFactory, capsys
+) -> None:
+    # A copy, so that the shared run stays whole if this ever fails (in a folder whose name,
+    # unlike this test's tmp_path, does not say "resuming").
+    run = _copy(full_run, tmp_path_factory.mktemp("finished") / "run")
+    before = _snapshot(run)
+    assert main(["train", "--resume", str(run)]) == 0
     out = capsys.readouterr().out
-    assert f"{finished_run} is complete: all 2 of 2 epochs ran" in out
+    assert f"{run} is complete: all 2 of 2 epochs ran" in out
     assert "best validation macro_f1" in out and "nothing was changed" in out
     assert "resuming" not in out
-    assert _snapshot(finished_run) == before
+    assert _snapshot(run) == before
 
 
 @pytest.mark.parametrize("damaged", ["optimizer.safetensors", "trainable.safetensors"])
 def test_truncated_newest_checkpoint_falls_back_to_the_previous(
-    damaged: str, finished_run: Path, tmp_path: Path, capsys
+    damaged: str, full_run: Path, tmp_path: Path, capsys
 ) -> None:
-    run = _copy(finished_run, tmp_path / "run")
+    run = _copy(full_run, tmp_path / "run")
     path = run / "checkpoints" / LAST / damaged
     os.truncate(path, path.stat().st_size // 2)
     assert main(["train", "--resume", str(run)]) == 0
@@ -98,13 +91,13 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous(
     assert f"checkpoint {LAST} cannot be used: {damaged} is" in out and "truncated" in out
     assert f"falling back to the previous complete checkpoint, {FIRST}" in out
     # Epoch 2 ran again from epoch 1's checkpoint: the same weights and metrics as before.
-    _final_weights_equal(finished_run, run)
-    assert _metrics(run) == _metrics(finished_run)
+    _final_weights_equal(full_run, run)
+    assert _metrics(run) == _metrics(full_run)
     assert _resumes_from(run) == run / "checkpoints" / LAST  # whole again
 
 
-def test_no_intact_checkpoint_is_a_clear_error(finished_run: Path, tmp_path: Path, capsys) -> None:
-    run = _copy(finished_run, tmp_path / "run")
+def test_no_intact_checkpoint_is_a_clear_error(full_run: Path, tmp_path: Path, capsys) -> None:
+    run = _copy(full_run, tmp_path / "run")
     for checkpoint in (run / "checkpoints").iterdir():
         os.truncate(checkpoint / "trainable.safetensors", 100)
     before = _snapshot(run)
@@ -117,9 +110,9 @@ def test_no_intact_checkpoint_is_a_clear_error(finished_run: Path, tmp_path: Pat
     assert _snapshot(run) == before
 
 
-def _stopped_before_first_checkpoint(finished_run: Path, to: Path) -> Path:
+def _stopped_before_first_checkpoint(full_run: Path, to: Path) -> Path:
     """A run killed while its first checkpoint was being written (1 epoch, to be quick)."""
-    run = _copy(finished_run, to)
+    run = _copy(full_run, to)
     for leftover in ("checkpoints", "tensorboard", "model/weights.safetensors", "metrics.json"):
         path = run / leftover
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -133,9 +126,9 @@ def _stopped_before_first_checkpoint(finished_run: Path, to: Path) -> Path:
 
 
 def test_run_stopped_before_its_first_checkpoint_can_start_afresh(
-    finished_run: Path, tiny_model_dir: Path, learnable_data: Path, tmp_path: Path, capsys
+    full_run: Path, tiny_model_dir: Path, learnable_data: Path, tmp_path: Path, capsys
 ) -> None:
-    run = _stopped_before_first_checkpoint(finished_run, tmp_path / "stopped")
+    run = _stopped_before_first_checkpoint(full_run, tmp_path / "stopped")
 
     # A fresh run of the same name refuses, and says what is there and what works.
     overrides = _overrides(tiny_model_dir, learnable_data, tmp_path, "stopped")
@@ -154,9 +147,9 @@ def test_run_stopped_before_its_first_checkpoint_can_start_afresh(
 
 
 def test_fresh_run_into_an_interrupted_one_points_to_resume(
-    finished_run: Path, tiny_model_dir: Path, learnable_data: Path, tmp_path: Path, capsys
+    full_run: Path, tiny_model_dir: Path, learnable_data: Path, tmp_path: Path, capsys
 ) -> None:
-    run = _copy(finished_run, tmp_path / "interrupted")
+    run = _copy(full_run, tmp_path / "interrupted")
     (run / "metrics.json").unlink()
     overrides = _overrides(tiny_model_dir, learnable_data, tmp_path, "interrupted")
     assert main(["train", *overrides]) == 2
@@ -183,7 +176,7 @@ def _disk_full_in(folder_prefix: str, file_part: str, monkeypatch) -> None:
 
 
 def test_disk_full_while_writing_a_checkpoint(
-    finished_run: Path,
+    full_run: Path,
     tiny_model_dir: Path,
     learnable_data: Path,
     tmp_path: Path,
@@ -205,8 +198,8 @@ def test_disk_full_while_writing_a_checkpoint(
 
     monkeypatch.undo()  # space freed
     assert main(["train", "--resume", str(run)]) == 0
-    _final_weights_equal(finished_run, run)
-    assert _metrics(run) == _metrics(finished_run)
+    _final_weights_equal(full_run, run)
+    assert _metrics(run) == _metrics(full_run)
 
 
 def _read_only(root: Path, monkeypatch) -> None:
@@ -237,7 +230,7 @@ def _expensive(*args, **kwargs):
 @pytest.mark.parametrize("command", ["evaluate", "export", "train", "resume"])
 def test_read_only_output_is_found_before_the_work(
     command: str,
-    finished_run: Path,
+    full_run: Path,
     tiny_model_dir: Path,
     learnable_data: Path,
     tmp_path: Path,
@@ -251,11 +244,11 @@ def test_read_only_output_is_found_before_the_work(
     read_only = tmp_path / "read_only"
     read_only.mkdir()
     if command == "evaluate":
-        run = _copy(finished_run, read_only / "run")
+        run = _copy(full_run, read_only / "run")
         argv, named = ["evaluate", str(run)], run / "eval" / "test"
         monkeypatch.setattr(esmtune.evaluate, "load_run", _expensive)
     elif command == "export":
-        argv = ["export", str(finished_run), "--format", "hf", "--out", str(read_only / "hf")]
+        argv = ["export", str(full_run), "--format", "hf", "--out", str(read_only / "hf")]
         named = read_only
         monkeypatch.setattr(esmtune.export.write, "load_run", _expensive)
     elif command == "train":
@@ -263,7 +256,7 @@ def test_read_only_output_is_found_before_the_work(
         named = read_only / "new"
         monkeypatch.setattr(esmtune.train, "build_model", _expensive)
     else:
-        run = _copy(finished_run, read_only / "run")
+        run = _copy(full_run, read_only / "run")
         (run / "metrics.json").unlink()
         shutil.rmtree(run / "checkpoints" / LAST)
         argv, named = ["train", "--resume", str(run)], run
@@ -283,7 +276,7 @@ def test_read_only_output_is_found_before_the_work(
 
 
 def test_predictions_into_a_read_only_folder_are_one_message(
-    finished_run: Path, tmp_path: Path, monkeypatch, capsys
+    full_run: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     """Writes no command wraps itself (predict -o) still end in a message, not a traceback."""
     import io
@@ -300,7 +293,7 @@ def test_predictions_into_a_read_only_folder_are_one_message(
 
     monkeypatch.setattr(io, "open", open_)
     out = read_only / "predictions.tsv"
-    assert main(["predict", str(finished_run), "--sequence", "MKRKRRK", "-o", str(out)]) == 2
+    assert main(["predict", str(full_run), "--sequence", "MKRKRRK", "-o", str(out)]) == 2
     error = capsys.readouterr().err
     assert f"error: cannot write {out}: the file system is read-only" in error
     assert "Traceback" not in error
@@ -344,16 +337,17 @@ def _result(logs: Path, name: str) -> tuple[int, str, str]:
     return code, (logs / f"{name}.out").read_text(), (logs / f"{name}.err").read_text()
 
 
+@pytest.mark.end_to_end
 def test_real_read_only_file_system(
     mounts: None,
-    finished_run: Path,
+    full_run: Path,
     tiny_model_dir: Path,
     learnable_data: Path,
     tmp_path: Path,
 ) -> None:
     read_only = tmp_path / "read_only"
-    done = _copy(finished_run, read_only / "done")
-    stopped = _copy(finished_run, read_only / "stopped")
+    done = _copy(full_run, read_only / "done")
+    stopped = _copy(full_run, read_only / "stopped")
     (stopped / "metrics.json").unlink()
     shutil.rmtree(stopped / "checkpoints" / LAST)
     (tmp_path / "logs").mkdir()
@@ -387,9 +381,10 @@ def test_real_read_only_file_system(
     assert code == 0 and "is complete" in out
 
 
+@pytest.mark.end_to_end
 def test_real_disk_full_during_training(
     mounts: None,
-    finished_run: Path,
+    full_run: Path,
     tiny_model_dir: Path,
     learnable_data: Path,
     tmp_path: Path,

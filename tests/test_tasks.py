@@ -7,12 +7,13 @@ import csv
 import io
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
-from tests.conftest import ROOT, tiny_overrides
-from tests.test_end_to_end import readme_commands
+from tests.helpers import ROOT, readme_commands, tiny_overrides
 
 from esmtune.cli import main
 from esmtune.config import load_config
@@ -69,33 +70,14 @@ def binary_run(
     )  # fmt: skip
 
 
-def test_binary_learns_and_saves_its_tuned_threshold(binary_run: Path) -> None:
+def test_binary_saves_its_class_weight_and_tuned_threshold(binary_run: Path) -> None:
     state = json.loads((binary_run / "labels.json").read_text())
-    assert state["labels"] == ["no", "yes"]  # the conventional positive name
     assert state["weights"] == pytest.approx([2.0])  # 60 negatives / 30 positives
     metrics = json.loads((binary_run / "metrics.json").read_text())
-    assert metrics["selection_metric"] == "mcc"
-    assert metrics["best_value"] > 0.8  # chance is 0
     (threshold,) = metrics["thresholds"]
     assert 0.0 < threshold < 1.0
     best = json.loads((binary_run / "model" / "best_validation_metrics.json").read_text())
     assert best["threshold"] == threshold
-
-
-def test_binary_evaluation_has_every_metric_and_curves(
-    binary_run: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["evaluate", str(binary_run)]) == 0
-    assert "PR-AUC" in capsys.readouterr().out
-    out = binary_run / "eval" / "test"
-    metrics = json.loads((out / "metrics.json").read_text())
-    for name in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc", "pr_auc"):
-        assert metrics[name] is not None
-    assert metrics["mcc"] > 0.7 and metrics["roc_auc"] > 0.9
-    saved = json.loads((binary_run / "metrics.json").read_text())["thresholds"][0]
-    assert metrics["threshold"] == pytest.approx(saved)  # test uses the validation threshold
-    for plot in ("confusion_matrix.png", "roc_pr_curves.png"):
-        assert (out / plot).stat().st_size > 1000
 
 
 def test_binary_prediction_formats(binary_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -174,34 +156,13 @@ def multilabel_run(
     )  # fmt: skip
 
 
-def test_multilabel_learns_with_propagated_ontology_labels(multilabel_run: Path) -> None:
+def test_multilabel_saves_the_ontology_it_propagated(multilabel_run: Path) -> None:
     state = json.loads((multilabel_run / "labels.json").read_text())
-    # The parent term comes from propagation (is_a and part_of), not from the data.
-    assert state["labels"] == ["GO:0000001", *_TERMS.values()]
     assert state["ancestors"]["GO:0000002"] == ["GO:0000001"]
     assert state["ancestors"]["GO:0000003"] == ["GO:0000001"]
     assert state["label_names"]["GO:0000004"] == "hydrophobic core"
     metrics = json.loads((multilabel_run / "metrics.json").read_text())
-    assert metrics["selection_metric"] == "fmax"
-    assert metrics["best_value"] > 0.85
     assert len(metrics["thresholds"]) == 4
-
-
-def test_multilabel_evaluation_reports_fmax_and_coverage(
-    multilabel_run: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["evaluate", str(multilabel_run)]) == 0
-    assert "Fmax" in capsys.readouterr().out
-    out = multilabel_run / "eval" / "test"
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["fmax"] > 0.85 and metrics["coverage"] > 0.9
-    # Frequencies alone (the trivial predictor) stay far below.
-    assert metrics["micro_f1"] > 0.8 and metrics["macro_ap"] > 0.8
-    assert set(metrics["per_label"]) == {"GO:0000001", *_TERMS.values()}
-    assert (out / "roc_pr_curves.png").stat().st_size > 1000
-    with (out / "predictions.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == 48 and "true_labels" in rows[0] and "predicted_labels" in rows[0]
 
 
 def test_multilabel_predictions_are_consistent_and_ranked(
@@ -269,33 +230,13 @@ def regression_run(
     )  # fmt: skip
 
 
-def test_regression_standardises_on_train_and_learns(
-    regression_run: Path, regression_data: Path
-) -> None:
+def test_regression_standardises_on_train(regression_run: Path, regression_data: Path) -> None:
     state = json.loads((regression_run / "labels.json").read_text())
-    assert state["labels"] == ["charge_plus", "charge_minus"]
     with regression_data.open() as handle:
         train = [r for r in csv.DictReader(handle) if r["split"] == "train"]
     plus = np.asarray([float(r["charge_plus"]) for r in train])
     assert state["target_mean"][0] == pytest.approx(plus.mean(), rel=1e-4)
     assert state["target_std"][0] == pytest.approx(plus.std(), rel=1e-4)
-    metrics = json.loads((regression_run / "metrics.json").read_text())
-    assert metrics["selection_metric"] == "spearman"
-    assert metrics["best_value"] > 0.6
-
-
-def test_regression_evaluation_beats_the_mean_predictor(
-    regression_run: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(["evaluate", str(regression_run)]) == 0
-    assert "Spearman" in capsys.readouterr().out
-    out = regression_run / "eval" / "test"
-    metrics = json.loads((out / "metrics.json").read_text())
-    # The mean predictor has R² 0 (or below) and no correlation.
-    assert metrics["r2"] > 0.3 and metrics["spearman"] > 0.6
-    assert set(metrics["per_target"]) == {"charge_plus", "charge_minus"}
-    assert metrics["per_target"]["charge_plus"]["rmse"] < 1.5  # std of the target: ~1.4
-    assert (out / "scatter.png").stat().st_size > 1000
 
 
 def test_regression_predictions_are_on_the_original_scale(
@@ -311,6 +252,88 @@ def test_regression_predictions_are_on_the_original_scale(
     assert -3.5 < second["values"]["charge_minus"] < -2.0  # shifted scale restored
     rows = _predict(regression_run, "csv", *args, capsys=capsys).splitlines()
     assert rows[0] == "id,charge_plus,charge_minus"
+
+
+# --- what every task shows: it learns, and evaluation reports its metrics and plots -------
+
+# Per task: the labels its run saves, the metric that picks the best epoch, and the validation
+# value that metric must beat.
+LEARNED = {
+    "binary": (["no", "yes"], "mcc", 0.8),  # the conventional positive name; chance: MCC 0
+    # The parent term comes from propagation (is_a and part_of), not from the data.
+    "multilabel": (["GO:0000001", *_TERMS.values()], "fmax", 0.85),
+    "regression": (["charge_plus", "charge_minus"], "spearman", 0.6),
+}
+
+
+@pytest.mark.parametrize("task", sorted(LEARNED))
+def test_each_task_learns_and_selects_on_its_metric(task: str, request) -> None:
+    run: Path = request.getfixturevalue(f"{task}_run")
+    labels, selection_metric, floor = LEARNED[task]
+    assert json.loads((run / "labels.json").read_text())["labels"] == labels
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["selection_metric"] == selection_metric
+    assert metrics["best_value"] > floor
+
+
+def _binary_report(run: Path, out: Path, metrics: dict) -> None:
+    for name in ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc", "pr_auc"):
+        assert metrics[name] is not None
+    saved = json.loads((run / "metrics.json").read_text())["thresholds"][0]
+    assert metrics["threshold"] == pytest.approx(saved)  # test uses the validation threshold
+
+
+def _multilabel_report(run: Path, out: Path, metrics: dict) -> None:
+    assert set(metrics["per_label"]) == {"GO:0000001", *_TERMS.values()}
+    with (out / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 48 and "true_labels" in rows[0] and "predicted_labels" in rows[0]
+
+
+def _regression_report(run: Path, out: Path, metrics: dict) -> None:
+    assert set(metrics["per_target"]) == {"charge_plus", "charge_minus"}
+    assert metrics["per_target"]["charge_plus"]["rmse"] < 1.5  # std of the target: ~1.4
+
+
+class _Evaluation(NamedTuple):
+    printed: str  # a word of the report `esmtune evaluate` prints
+    floors: dict[str, float]  # test metrics and the value each must beat
+    plots: tuple[str, ...]
+    report: Callable[[Path, Path, dict], None]  # what else the task's report holds
+
+
+EVALUATED = {
+    "binary": _Evaluation(
+        "PR-AUC", {"mcc": 0.7, "roc_auc": 0.9}, ("confusion_matrix.png", "roc_pr_curves.png"),
+        _binary_report,
+    ),
+    # Frequencies alone (the trivial predictor) stay far below micro-F1 and macro-AP 0.8.
+    "multilabel": _Evaluation(
+        "Fmax", {"fmax": 0.85, "coverage": 0.9, "micro_f1": 0.8, "macro_ap": 0.8},
+        ("roc_pr_curves.png",), _multilabel_report,
+    ),
+    # The mean predictor has R² 0 (or below) and no correlation.
+    "regression": _Evaluation(
+        "Spearman", {"r2": 0.3, "spearman": 0.6}, ("scatter.png",), _regression_report
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("task", sorted(EVALUATED))
+def test_each_task_evaluates_with_its_metrics_and_plots(
+    task: str, request, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run: Path = request.getfixturevalue(f"{task}_run")
+    expected = EVALUATED[task]
+    assert main(["evaluate", str(run)]) == 0
+    assert expected.printed in capsys.readouterr().out
+    out = run / "eval" / "test"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name, floor in expected.floors.items():
+        assert metrics[name] > floor, name
+    for plot in expected.plots:
+        assert (out / plot).stat().st_size > 1000
+    expected.report(run, out, metrics)
 
 
 # --- the README's command for each task, on its bundled example -----------------------------
@@ -330,6 +353,7 @@ def test_the_readme_shows_one_train_command_per_task() -> None:
     assert set(_task_commands()) == {"multiclass", "binary", "multilabel", "regression"}
 
 
+@pytest.mark.end_to_end
 @pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel", "regression"])
 def test_each_readme_task_command_trains_on_its_bundled_example(
     task: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.helpers import tiny_overrides
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import tiny_overrides
 from esmtune.cli import main
 from esmtune.config import load_config
 from esmtune.errors import ConfigError, EsmtuneError
@@ -43,6 +43,7 @@ def _batch(folder: Path) -> dict[str, torch.Tensor]:
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
+@pytest.mark.export
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_plain_transformers_gives_the_task_outputs(
     name: str, tiny_model_dir: Path, tmp_path: Path
@@ -83,6 +84,7 @@ def test_esm_head_needs_cls_pooling() -> None:
         load_config(None, ["model.head=esm", "model.pooling=mean"])
 
 
+@pytest.mark.export
 def test_a_run_with_the_esm_head_exports_for_auto_model(
     tiny_model_dir: Path, learnable_data: Path, tmp_path: Path
 ) -> None:

@@ -157,7 +157,7 @@ def test_progressive_run_unfreezes_as_epochs_pass(
     tiny_model_dir: Path, learnable_data: Path, tmp_path: Path
 ) -> None:
     from safetensors.torch import load_file
-    from tests.conftest import tiny_overrides
+    from tests.helpers import tiny_overrides
 
     from esmtune.cli import main
 
