@@ -32,6 +32,13 @@ def _train_cli(model_dir: Path, data: Path, out: Path, name: str, *extra: str) -
     return out / name
 
 
+def _task_run(
+    task: str, data: Path, model_dir: Path, runs: pytest.TempPathFactory, *settings: str
+) -> Path:
+    """A run of ``task`` on ``data``, named after the task; ``settings`` set the task up."""
+    return _train_cli(model_dir, data, runs.mktemp("runs"), task, f"task={task}", *settings)
+
+
 def _predict(run: Path, fmt: str, *args: str, capsys: pytest.CaptureFixture[str]) -> str:
     capsys.readouterr()
     assert main(["predict", str(run), *args, "--format", fmt]) == 0
@@ -59,15 +66,10 @@ def binary_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def binary_run(
-    binary_data: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    return _train_cli(
-        tiny_model_dir, binary_data, out, "binary", "task=binary",
-        "data.target_columns=[secreted]", "objective.pos_weight=balanced",
-        "objective.threshold_metric=mcc",
-    )  # fmt: skip
+def binary_run(binary_data: Path, tiny_model_dir: Path, tmp_path_factory) -> Path:
+    settings = ["data.target_columns=[secreted]", "objective.pos_weight=balanced"]
+    settings += ["objective.threshold_metric=mcc"]
+    return _task_run("binary", binary_data, tiny_model_dir, tmp_path_factory, *settings)
 
 
 def test_binary_saves_its_class_weight_and_tuned_threshold(binary_run: Path) -> None:
@@ -145,15 +147,10 @@ def multilabel_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def multilabel_run(
-    multilabel_data: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    return _train_cli(
-        tiny_model_dir, multilabel_data, out, "multilabel", "task=multilabel",
-        "data.target_columns=[go_terms]", f"data.ontology={multilabel_data / 'mini.obo'}",
-        "training.epochs=8",
-    )  # fmt: skip
+def multilabel_run(multilabel_data: Path, tiny_model_dir: Path, tmp_path_factory) -> Path:
+    ontology = multilabel_data / "mini.obo"
+    settings = ["data.target_columns=[go_terms]", f"data.ontology={ontology}", "training.epochs=8"]
+    return _task_run("multilabel", multilabel_data, tiny_model_dir, tmp_path_factory, *settings)
 
 
 def test_multilabel_saves_the_ontology_it_propagated(multilabel_run: Path) -> None:
@@ -219,15 +216,10 @@ def regression_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def regression_run(
-    regression_data: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    return _train_cli(
-        tiny_model_dir, regression_data, out, "regression", "task=regression",
-        "data.id_column=name", "data.target_columns=[charge_plus,charge_minus]",
-        "objective.regression_loss=huber", "training.epochs=8",
-    )  # fmt: skip
+def regression_run(regression_data: Path, tiny_model_dir: Path, tmp_path_factory) -> Path:
+    settings = ["data.id_column=name", "data.target_columns=[charge_plus,charge_minus]"]
+    settings += ["objective.regression_loss=huber", "training.epochs=8"]
+    return _task_run("regression", regression_data, tiny_model_dir, tmp_path_factory, *settings)
 
 
 def test_regression_standardises_on_train(regression_run: Path, regression_data: Path) -> None:
