@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -23,6 +24,9 @@ from tests.helpers import (
     make_learnable_dataset,
     tiny_overrides,
 )
+
+if TYPE_CHECKING:
+    from esmtune.predict import Predictor
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +92,7 @@ def full_run(tiny_model_dir: Path, learnable_data: Path, tmp_path_factory) -> Pa
 
 
 @pytest.fixture(scope="session")
-def lora_predictor(lora_run: Path):
+def lora_predictor(lora_run: Path) -> Predictor:
     """esmtune's Predictor on ``lora_run``: the answers a server over that run must give."""
     from esmtune.predict import Predictor
 
