@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HfProblemType",
     "TaskSpec",
+    "logistic_composition_model",
     "metric_table",
     "number",
     "positive_weights",
@@ -65,6 +66,17 @@ def positive_weights(targets: np.ndarray, setting: float | str | None) -> list[f
         ratio = (len(columns) - positives) / np.maximum(positives, 1)
         return np.clip(ratio, 1e-3, 1e3).tolist()
     return [float(setting)] * columns.shape[1]
+
+
+def logistic_composition_model(one_per_label: bool = False) -> Any:
+    """The baseline classifier: standardised features, logistic regression (one per label)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = LogisticRegression(max_iter=2000)
+    return make_pipeline(StandardScaler(), OneVsRestClassifier(model) if one_per_label else model)
 
 
 def metric_table(rows: dict[str, dict[str, Any]], columns: list[str], first: str) -> list[str]:

@@ -179,14 +179,6 @@ class BinaryTask(SingleLabelTask):
         plot_roc_pr(targets, outputs, path, title, threshold=metrics["threshold"])
         return [*written, path]
 
-    def baseline_estimator(self) -> Any:
-        """Logistic regression on standardised composition."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-
     def baseline_outputs(self, estimator: Any, features: np.ndarray) -> np.ndarray:
         """P(positive)."""
         return estimator.predict_proba(features)[:, list(estimator.classes_).index(1.0)]

@@ -128,14 +128,6 @@ class MulticlassTask(SingleLabelTask):
             metrics["per_class"], ["precision", "recall", "f1", "support"], "class"
         )
 
-    def baseline_estimator(self) -> Any:
-        """Logistic regression on standardised composition."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-
     def baseline_outputs(self, estimator: Any, features: np.ndarray) -> np.ndarray:
         """Class probabilities in label order."""
         probabilities = np.zeros((len(features), len(self.labels)))

@@ -29,6 +29,7 @@ from esmtune.plots import plot_roc_pr
 from esmtune.tasks.base import (
     HfProblemType,
     TaskSpec,
+    logistic_composition_model,
     metric_table,
     number,
     positive_weights,
@@ -325,14 +326,7 @@ class MultilabelTask(TaskSpec):
 
     def baseline_estimator(self) -> Any:
         """One logistic regression per label on standardised composition."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.multiclass import OneVsRestClassifier
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        return make_pipeline(
-            StandardScaler(), OneVsRestClassifier(LogisticRegression(max_iter=2000))
-        )
+        return logistic_composition_model(one_per_label=True)
 
     def baseline_outputs(self, estimator: Any, features: np.ndarray) -> np.ndarray:
         """A probability per label."""

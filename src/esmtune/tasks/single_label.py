@@ -15,7 +15,7 @@ from esmtune.config import DataConfig
 from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.report import DataReport
 from esmtune.plots import plot_confusion_matrix
-from esmtune.tasks.base import TaskSpec
+from esmtune.tasks.base import TaskSpec, logistic_composition_model
 
 __all__ = ["SingleLabelTask"]
 
@@ -79,6 +79,10 @@ class SingleLabelTask(TaskSpec):
         path = out / "confusion_matrix.png"
         plot_confusion_matrix(metrics["confusion_matrix"], self.labels, path, title)
         return [path]
+
+    def baseline_estimator(self) -> Any:
+        """Logistic regression on standardised composition."""
+        return logistic_composition_model()
 
     def frame_row(self, result: dict[str, Any]) -> dict[str, Any]:
         """``label``, its probability (and threshold), then ``p_<label>`` for every label."""
