@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -124,7 +125,8 @@ def _roc_auc(targets: np.ndarray, probabilities: np.ndarray, classes: list[int])
     if len(set(targets.tolist())) < len(classes):
         return None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        # An undefined score is reported as None by the caller's checks, not as a warning.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
         if len(classes) == 2:
             return float(roc_auc_score(targets, probabilities[:, 1]))
         return float(roc_auc_score(targets, probabilities, multi_class="ovr", labels=classes))

@@ -129,8 +129,10 @@ def read_obo(path: Path | str) -> Ontology:
         raise DataError(f"{path}: no such file; download go-basic.obo or fix the path")
     try:
         # pronto warns about every clause it does not model; none of them matter here.
+        from pronto.utils.warnings import ProntoWarning
+
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore", ProntoWarning)
             # import_depth=0: never follow `import:` headers over the network.
             ontology = pronto.Ontology(str(path), import_depth=0)
             terms = [term for term in ontology.terms() if not term.obsolete]
