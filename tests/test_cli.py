@@ -106,3 +106,22 @@ def test_data_options_are_the_config_keys_they_set(tmp_path: Path) -> None:
     assert (task, data) == (Task.MULTILABEL, expected)
     args = build_parser().parse_args(["baseline", "--task", "regression"])
     assert cli._data_config(args) == (Task.REGRESSION, load_config(None).data)
+
+
+def test_a_reader_that_stops_early_is_not_an_error() -> None:
+    """`esmtune ... | head` ends quietly with the shell's SIGPIPE status, not a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone: every write to the pipe fails (EPIPE)
+    script = "import sys\nfrom esmtune.cli import main\nsys.exit(main(['--version']))\n"
+    try:
+        writer = subprocess.run(
+            [sys.executable, "-c", script], stdout=write_end, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in writer.stderr, writer.stderr
+    assert writer.returncode == 141

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
 import types
 import typing
@@ -688,6 +689,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; user errors print one clear message and exit with status 2."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader stopped early (`esmtune predict ... | head`): not an error of ours. Point
+        # stdout at nothing so that the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports it
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -708,6 +720,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return handler(args)
+    except BrokenPipeError:
+        raise  # an OSError, but the reader's doing (see main)
     except EsmtuneError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
