@@ -358,11 +358,24 @@ class ModelConfig(_Section):
     attn_implementation: Literal["sdpa", "eager"] = Field(
         "sdpa", description="Attention kernel; sdpa is faster and uses less memory."
     )
+    init_from: Path | None = Field(
+        None,
+        description="Start from an earlier run's fine-tuned weights (its adapters or trained "
+        "layers, pooling and head) instead of the base model's; the finetune settings must "
+        "match that run's. [default: none]",
+    )
+    init_skip: list[str] = Field(
+        default_factory=list,
+        description="With init_from: weights not taken from that run, by name prefix, e.g. "
+        "[head] to start a new task's head from scratch.",
+    )
 
     @model_validator(mode="after")
     def _positive_hidden(self) -> ModelConfig:
         if any(size < 1 for size in self.head_hidden):
             raise ValueError("model.head_hidden: every size must be >= 1")
+        if self.init_skip and self.init_from is None:
+            raise ValueError("model.init_skip names weights to skip from model.init_from: set it")
         if self.head == "esm" and self.pooling is not Pooling.CLS:
             raise ValueError(
                 "model.head=esm reads the <cls> state, as EsmForSequenceClassification does: "
@@ -435,6 +448,13 @@ class TrainingConfig(_Section):
     """The optimisation loop."""
 
     epochs: int = Field(10, ge=1, description="Passes over the training split.")
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many optimizer steps instead, however many epochs that "
+        "takes (the last may be partial); the learning-rate schedule spans them and epochs is "
+        "not used. [default: none: train for epochs]",
+    )
     max_tokens: int = Field(
         4096,
         ge=64,
@@ -465,6 +485,13 @@ class TrainingConfig(_Section):
         "--mixed_precision, configs/accelerate.yaml), else no]",
     )
     eval_every_epochs: int = Field(1, ge=1, description="Evaluate on validation every N epochs.")
+    eval_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Evaluate on this share of the validation split (a seeded sample, the same "
+        "every time), for large validation sets.",
+    )
     checkpoint_every_steps: int = Field(
         0, ge=0, description="Also checkpoint every N optimizer steps (0 = at evaluations only)."
     )

@@ -166,10 +166,11 @@ def backbone_fingerprint(model: SequenceClassifier, config: TrainConfig) -> str:
     """What identifies the backbone's weights.
 
     A hub model is its id and revision; a local folder adds its weight files' sizes and times;
-    a randomly initialised backbone hashes its parameters, since nothing else identifies it.
+    a randomly initialised backbone, or one initialised from an earlier run (model.init_from),
+    hashes its parameters, since nothing else identifies it.
     """
     name = config.model.name
-    if not config.model.pretrained:
+    if not config.model.pretrained or config.model.init_from is not None:
         digest = hashlib.sha256()
         for key, tensor in sorted(model.backbone.state_dict().items()):
             digest.update(key.encode())

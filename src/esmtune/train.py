@@ -46,6 +46,7 @@ from esmtune.inference import iterate_outputs, model_inputs
 from esmtune.metrics import is_improvement
 from esmtune.model.backbone import check_backbone_available
 from esmtune.model.classifier import SequenceClassifier, build_model
+from esmtune.model.initial import check_initial_run, initialise_from
 from esmtune.model.run_model import weights_to_save
 from esmtune.model.tuning import ProgressiveUnfreezing, count_parameters
 from esmtune.plots import plot_training_curves
@@ -81,6 +82,7 @@ class _Run:
     val_loader: DataLoaderShard
     unfreezing: ProgressiveUnfreezing
     log: TrainingLog
+    epochs: int  # training.epochs, or as many as training.max_steps takes
 
     @property
     def unwrapped(self) -> SequenceClassifier:
@@ -134,7 +136,7 @@ def _fit(run: _Run, state: TrainerState) -> None:
     """Epochs of optimizer steps, each epoch (every ``eval_every_epochs``) evaluated and saved."""
     accelerator, training = run.accelerator, run.config.training
     max_grad_norm = training.max_grad_norm or float("inf")  # 0: no clipping, but a logged norm
-    while state.epoch < training.epochs and not state.stopped_early:
+    while state.epoch < run.epochs and not state.stopped_early:
         run.log.say(run.unfreezing.for_epoch(state.epoch))
         run.model.train()
         run.log.start_epoch(state.epoch, len(run.train_loader), state.batches_done)
@@ -157,9 +159,11 @@ def _fit(run: _Run, state: TrainerState) -> None:
                 state.add_step_loss(run.log.step(state.global_step, learning_rate, grad_norm))
                 if _every(training.checkpoint_every_steps, state.global_step):
                     _save_checkpoint(run, state)
+                if state.global_step == training.max_steps:
+                    break  # the step budget is spent: this (last) epoch ends here
         run.log.end_epoch()
         state.epoch, state.batches_done = state.epoch + 1, 0
-        if _every(training.eval_every_epochs, state.epoch) or state.epoch == training.epochs:
+        if _every(training.eval_every_epochs, state.epoch) or state.epoch == run.epochs:
             _evaluate(run, state)
             _save_checkpoint(run, state)
 
@@ -208,6 +212,8 @@ def _check_inputs(accelerator: Accelerator, config: TrainConfig) -> tuple[DataRe
         DataError: When the data check finds blocking problems.
     """
     check_backbone_available(config.model)
+    if config.model.init_from is not None:
+        check_initial_run(config.model.init_from)
     report = check_dataset(config.data, config.task)
     if accelerator.is_main_process:
         print(report.table())
@@ -276,19 +282,26 @@ def _set_up(
     The order is part of reproducibility: the head's initial weights come from the seeded RNG
     in this order, and a resume restores the RNG last, after everything has been built.
     """
-    epochs = config.training.epochs
     model, tokenizer = build_model(config, spec.num_outputs)
+    if checkpoint is None and config.model.init_from is not None:
+        say(accelerator, initialise_from(model, config.model.init_from, config.model.init_skip))
+    train_loader, train_sampler, val_loader = make_loaders(
+        accelerator, config, report, tokenizer, spec, model
+    )
+    steps_per_epoch = math.ceil(
+        len(train_loader) // accelerator.num_processes / config.training.gradient_accumulation
+    )
+    epochs = _epochs(config.training, steps_per_epoch)
     unfreezing = ProgressiveUnfreezing(
         model.backbone, config.finetune, epochs, accelerator.num_processes
     )
     parameters = count_parameters(model)
     optimizer = torch.optim.AdamW(_parameter_groups(model, config))
-    train_loader, train_sampler, val_loader = make_loaders(
-        accelerator, config, report, tokenizer, spec, model
-    )
     splits = report.splits
     sizes = f"{len(splits['train'])} train / {len(splits['validation'])} validation sequences"
-    scheduler = _learning_rate_schedule(optimizer, config.training, len(train_loader))
+    scheduler = _learning_rate_schedule(
+        optimizer, config.training, steps_per_epoch * epochs, accelerator.num_processes
+    )
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
     )
@@ -316,7 +329,7 @@ def _set_up(
     )
     run = _Run(
         accelerator, config, spec, run_dir, model, optimizer, scheduler,
-        train_loader, train_sampler, val_loader, unfreezing, log,
+        train_loader, train_sampler, val_loader, unfreezing, log, epochs,
     )  # fmt: skip
     return run, state
 
@@ -342,18 +355,30 @@ def _parameter_groups(model: SequenceClassifier, config: TrainConfig) -> list[di
     ]
 
 
+def _epochs(training: TrainingConfig, steps_per_epoch: int) -> int:
+    """training.epochs, or the epochs training.max_steps needs (the last one may be partial)."""
+    if training.max_steps is None:
+        return training.epochs
+    return math.ceil(training.max_steps / steps_per_epoch)
+
+
 def _learning_rate_schedule(
-    optimizer: torch.optim.Optimizer, training: TrainingConfig, batches_per_epoch: int
+    optimizer: torch.optim.Optimizer, training: TrainingConfig, epoch_steps: int, processes: int
 ) -> Any:
-    """Warmup, then the configured decay, over the run's optimizer steps."""
-    # Counted from the real loader length (all processes), not estimated from the data size.
-    total_steps = math.ceil(batches_per_epoch / training.gradient_accumulation) * training.epochs
+    """Warmup, then the configured decay, over the run's optimizer steps.
+
+    ``epoch_steps``: optimizer steps of all the run's epochs on each process, counted from the
+    real loader (not estimated from the data size); ``training.max_steps`` caps them.
+    """
+    steps = min(epoch_steps, training.max_steps or epoch_steps)
+    # accelerate steps a prepared scheduler once per process for every optimizer step.
+    total = steps * processes
     name = "constant_with_warmup" if training.scheduler == "constant" else training.scheduler
     return get_scheduler(
         name,
         optimizer,
-        num_warmup_steps=round(training.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
+        num_warmup_steps=round(training.warmup_ratio * total),
+        num_training_steps=total,
     )
 
 

@@ -96,13 +96,16 @@ def plan_resume(config: TrainConfig, run_dir: Path) -> ResumePlan:
         notes.append(f"falling back to the previous complete checkpoint, {point.checkpoint.name}")
     state = point.state
     assert state is not None
-    ended = state.epoch >= config.training.epochs or state.stopped_early
+    training = config.training
+    if training.max_steps is not None:  # a budget of optimizer steps, not of epochs
+        budget_spent = state.global_step >= training.max_steps
+        planned = f"all {training.max_steps} optimizer steps ran (training.max_steps)"
+    else:
+        budget_spent = state.epoch >= training.epochs
+        planned = f"all {state.epoch} of {training.epochs} epochs ran"
+    ended = budget_spent or state.stopped_early
     if ended and (run_dir / METRICS_FILE).is_file():
-        how = (
-            f"stopped early after {state.epoch} of {config.training.epochs} epochs"
-            if state.stopped_early
-            else f"all {state.epoch} of {config.training.epochs} epochs ran"
-        )
+        how = f"stopped early after {state.epoch} epoch(s)" if state.stopped_early else planned
         best = "undefined" if state.best_value is None else f"{state.best_value:.4f}"
         notes.append(
             f"{run_dir} is complete: {how}; best validation {config.selection_metric} {best} "
@@ -112,8 +115,8 @@ def plan_resume(config: TrainConfig, run_dir: Path) -> ResumePlan:
         return ResumePlan(point, notes, finished=True)
     if ended:
         notes.append(
-            f"all {state.epoch} epochs ran before the interruption "
-            f"({point.checkpoint.name}); writing the run's {METRICS_FILE}"
+            f"{planned} before the interruption ({point.checkpoint.name}); writing the run's "
+            f"{METRICS_FILE}"
         )
     return ResumePlan(point, notes, finished=False)
 

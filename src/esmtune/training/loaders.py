@@ -7,6 +7,7 @@ on every pass (a resumed process would otherwise start counting at 0).
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -26,6 +27,7 @@ from esmtune.data.batching import (
     pad_collate,
 )
 from esmtune.data.check import DataReport
+from esmtune.data.fasta import SequenceRecord
 from esmtune.embeddings import (
     EmbeddedDataset,
     EmbeddingCache,
@@ -44,7 +46,26 @@ def encode_split(
     report: DataReport, split: str, tokenizer: Any, config: TrainConfig, spec: TaskSpec
 ) -> EncodedDataset:
     """Token windows and encoded targets of one split."""
-    records = report.splits[split]
+    return _encode(report.splits[split], tokenizer, config, spec)
+
+
+def evaluation_sample(
+    records: list[SequenceRecord], fraction: float, seed: int, processes: int
+) -> list[SequenceRecord]:
+    """A seeded share of the validation records, the same at every evaluation and on resume.
+
+    At least one record per process, so that every process has a batch to evaluate.
+    """
+    if fraction >= 1.0:
+        return records
+    count = min(len(records), max(processes, round(fraction * len(records))))
+    chosen = sorted(random.Random(seed).sample(range(len(records)), count))
+    return [records[i] for i in chosen]
+
+
+def _encode(
+    records: list[SequenceRecord], tokenizer: Any, config: TrainConfig, spec: TaskSpec
+) -> EncodedDataset:
     data = config.data
     windows = encode(
         tokenizer, [r.sequence for r in records], data.max_length, data.long_sequences,
@@ -66,14 +87,25 @@ def make_loaders(
     Returns:
         The train loader, its sampler (re-seeded every epoch) and the validation loader.
     """
-    encoded = {
-        split: encode_split(report, split, tokenizer, config, spec)
-        for split in ("train", "validation")
+    training = config.training
+    validation = report.splits["validation"]
+    records = {
+        "train": report.splits["train"],
+        "validation": evaluation_sample(
+            validation, training.eval_fraction, training.seed, accelerator.num_processes
+        ),
     }
+    if len(records["validation"]) < len(validation):
+        say(
+            accelerator,
+            f"validation: evaluating on {len(records['validation'])} of {len(validation)} "
+            f"sequences (training.eval_fraction {training.eval_fraction:g}, seeded)",
+        )
+    encoded = {split: _encode(recs, tokenizer, config, spec) for split, recs in records.items()}
     datasets: Mapping[str, BudgetedDataset] = encoded
     if _caches_embeddings(config):
         # The backbone's only work: from here on the head trains on cached embeddings.
-        datasets = _embed_once(accelerator, model, tokenizer.pad_token_id, config, report, encoded)
+        datasets = _embed_once(accelerator, model, tokenizer.pad_token_id, config, records, encoded)
     train_set, val_set = datasets["train"], datasets["validation"]
     processes = accelerator.num_processes
     train_loader, train_sampler = _make_train_loader(
@@ -101,7 +133,7 @@ def _embed_once(
     model: SequenceClassifier,
     pad_token_id: int,
     config: TrainConfig,
-    report: DataReport,
+    records: dict[str, list[SequenceRecord]],
     datasets: dict[str, EncodedDataset],
 ) -> dict[str, EmbeddedDataset]:
     """Pooled embeddings of every split, from the cache or computed once (main process)."""
@@ -112,7 +144,7 @@ def _embed_once(
     model.to(accelerator.device)
     embedded: dict[str, EmbeddedDataset] = {}
     for split, dataset in datasets.items():
-        sequences = [r.sequence for r in report.splits[split]]
+        sequences = [r.sequence for r in records[split]]
 
         def compute(missing: list[int], dataset: EncodedDataset = dataset) -> torch.Tensor:
             subset = EncodedDataset([dataset.windows[i] for i in missing])
