@@ -209,6 +209,12 @@ class DataConfig(_Section):
     min_label_count: int = Field(
         1, ge=1, description="multilabel: labels with fewer training sequences are dropped."
     )
+    embeddings: Path | None = Field(
+        None,
+        description="Train the head on embeddings computed elsewhere (.h5, .npz, .safetensors "
+        "by id: ProtT5, bio_embeddings, `esmtune embed`): no backbone runs; one vector per "
+        "protein, or per residue (pooled with model.pooling). [default: none: ESM2 runs]",
+    )
     ontology: Path | None = Field(
         None,
         description="multilabel: OBO file (e.g. go-basic.obo): term names in outputs, "

@@ -105,6 +105,7 @@ def eval_loader(
 
 MODEL_INPUTS = (
     "input_ids", "attention_mask", "window_owner", "window_start", "residue_count", "embeddings",
+    "embedding_mask",
 )  # fmt: skip
 
 

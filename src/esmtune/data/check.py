@@ -12,11 +12,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from esmtune.config import DataConfig, Task
+from esmtune.data.embedding_files import read_embeddings
 from esmtune.data.fasta import SequenceRecord
 from esmtune.data.layout import SPLITS
 from esmtune.data.report import DataReport
 from esmtune.data.sources import read_splits
 from esmtune.data.targets import TargetKind, format_target
+from esmtune.errors import DataError
 from esmtune.tasks import task_class
 
 __all__ = [
@@ -159,6 +161,42 @@ def _drop_emptied_splits(report: DataReport, require_test: bool) -> None:
             report.warnings.append(f"{problem}; `esmtune evaluate` will need it")
 
 
+def _check_embeddings(report: DataReport, path: Path) -> None:
+    """Every record has a finite embedding of one shape (per residue: one row per residue)."""
+    try:
+        found = read_embeddings(path)
+    except DataError as error:
+        report.errors.append(str(error))
+        return
+    report.errors += found.problems()
+    ids = {r.id for records in report.splits.values() for r in records}
+    missing = sorted(ids - set(found.vectors))
+    if missing:
+        report.errors.append(
+            f"{path}: no embedding for {len(missing)} record(s), e.g. {', '.join(missing[:5])}; "
+            "compute them with the same model (`esmtune embed MODEL FASTA --out FILE`) or drop "
+            "those records"
+        )
+    extra = len(set(found.vectors) - ids)
+    if extra:
+        report.notes.append(f"{path}: {extra} embedding(s) of ids not in the data, unused")
+    if found.per_residue:
+        wrong = [
+            f"{r.id} ({len(found.vectors[r.id])} rows, {len(r.sequence)} residues)"
+            for records in report.splits.values()
+            for r in records
+            if r.id in found.vectors and len(found.vectors[r.id]) != len(r.sequence)
+        ]
+        if wrong:
+            report.errors.append(
+                f"{path}: per-residue embeddings need one row per residue; "
+                f"{len(wrong)} do not match their sequence, e.g. {', '.join(wrong[:3])}"
+            )
+    if not missing:
+        kind = "per-residue" if found.per_residue else "pooled"
+        report.notes.append(f"{path}: {kind} embeddings of size {found.dim} for every record")
+
+
 def check_dataset(
     data: DataConfig | Path | str,
     task: Task | str | TargetKind = Task.MULTICLASS,
@@ -213,6 +251,8 @@ def check_dataset(
 
     kind.find_labels(report, data)
     _drop_emptied_splits(report, require_test)
+    if data.embeddings is not None:
+        _check_embeddings(report, data.embeddings)
     too_long = sum(
         len(r.sequence) > data.max_length for recs in report.splits.values() for r in recs
     )

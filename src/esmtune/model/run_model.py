@@ -17,8 +17,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from esmtune.config import TrainConfig
-from esmtune.errors import ModelLoadError
+from esmtune.errors import ModelLoadError, RunDirError
 from esmtune.model.classifier import SequenceClassifier, build_model
+from esmtune.model.embedding_head import SOURCE_FILE
 from esmtune.model.interface import Classifier
 from esmtune.rundir import WEIGHTS_FILE, read_run
 from esmtune.tasks import TaskSpec
@@ -89,6 +90,13 @@ def load_run(run_dir: Path | str) -> LoadedRun[SequenceClassifier]:
     """
     run_dir = Path(run_dir)
     config, task = read_run(run_dir)
+    if (run_dir / SOURCE_FILE).is_file():
+        raise RunDirError(
+            f"{run_dir} is a head trained on precomputed embeddings (data.embeddings), with no "
+            "backbone of its own: predict with esmtune.Predictor / `esmtune predict` (from "
+            "--embeddings FILE, or sequences when the embedding model is known); export needs a "
+            "run whose backbone ran"
+        )
     model, tokenizer = build_model(config, task.num_outputs)
     load_weights(model, run_dir / WEIGHTS_FILE, complete=not config.model.pretrained)
     model.eval()
