@@ -29,6 +29,8 @@ RANKS: dict[str, float] = {
     "train": 6,
     "training": 6,
     "evaluate": 6,
+    # Training from Python objects: the data check and training on records held in memory.
+    "fitting": 6,
     "predict": 7,
     "serve": 8,
     "predict_options": 7,

@@ -12,6 +12,7 @@ __all__ = [
     "Predictor",
     "TrainConfig",
     "check_dataset",
+    "fit",
     "load_config",
     "train",
 ]
@@ -23,12 +24,14 @@ _HOMES = {
     "TrainConfig": "esmtune.config",
     "load_config": "esmtune.config",
     "check_dataset": "esmtune.data.check",
+    "fit": "esmtune.fitting",
     "train": "esmtune.train",
 }
 
 if TYPE_CHECKING:
     from esmtune.config import TrainConfig, load_config
     from esmtune.data.check import check_dataset
+    from esmtune.fitting import fit
     from esmtune.predict import Predictor
     from esmtune.predict_options import PredictOptions
     from esmtune.train import train

@@ -14,6 +14,7 @@ from pathlib import Path
 from esmtune.config import DataConfig, Task
 from esmtune.data.fasta import SequenceRecord
 from esmtune.data.layout import SPLITS
+from esmtune.data.memory import is_in_memory, read_memory
 from esmtune.data.report import DataReport
 from esmtune.data.sources import read_splits
 from esmtune.data.targets import TargetKind, format_target
@@ -167,7 +168,8 @@ def check_dataset(
     """Read and check a dataset in any layout esmtune reads.
 
     Args:
-        data: The data section of a config (path, columns, repairs), or just a path.
+        data: The data section of a config (path, columns, repairs), or just a path. A path of
+            :data:`~esmtune.data.memory.IN_MEMORY` reads the active in-memory dataset.
         task: The task (or its class), which decides how targets are read and checked.
         require_test: Treat a missing test split as an error.
 
@@ -181,7 +183,9 @@ def check_dataset(
         data = DataConfig(path=Path(data))
     kind: TargetKind = task_class(task) if isinstance(task, str) else task
     columns = data.target_columns or kind.default_target_columns()
-    found = read_splits(data, kind, columns)
+    # A dataset held in memory (esmtune.fit) is read from there, and checked like files.
+    read = read_memory if is_in_memory(data.path) else read_splits
+    found = read(data, kind, columns)
     errors = [*found.errors, *_listed(found.record_errors)]
     report = DataReport(data.path, kind, {}, [], errors, [], found.notes[:], found.layout)
     notes = report.notes
