@@ -191,9 +191,11 @@ def test_every_python_block_compiles_and_each_one_not_run_says_why() -> None:
 def test_the_python_examples_run_against_a_trained_run(
     lora_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    """Each page's blocks run in order in one namespace, in a folder where runs/demo exists."""
+    """Each page's blocks run in order in one namespace, in a folder holding runs/demo (a copy of
+    lora_run), examples/ and configs/, as the project root does after `make demo`."""
     shutil.copytree(lora_run, tmp_path / "runs" / "demo")
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    for shipped in ("examples", "configs"):
+        (tmp_path / shipped).symlink_to(ROOT / shipped)
     monkeypatch.chdir(tmp_path)
     namespaces: dict[str, dict] = {}
     ran = 0
