@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from esmtune.config import DataConfig, Task
+from esmtune.config import DataConfig, LongSequences, Task
 from esmtune.data.fasta import SequenceRecord
 from esmtune.data.layout import SPLITS
 from esmtune.data.memory import is_in_memory, read_memory
@@ -169,7 +169,8 @@ def check_dataset(
 
     Args:
         data: The data section of a config (path, columns, repairs), or just a path. A path of
-            :data:`~esmtune.data.memory.IN_MEMORY` reads the active in-memory dataset.
+            :data:`~esmtune.data.memory.IN_MEMORY` reads the active in-memory dataset. A
+            percentile ``max_length`` (``p95``) is fixed on it from the training lengths.
         task: The task (or its class), which decides how targets are read and checked.
         require_test: Treat a missing test split as an error.
 
@@ -178,6 +179,7 @@ def check_dataset(
 
     Raises:
         DataError: When the dataset cannot be found or a file cannot be read at all.
+        ConfigError: When the length a percentile ``max_length`` gives breaks another setting.
     """
     if not isinstance(data, DataConfig):
         data = DataConfig(path=Path(data))
@@ -217,12 +219,24 @@ def check_dataset(
 
     kind.find_labels(report, data)
     _drop_emptied_splits(report, require_test)
+    # data.max_length: p95 becomes a number here, on the config passed in, so that training
+    # reads and saves the number (and predict and serve read the run's windows alike).
+    chosen = data.fix_max_length([len(r.sequence) for r in report.splits.get("train", [])])
+    notes += [chosen] if chosen else []
     too_long = sum(
         len(r.sequence) > data.max_length for recs in report.splits.values() for r in recs
     )
     if too_long:
         notes.append(
-            f"{too_long} sequence(s) longer than {data.max_length} residues will be truncated "
-            "to their first residues (data.max_length)"
+            f"{too_long} sequence(s) longer than {data.max_length} residues will be "
+            f"{_LONG_SEQUENCES[data.long_sequences]} (data.max_length)"
         )
     return report
+
+
+# How data.long_sequences reads what is longer than one input, for the note above.
+_LONG_SEQUENCES = {
+    LongSequences.TRUNCATE: "truncated to their first residues",
+    LongSequences.CENTRE: "cut to their central residues",
+    LongSequences.WINDOW: "read in overlapping windows",
+}
