@@ -3,11 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# Where torch comes from: pip's own index unless set (CI: https://download.pytorch.org/whl/cpu).
+TORCH_INDEX ?=
 CONFIG ?= configs/train.yaml
 ACCELERATE_CONFIG ?= configs/accelerate.yaml
 DEMO_RUN := runs/demo
 
-.PHONY: install train demo test test-fast lint format clean
+.PHONY: install train demo test test-fast lint format docs docs-serve clean
 
 install: $(BIN)/esmtune
 
@@ -15,7 +17,7 @@ install: $(BIN)/esmtune
 $(BIN)/esmtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e ".[dev]"
 	@touch $@
 
@@ -47,6 +49,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The documentation site (mkdocs.yml, docs/): warnings are errors; the site lands in build/site/.
+docs: install
+	$(BIN)/mkdocs build --strict
+
+docs-serve: install
+	$(BIN)/mkdocs serve
 
 format: install
 	$(BIN)/ruff check --fix .

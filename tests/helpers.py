@@ -99,13 +99,26 @@ FULL_RUN_SETTINGS = ["finetune.mode=full", "training.epochs=2", "training.keep_c
 FULL_RUN_CHECKPOINTS = ("epoch-0001-step-00000015", "epoch-0002-step-00000030")
 
 
+def markdown_commands(text: str, blocks: bool = True, inline: bool = True) -> list[list[str]]:
+    """Every ``esmtune ...`` command in Markdown, as argv without the program name.
+
+    ``blocks``: the lines of fenced ``bash`` blocks (joined where they end in a backslash,
+    comments dropped); ``inline``: full commands in inline code (tables and prose).
+    """
+    lines = []
+    if blocks:
+        found = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
+        joined = [re.sub(r"\\\n\s*", " ", block) for block in found]
+        lines += [line.split("#")[0].strip() for block in joined for line in block.splitlines()]
+    if inline:
+        prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)  # not code spans inside blocks
+        lines += re.findall(r"`(esmtune [a-z]+ [^`]+)`", prose)
+    return [shlex.split(line)[1:] for line in lines if line.startswith("esmtune ")]
+
+
 def readme_commands() -> list[list[str]]:
     """Every ``esmtune ...`` command the README shows, as argv without the program name."""
-    text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
-    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
-    lines += re.findall(r"`(esmtune [a-z]+ [^`]+)`", text)  # full commands in tables and prose
-    return [shlex.split(line)[1:] for line in lines if line.startswith("esmtune ")]
+    return markdown_commands((ROOT / "README.md").read_text())
 
 
 # --- a model without a run -------------------------------------------------------------------

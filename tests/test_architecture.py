@@ -29,7 +29,11 @@ RANKS: dict[str, float] = {
     "train": 6,
     "training": 6,
     "evaluate": 6,
+    # Training from Python objects: the data check and training on records held in memory.
+    "fitting": 6,
     "predict": 7,
+    # predict --interactive's prompt loop: given a predictor, it imports none.
+    "interactive": 7,
     "serve": 8,
     "predict_options": 7,
     # Writing an export checks it with predict; loading one is below predict, which reads exports.

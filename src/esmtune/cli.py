@@ -11,6 +11,7 @@ is written twice. Heavy libraries (torch, transformers) are imported inside the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -20,7 +21,7 @@ import typing
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -37,6 +38,9 @@ from esmtune.errors import EsmtuneError
 from esmtune.export.names import AUTO, RUNTIMES, FormatName
 from esmtune.predict_options import PredictOptions
 from esmtune.serve import ServeSettings
+
+if TYPE_CHECKING:
+    from esmtune.predict import Predictor
 
 __all__ = ["build_parser", "main"]
 
@@ -421,6 +425,13 @@ def _predict_options(command: argparse.ArgumentParser) -> None:
         help="output format; text is for reading, with probability bars "
         f"[{_DEFAULT_PREDICTION_FORMAT}, or from --output]",
     )
+    command.add_argument(
+        "--interactive",
+        "-i",
+        action="store_true",
+        help="load the model once, then answer each sequence entered at a prompt, as text (one "
+        "raw sequence per line, or FASTA ended by an empty line); an empty line or Ctrl-D quits",
+    )
     _add_fields(command, PredictOptions, _INFERENCE_OPTIONS)
 
 
@@ -431,10 +442,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from FASTA files, --sequence or standard input; TSV on standard output unless --output is
     given. Per task: the label and class probabilities (multiclass), the label at the tuned
     threshold and P(positive) (binary), every label above its threshold and the top-k ranked
-    labels with names (multilabel), the value of each target (regression).
+    labels with names (multilabel), the value of each target (regression). With --interactive,
+    a prompt answers sequences one at a time, as text, with the model loaded once.
     """
     from esmtune.predict import Predictor, write_predictions
 
+    if args.interactive:
+        if args.embeddings is not None:
+            raise EsmtuneError("--interactive reads sequences at its prompt: drop --embeddings")
+        return _predict_interactively(args)
     options = {name: getattr(args, name) for name in PredictOptions.model_fields}
     if args.embeddings is not None:
         if args.inputs or args.sequence:
@@ -445,18 +461,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         records = _read_inputs(args)
         predictor = Predictor.load(args.run, **options)
         results = predictor.predict(records, top_k=args.top_k, progress=len(records) > 100)
-    long = [row for row in results if row.get("length", 0) > predictor.max_length]
-    if long:
-        how = {
-            "window": "read as overlapping windows and pooled together",
-            "truncate": f"cut to their first {predictor.max_length} residues",
-            "centre": f"cut to their central {predictor.max_length} residues",
-        }[predictor.long_sequences.value]
-        print(
-            f"note: {len(long)} sequence(s) longer than the model's {predictor.max_length} "
-            f"residues were {how} (--long-sequences)",
-            file=sys.stderr,
-        )
+    if note := _long_sequence_note(results, predictor):
+        print(note, file=sys.stderr)
     fmt = args.format
     if args.output is not None:
         by_suffix = {suffix: name for name, suffix in _PREDICTION_FORMATS.items()}
@@ -466,6 +472,62 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"{len(results)} prediction(s) written to {args.output}", file=sys.stderr)
     else:
         write_predictions(results, predictor.task, fmt or _DEFAULT_PREDICTION_FORMAT, sys.stdout)
+    return 0
+
+
+def _long_sequence_note(results: list[dict[str, Any]], predictor: Predictor) -> str | None:
+    """What happened to sequences longer than the model's inputs, if there were any."""
+    long = [row for row in results if row.get("length", 0) > predictor.max_length]
+    if not long:
+        return None
+    how = {
+        "window": "read as overlapping windows and pooled together",
+        "truncate": f"cut to their first {predictor.max_length} residues",
+        "centre": f"cut to their central {predictor.max_length} residues",
+    }[predictor.long_sequences.value]
+    return (
+        f"note: {len(long)} sequence(s) longer than the model's {predictor.max_length} "
+        f"residues were {how} (--long-sequences)"
+    )
+
+
+def _predict_interactively(args: argparse.Namespace) -> int:
+    """`predict --interactive`: load once, then a prompt session (see esmtune.interactive)."""
+    from esmtune.interactive import Session
+    from esmtune.predict import Predictor, write_predictions
+
+    given = {
+        "FASTA files": args.inputs, "--sequence": args.sequence, "--output": args.output,
+        "--format": args.format not in (None, "text"),
+    }  # fmt: skip
+    if extra := [name for name, value in given.items() if value]:
+        raise EsmtuneError(
+            f"--interactive reads sequences at its prompt and answers as text: drop "
+            f"{', '.join(extra)} (or drop --interactive)"
+        )
+    terminal = sys.stdin.isatty()
+    if terminal:  # line editing, and no 4,095-character limit on a pasted line
+        with contextlib.suppress(ImportError):  # readline is not on every platform
+            import readline  # noqa: F401
+    options = {name: getattr(args, name) for name in PredictOptions.model_fields}
+    predictor = Predictor.load(args.run, **options)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def answer(results: list[dict[str, Any]]) -> None:
+        write_predictions(results, predictor.task, "text", sys.stdout)
+        sys.stdout.flush()
+        if note := _long_sequence_note(results, predictor):
+            say(note)
+
+    noun = predictor.task.target_noun
+    say(
+        f"{args.run}: {predictor.task.task.value} model, {len(predictor.labels)} {noun}. "
+        "Enter one sequence per line, or FASTA ended by an empty line; an empty line or "
+        "Ctrl-D quits."
+    )
+    Session(predictor, answer, input, say, args.top_k, prompts=terminal).run()
     return 0
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from esmtune.config import DataConfig, Task
+from esmtune.config import DataConfig, LongSequences, Task
 from esmtune.data.embedding_files import read_embeddings
 from esmtune.data.fasta import SequenceRecord
 from esmtune.data.layout import SPLITS
+from esmtune.data.memory import is_in_memory, read_memory
 from esmtune.data.report import DataReport
 from esmtune.data.sources import read_splits
 from esmtune.data.targets import TargetKind, format_target
@@ -205,7 +206,9 @@ def check_dataset(
     """Read and check a dataset in any layout esmtune reads.
 
     Args:
-        data: The data section of a config (path, columns, repairs), or just a path.
+        data: The data section of a config (path, columns, repairs), or just a path. A path of
+            :data:`~esmtune.data.memory.IN_MEMORY` reads the active in-memory dataset. A
+            percentile ``max_length`` (``p95``) is fixed on it from the training lengths.
         task: The task (or its class), which decides how targets are read and checked.
         require_test: Treat a missing test split as an error.
 
@@ -214,12 +217,15 @@ def check_dataset(
 
     Raises:
         DataError: When the dataset cannot be found or a file cannot be read at all.
+        ConfigError: When the length a percentile ``max_length`` gives breaks another setting.
     """
     if not isinstance(data, DataConfig):
         data = DataConfig(path=Path(data))
     kind: TargetKind = task_class(task) if isinstance(task, str) else task
     columns = data.target_columns or kind.default_target_columns()
-    found = read_splits(data, kind, columns)
+    # A dataset held in memory (esmtune.fit) is read from there, and checked like files.
+    read = read_memory if is_in_memory(data.path) else read_splits
+    found = read(data, kind, columns)
     errors = [*found.errors, *_listed(found.record_errors)]
     report = DataReport(data.path, kind, {}, [], errors, [], found.notes[:], found.layout)
     notes = report.notes
@@ -253,12 +259,24 @@ def check_dataset(
     _drop_emptied_splits(report, require_test)
     if data.embeddings is not None:
         _check_embeddings(report, data.embeddings)
+    # data.max_length: p95 becomes a number here, on the config passed in, so that training
+    # reads and saves the number (and predict and serve read the run's windows alike).
+    chosen = data.fix_max_length([len(r.sequence) for r in report.splits.get("train", [])])
+    notes += [chosen] if chosen else []
     too_long = sum(
         len(r.sequence) > data.max_length for recs in report.splits.values() for r in recs
     )
     if too_long:
         notes.append(
-            f"{too_long} sequence(s) longer than {data.max_length} residues will be truncated "
-            "to their first residues (data.max_length)"
+            f"{too_long} sequence(s) longer than {data.max_length} residues will be "
+            f"{_LONG_SEQUENCES[data.long_sequences]} (data.max_length)"
         )
     return report
+
+
+# How data.long_sequences reads what is longer than one input, for the note above.
+_LONG_SEQUENCES = {
+    LongSequences.TRUNCATE: "truncated to their first residues",
+    LongSequences.CENTRE: "cut to their central residues",
+    LongSequences.WINDOW: "read in overlapping windows",
+}

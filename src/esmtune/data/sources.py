@@ -23,7 +23,7 @@ from esmtune.data.tables import TABLE_SUFFIXES, is_table, read_table
 from esmtune.data.targets import TargetKind
 from esmtune.errors import DataError
 
-__all__ = ["SplitRecords", "read_splits"]
+__all__ = ["Columns", "SplitRecords", "clean_sequence", "parse_record", "read_splits"]
 
 _SPLIT_NAMES = {
     "train": "train",
@@ -57,7 +57,7 @@ class SplitRecords:
 
 
 @dataclass(frozen=True)
-class _Columns:
+class Columns:
     """The names to read, from the config and task."""
 
     kind: TargetKind
@@ -66,6 +66,14 @@ class _Columns:
     targets: list[str]
     split: str
     separator: str
+
+    @classmethod
+    def of(cls, data: DataConfig, kind: TargetKind, targets: list[str]) -> Columns:
+        """The config's column names, with the task that reads the targets."""
+        return cls(
+            kind, data.id_column, data.sequence_column, targets, data.split_column,
+            data.label_separator,
+        )  # fmt: skip
 
 
 def _missing_columns(
@@ -94,7 +102,7 @@ def _split_of(raw: str, split_column: str) -> str:
 
 
 def _table_records(
-    path: Path, columns: _Columns, fixed_split: str | None, result: SplitRecords
+    path: Path, columns: Columns, fixed_split: str | None, result: SplitRecords
 ) -> None:
     table = read_table(path, list_separator=columns.separator)
     result.record_errors += table.problems
@@ -124,7 +132,7 @@ def _table_records(
 
 
 def _fasta_records(
-    path: Path, columns: _Columns, fixed_split: str | None, result: SplitRecords
+    path: Path, columns: Columns, fixed_split: str | None, result: SplitRecords
 ) -> None:
     keys = columns.targets + ([] if fixed_split else [columns.split])
     for record in read_fasta(path):
@@ -143,6 +151,34 @@ def _fasta_records(
                     columns, fixed_split is None)  # fmt: skip
 
 
+def clean_sequence(sequence: str) -> str:
+    """Residues as ESM2 reads them: no whitespace, upper case, no final stop '*'."""
+    return "".join(sequence.split()).upper().removesuffix("*")
+
+
+def parse_record(
+    identifier: str, sequence: str, values: list[str], columns: Columns, source: str, line: int
+) -> SequenceRecord:
+    """One record as every reader builds it: the sequence cleaned, the target read by the task.
+
+    Args:
+        identifier: The record's id.
+        sequence: Its residues as written.
+        values: The text of its target columns, in ``columns.targets`` order.
+        columns: The names read and the task that parses targets.
+        source: Where it came from (a file, or a place in memory), for messages.
+        line: Its line (Parquet: row) in ``source``; 0 where lines mean nothing.
+
+    Raises:
+        ValueError: Saying what is wrong and how to fix it, without the location (the caller
+            knows it and adds it).
+    """
+    if not identifier.strip():
+        raise ValueError(f"empty id in column '{columns.id}'; give every record an id")
+    target = columns.kind.parse_target(values, columns.targets, columns.separator)
+    return SequenceRecord(identifier, clean_sequence(sequence), target, source, line)
+
+
 def _add_record(
     result: SplitRecords,
     identifier: str,
@@ -151,25 +187,20 @@ def _add_record(
     split_text: str,
     source: str,
     line: int,
-    columns: _Columns,
+    columns: Columns,
     split_from_data: bool,
 ) -> None:
-    sequence = "".join(sequence.split()).upper().removesuffix("*")
-    record = SequenceRecord(identifier, sequence, None, source, line)
     try:
-        if not identifier.strip():
-            raise ValueError(f"empty id in column '{columns.id}'; give every record an id")
         split = _split_of(split_text, columns.split) if split_from_data else split_text
-        target = columns.kind.parse_target(values, columns.targets, columns.separator)
+        record = parse_record(identifier, sequence, values, columns, source, line)
     except ValueError as problem:
-        result.record_errors.append(f"{record.where}: {problem}")
+        where = SequenceRecord(identifier, "", None, source, line).where
+        result.record_errors.append(f"{where}: {problem}")
         return
-    result.splits.setdefault(split, []).append(
-        SequenceRecord(identifier, sequence, target, source, line)
-    )
+    result.splits.setdefault(split, []).append(record)
 
 
-def _read_file(path: Path, columns: _Columns, split: str | None, result: SplitRecords) -> None:
+def _read_file(path: Path, columns: Columns, split: str | None, result: SplitRecords) -> None:
     if is_table(path):
         _table_records(path, columns, split, result)
     else:
@@ -217,10 +248,7 @@ def read_splits(data: DataConfig, kind: TargetKind, targets: list[str]) -> Split
         DataError: When the path is missing or no layout is recognised.
     """
     path = Path(data.path)
-    columns = _Columns(
-        kind, data.id_column, data.sequence_column, targets, data.split_column,
-        data.label_separator,
-    )  # fmt: skip
+    columns = Columns.of(data, kind, targets)
     if path.is_file():
         result = SplitRecords(
             layout=f"one file with a '{data.split_column}' column: {path}",
