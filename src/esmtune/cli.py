@@ -257,7 +257,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     A linear model on amino-acid + dipeptide composition (logistic regression; ridge for
     regression), fitted on train and scored on a split with the task's metrics, beside a trivial
     predictor (commonest label, label frequencies or the train mean): the numbers a fine-tuned
-    model has to beat.
+    model has to beat. With --embeddings FILE or --embed-with MODEL, the same linear model on
+    embeddings too: whether a network on top of them is needed at all.
     """
     from esmtune.baseline import composition_baseline, embedding_baseline
 
