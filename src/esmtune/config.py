@@ -60,12 +60,14 @@ __all__ = [
 
 
 class Task(StrEnum):
-    """What the model predicts for each sequence."""
+    """What the model predicts for each sequence (or, residue_*, for each of its residues)."""
 
     MULTICLASS = "multiclass"
     BINARY = "binary"
     MULTILABEL = "multilabel"
     REGRESSION = "regression"
+    RESIDUE_CLASSIFICATION = "residue_classification"
+    RESIDUE_REGRESSION = "residue_regression"
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,19 @@ TASK_OPTIONS: dict[Task, TaskOptions] = {
         "target",
         several_targets=True,
         options=frozenset({"objective.regression_loss"}),
+    ),
+    # Per residue: metrics over every unmasked residue of a split.
+    Task.RESIDUE_CLASSIFICATION: TaskOptions(
+        ("accuracy", "macro_f1", "mcc", "loss"),
+        "label",
+        several_targets=False,
+        options=frozenset(),
+    ),
+    Task.RESIDUE_REGRESSION: TaskOptions(
+        ("spearman", "pearson", "rmse", "mae", "r2", "loss"),
+        "target",
+        several_targets=False,
+        options=frozenset(),
     ),
 }
 
@@ -208,15 +223,19 @@ class DataConfig(_Section):
         Path("data"),
         description="Dataset: a folder {train,validation,test}/<Label>.fasta, a folder of "
         "train/validation/test files (.csv .tsv .parquet .fasta), or one such file with a split "
-        "column.",
+        "column. Per-residue tasks also read a folder of sequences.fasta + labels.fasta "
+        "(+ mask.fasta) as FLIP has them, and one FASTA file with '>id TARGET=... SET=... "
+        "MASK=...' headers (biotrainer).",
     )
     id_column: str = Field("id", description="Tables: column holding the sequence id.")
     sequence_column: str = Field("sequence", description="Tables: column holding the sequence.")
     target_columns: list[str] | None = Field(
         None,
         description="Columns (or FASTA header keys) holding the targets. multilabel: one "
-        "';'-separated column or one 0/1 column per label; regression: one column per target. "
-        "[default: label; regression: target]",
+        "';'-separated column or one 0/1 column per label; regression: one column per target; "
+        "residue tasks: one column of a label per residue (residue_classification) or numbers "
+        "separated by ';', ',' or spaces (residue_regression). [default: label; regression and "
+        "residue_regression: target; FASTA headers of residue tasks: also TARGET]",
     )
     split_column: str = Field(
         "split", description="Column (or FASTA header key) naming train/validation/test."
@@ -629,7 +648,9 @@ class TrainConfig(_Section):
     task: Task = Field(
         Task.MULTICLASS,
         description="What is predicted: multiclass (one of N labels), binary, multilabel "
-        "(any set of labels, e.g. GO terms) or regression (one or more numbers).",
+        "(any set of labels, e.g. GO terms) or regression (one or more numbers) per sequence; "
+        "residue_classification (a class per residue, e.g. secondary structure) or "
+        "residue_regression (a number per residue).",
     )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

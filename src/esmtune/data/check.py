@@ -94,17 +94,19 @@ def _find_duplicates(
 
 
 def _find_conflicts(
-    splits: dict[str, list[SequenceRecord]], drop: bool
+    splits: dict[str, list[SequenceRecord]], drop: bool, per_residue: bool
 ) -> tuple[dict[str, list[SequenceRecord]], list[str], list[str]]:
-    """Sequences that occur with two different targets anywhere in the dataset."""
-    targets_of: dict[str, set] = defaultdict(set)
-    first_of: dict[str, SequenceRecord] = {}
+    """Sequences that occur with two different targets anywhere in the dataset.
+
+    Targets are compared where they are known: a masked residue's label is a placeholder.
+    """
+    # Per sequence: each distinct (known) target, with the first record that carries it.
+    targets_of: dict[str, dict[object, SequenceRecord]] = defaultdict(dict)
     for records in splits.values():
         for record in records:
             if not record.sequence:
                 continue  # reported as empty already
-            targets_of[record.sequence].add(record.target)
-            first_of.setdefault(record.sequence, record)
+            targets_of[record.sequence].setdefault(record.known_target, record)
     conflicting = {seq for seq, targets in targets_of.items() if len(targets) > 1}
     if not conflicting:
         return splits, [], []
@@ -116,14 +118,41 @@ def _find_conflicts(
             "found with two or more different targets"
         )
         return kept, [], [note]
+    firsts = {seq: next(iter(targets_of[seq].values())) for seq in conflicting}
+    describe = _residue_difference if per_residue else _labelled
     found = [
-        f"{first_of[seq].where}: the same sequence is labelled "
-        f"{' and '.join(sorted(format_target(t) for t in targets_of[seq]))}"
-        for seq in sorted(conflicting, key=lambda s: (first_of[s].source, first_of[s].line))
+        f"{firsts[seq].where}: {describe(list(targets_of[seq].values()))}"
+        for seq in sorted(conflicting, key=lambda s: (firsts[s].source, firsts[s].line))
     ]
     fix = "fix the targets, or set data.drop_conflicts=true to drop them"
     summary = f"{len(conflicting)} sequence(s) occur with two or more different targets; {fix}"
     return splits, [*_listed(found), summary], []
+
+
+def _labelled(records: list[SequenceRecord]) -> str:
+    targets = sorted(format_target(r.target) for r in records)
+    return f"the same sequence is labelled {' and '.join(targets)}"
+
+
+def _residue_difference(records: list[SequenceRecord]) -> str:
+    """Where two records of one sequence first disagree (a whole target is too long to show)."""
+    first, other = records[0], records[1]
+    mine, theirs = first.known_target, other.known_target
+    if not (isinstance(mine, str | tuple) and isinstance(theirs, str | tuple)):
+        return _labelled(records)
+    pairs = enumerate(zip(mine, theirs, strict=False))
+    index = next((i for i, (a, b) in pairs if a != b), min(len(mine), len(theirs)) - 1)
+
+    def shown(target: str | tuple[object, ...]) -> str:
+        value = target[index]
+        return (
+            "masked" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+        )
+
+    return (
+        f"the same sequence has {len(records)} different per-residue targets, e.g. residue "
+        f"{index + 1} is {shown(mine)} here and {shown(theirs)} at {other.where}"
+    )
 
 
 def _find_leakage(splits: dict[str, list[SequenceRecord]], fatal: bool) -> tuple[list[str], str]:
@@ -247,7 +276,9 @@ def check_dataset(
 
     if not kind.prepare_targets(report, data):
         return report  # its error says what to do; labels cannot be judged
-    report.splits, found_conflicts, dropped = _find_conflicts(report.splits, data.drop_conflicts)
+    report.splits, found_conflicts, dropped = _find_conflicts(
+        report.splits, data.drop_conflicts, kind.per_residue
+    )
     errors += found_conflicts
     notes += dropped
     leak_errors, leak_warning = _find_leakage(report.splits, data.fail_on_leakage)
@@ -270,8 +301,24 @@ def check_dataset(
         notes.append(
             f"{too_long} sequence(s) longer than {data.max_length} residues will be "
             f"{_LONG_SEQUENCES[data.long_sequences]} (data.max_length)"
+            + (_residues_beyond(report, data) if kind.per_residue else "")
         )
     return report
+
+
+def _residues_beyond(report: DataReport, data: DataConfig) -> str:
+    """What a per-residue task loses to data.max_length: residues that get no prediction."""
+    if data.long_sequences is LongSequences.WINDOW:
+        return "; every residue gets a prediction"
+    beyond = sum(
+        max(len(r.sequence) - data.max_length, 0)
+        for records in report.splits.values()
+        for r in records
+    )
+    return (
+        f"; their {beyond} residue(s) beyond it would get no prediction unless "
+        "data.long_sequences is window"
+    )
 
 
 # How data.long_sequences reads what is longer than one input, for the note above.

@@ -7,9 +7,20 @@ from pathlib import Path
 from esmtune.data.fasta import SequenceRecord, label_from_path, read_fasta
 from esmtune.errors import DataError
 
-__all__ = ["SPLITS", "find_label_files", "read_split"]
+__all__ = ["SPLITS", "SPLIT_NAMES", "find_label_files", "read_split"]
 
 SPLITS = ("train", "validation", "test")
+# How datasets name their splits (a split column, a FASTA header key, a file name), by split.
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
 
 
 def find_label_files(split_dir: Path) -> dict[str, Path]:

@@ -179,7 +179,7 @@ def _add_item(split: str, index: int, item: Any, columns: Columns, result: Split
     if isinstance(item, SequenceRecord):
         if item.source != _UNNAMED.source:  # read from a file: point at the file
             source, line = item.source, item.line
-        _add(split, item.id, item.sequence, item.target, source, line, columns, result)
+        _add(split, item.id, item.sequence, item.target, source, line, columns, result, item.mask)
     elif isinstance(item, Mapping):
         _add_mapping(split, index, item, columns, result)
     elif isinstance(item, tuple | list) and len(item) == 2:
@@ -240,10 +240,12 @@ def _add(
     line: int,
     columns: Columns,
     result: SplitRecords,
+    mask: str | None = None,
 ) -> None:
     """Parse one record as a file's would be, or note why not, with where it sits.
 
-    ``target`` is the whole target (a pair's second item) or :class:`_Cells`.
+    ``target`` is the whole target (a pair's second item) or :class:`_Cells`; ``mask`` a
+    per-residue record's mask, if it has one.
     """
     where = SequenceRecord(identifier, "", None, source, line).where
     try:
@@ -251,7 +253,7 @@ def _add(
         texts, counts = zip(*(_cell(value, columns.separator) for value in values), strict=True)
         try:
             record = parse_record(
-                identifier, _sequence(sequence), list(texts), columns, source, line
+                identifier, _sequence(sequence), list(texts), columns, source, line, mask
             )
         except ValueError:
             _check_count(None, counts[0], columns)  # the real problem: too many values
@@ -348,6 +350,8 @@ def _check_count(target: Target | None, given: int, columns: Columns) -> None:
     A task with one label or one number per column reads ``a;b`` as one odd label (or fails
     to read it as a number): the target has too many values, and that is the message.
     """
+    if columns.kind.per_residue:
+        return  # many values in one column is what a per-residue target is
     read_as_labels = isinstance(target, tuple) and all(isinstance(x, str) for x in target)
     if len(columns.targets) == 1 and given > 1 and not read_as_labels:
         raise ValueError(

@@ -25,6 +25,8 @@ __all__ = [
     "label_summary",
     "label_table",
     "length_stats",
+    "residue_counts",
+    "residue_footer",
 ]
 
 
@@ -124,3 +126,22 @@ def label_summary(report: DataReport) -> dict[str, object]:
         split: {label: sum(label in r.labels for r in recs) for label in report.labels}
         for split, recs in report.splits.items()
     }
+
+
+def residue_counts(records: list[SequenceRecord]) -> tuple[int, int]:
+    """Residues that count (mask 1, or no mask) and masked residues (mask 0) of ``records``."""
+    used = sum(sum(record.used_residues) for record in records)
+    return used, sum(len(record.sequence) for record in records) - used
+
+
+def residue_footer(report: DataReport) -> list[list[str]]:
+    """The last rows of per-residue tables: residues, masked, chains, lengths, by split."""
+    present = report.present
+    counts = [residue_counts(report.splits[split]) for split in present]
+    lengths = [[len(r.sequence) for r in report.splits[split]] for split in present]
+    return [
+        ["residues", *(str(used) for used, _ in counts)],
+        ["masked", *(f"{m} ({m / (u + m):.1%})" if u + m else "0" for u, m in counts)],
+        ["chains", *(str(len(report.splits[split])) for split in present)],
+        ["length", *(" / ".join(length_stats(values)) for values in lengths)],
+    ]

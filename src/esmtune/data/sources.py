@@ -7,6 +7,10 @@ Three layouts, recognised from what ``data.path`` points at:
   ``.parquet``, ``.fasta`` with ``key=value`` headers);
 * one such file whose split column (or header key) says ``train``, ``validation`` or ``test``.
 
+Per-residue tasks also read FLIP's folder of ``sequences.fasta`` + ``labels.fasta`` (+
+``mask.fasta``), and their FASTA files take biotrainer's ``TARGET=``/``SET=``/``MASK=`` headers
+(see :mod:`esmtune.data.residue_layouts`).
+
 Problems with single records are collected, not raised, so that one run of the check lists them.
 """
 
@@ -17,24 +21,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from esmtune.config import DataConfig
-from esmtune.data.fasta import FASTA_SUFFIXES, SequenceRecord, header_fields, read_fasta
-from esmtune.data.layout import SPLITS, read_split
+from esmtune.data.fasta import (
+    FASTA_SUFFIXES,
+    SequenceRecord,
+    clean_sequence,
+    header_fields,
+    read_fasta,
+)
+from esmtune.data.layout import SPLIT_NAMES, SPLITS, read_split
+from esmtune.data.residue_layouts import (
+    LABELS_FILE,
+    SEQUENCES_FILE,
+    is_residue_folder,
+    mask_problem,
+    read_residue_fasta,
+    read_residue_folder,
+    target_problem,
+)
 from esmtune.data.tables import TABLE_SUFFIXES, is_table, read_table
 from esmtune.data.targets import TargetKind
 from esmtune.errors import DataError
 
 __all__ = ["Columns", "SplitRecords", "clean_sequence", "parse_record", "read_splits"]
 
-_SPLIT_NAMES = {
-    "train": "train",
-    "training": "train",
-    "validation": "validation",
-    "valid": "validation",
-    "val": "validation",
-    "dev": "validation",
-    "test": "test",
-    "testing": "test",
-}
 _FILE_SUFFIXES = (*TABLE_SUFFIXES, *FASTA_SUFFIXES)
 
 
@@ -93,7 +102,7 @@ def _missing_columns(
 
 
 def _split_of(raw: str, split_column: str) -> str:
-    split = _SPLIT_NAMES.get(raw.strip().lower())
+    split = SPLIT_NAMES.get(raw.strip().lower())
     if split is None:
         raise ValueError(
             f"{split_column} is {raw!r}; use train, validation or test (also: val, dev)"
@@ -151,13 +160,14 @@ def _fasta_records(
                     columns, fixed_split is None)  # fmt: skip
 
 
-def clean_sequence(sequence: str) -> str:
-    """Residues as ESM2 reads them: no whitespace, upper case, no final stop '*'."""
-    return "".join(sequence.split()).upper().removesuffix("*")
-
-
 def parse_record(
-    identifier: str, sequence: str, values: list[str], columns: Columns, source: str, line: int
+    identifier: str,
+    sequence: str,
+    values: list[str],
+    columns: Columns,
+    source: str,
+    line: int,
+    mask: str | None = None,
 ) -> SequenceRecord:
     """One record as every reader builds it: the sequence cleaned, the target read by the task.
 
@@ -168,6 +178,7 @@ def parse_record(
         columns: The names read and the task that parses targets.
         source: Where it came from (a file, or a place in memory), for messages.
         line: Its line (Parquet: row) in ``source``; 0 where lines mean nothing.
+        mask: Per-residue tasks: 1 (use) or 0 (ignore) for each residue, if given.
 
     Raises:
         ValueError: Saying what is wrong and how to fix it, without the location (the caller
@@ -176,7 +187,12 @@ def parse_record(
     if not identifier.strip():
         raise ValueError(f"empty id in column '{columns.id}'; give every record an id")
     target = columns.kind.parse_target(values, columns.targets, columns.separator)
-    return SequenceRecord(identifier, clean_sequence(sequence), target, source, line)
+    record = SequenceRecord(identifier, clean_sequence(sequence), target, source, line, mask=mask)
+    if columns.kind.per_residue:
+        problem = mask_problem(record) or target_problem(record)
+        if problem is not None:
+            raise ValueError(problem)
+    return record
 
 
 def _add_record(
@@ -203,6 +219,8 @@ def _add_record(
 def _read_file(path: Path, columns: Columns, split: str | None, result: SplitRecords) -> None:
     if is_table(path):
         _table_records(path, columns, split, result)
+    elif columns.kind.per_residue:
+        read_residue_fasta(path, columns, split, result)
     else:
         _fasta_records(path, columns, split, result)
 
@@ -214,8 +232,8 @@ def _split_files(folder: Path) -> dict[str, Path]:
         name = path.name.lower().removesuffix(".gz")
         for suffix in _FILE_SUFFIXES:
             stem = name.removesuffix(suffix)
-            if name.endswith(suffix) and stem in _SPLIT_NAMES and path.is_file():
-                split = _SPLIT_NAMES[stem]
+            if name.endswith(suffix) and stem in SPLIT_NAMES and path.is_file():
+                split = SPLIT_NAMES[stem]
                 if split in found:
                     raise DataError(
                         f"{folder}: {found[split].name} and {path.name} are both the {split} "
@@ -229,8 +247,23 @@ def _layout_help(path: Path) -> str:
     return (
         f"expected one of: {path}/{{train,validation,test}}/<Label>.fasta (one file per class); "
         f"{path}/train.csv, validation.csv, test.csv (or .tsv, .parquet, .fasta); or one "
-        "table/FASTA file with a split column"
+        "table/FASTA file with a split column; per-residue tasks: also "
+        f"{path}/{SEQUENCES_FILE} + {LABELS_FILE} (FLIP, biotrainer)"
     )
+
+
+def _residue_folder(path: Path, kind: TargetKind, columns: Columns) -> SplitRecords:
+    """FLIP's per-residue folder, for the tasks that read it."""
+    if not kind.per_residue:
+        raise DataError(
+            f"{path}: {SEQUENCES_FILE} + {LABELS_FILE} is the per-residue layout of FLIP and "
+            f"biotrainer (a label per residue), not one for task={kind.task.value}; use a "
+            "residue_* task, or give this task one of the layouts it reads: "
+            + _layout_help(path).removeprefix("expected one of: ")
+        )
+    result = SplitRecords(layout="", missing_split="")
+    read_residue_folder(path, columns, result)
+    return result
 
 
 def read_splits(data: DataConfig, kind: TargetKind, targets: list[str]) -> SplitRecords:
@@ -249,6 +282,15 @@ def read_splits(data: DataConfig, kind: TargetKind, targets: list[str]) -> Split
     """
     path = Path(data.path)
     columns = Columns.of(data, kind, targets)
+    if path.is_file() and kind.per_residue and not is_table(path):
+        result = SplitRecords(
+            layout=f"one FASTA file with per-residue targets in its headers (biotrainer: "
+            f"'>id TARGET=... SET=... MASK=...'): {path}",
+            missing_split=f"{path}: no {{split}} records; the {{split}} split is required: add "
+            "records with SET={split} in their header",
+        )
+        _read_file(path, columns, None, result)
+        return result
     if path.is_file():
         result = SplitRecords(
             layout=f"one file with a '{data.split_column}' column: {path}",
@@ -259,12 +301,19 @@ def read_splits(data: DataConfig, kind: TargetKind, targets: list[str]) -> Split
         return result
     if not path.is_dir():
         raise DataError(f"{path}: no such file or folder; {_layout_help(path)}")
+    if kind.per_residue and is_residue_folder(path):
+        return _residue_folder(path, kind, columns)
     if any((path / split).is_dir() for split in SPLITS):
         if not kind.one_label_per_file:
+            instead = (
+                f"a folder of {SEQUENCES_FILE} + {LABELS_FILE} (FLIP), or "
+                if kind.per_residue
+                else ""
+            )
             raise DataError(
                 f"{path}: one FASTA file per class gives each sequence one label, which suits "
-                f"tasks with one label per sequence, not {kind.task.value}; give a table (or "
-                f"FASTA with '>id {targets[0]}=...' headers) per split instead"
+                f"tasks with one label per sequence, not {kind.task.value}; give {instead}a "
+                f"table (or FASTA with '>id {targets[0]}=...' headers) per split instead"
             )
         result = SplitRecords(
             layout=f"one FASTA file per label: {path}/<split>/<Label>.fasta",
@@ -282,6 +331,8 @@ def read_splits(data: DataConfig, kind: TargetKind, targets: list[str]) -> Split
                     )
         return result
     files = _split_files(path)
+    if not files and is_residue_folder(path):
+        return _residue_folder(path, kind, columns)
     if not files:
         raise DataError(f"{path}: no dataset found; {_layout_help(path)}")
     suffix = "".join(next(iter(files.values())).suffixes)

@@ -32,6 +32,9 @@ class TargetKind(Protocol):
     task: Task
     # One FASTA file per label (``data/{split}/<Label>.fasta``) can hold these targets.
     one_label_per_file: bool
+    # A target per residue (a label string or numbers as long as the sequence, and a mask),
+    # read from the per-residue layouts (FLIP / biotrainer) as well as tables.
+    per_residue: bool
 
     def default_target_columns(self) -> list[str]:
         """The target column(s) unless data.target_columns names others."""

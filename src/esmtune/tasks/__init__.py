@@ -17,6 +17,8 @@ from esmtune.tasks.binary import BinaryTask
 from esmtune.tasks.multiclass import MulticlassTask
 from esmtune.tasks.multilabel import MultilabelTask
 from esmtune.tasks.regression import RegressionTask
+from esmtune.tasks.residue_classification import ResidueClassificationTask
+from esmtune.tasks.residue_regression import ResidueRegressionTask
 
 __all__ = [
     "TASKS",
@@ -24,6 +26,8 @@ __all__ = [
     "MulticlassTask",
     "MultilabelTask",
     "RegressionTask",
+    "ResidueClassificationTask",
+    "ResidueRegressionTask",
     "TaskSpec",
     "build_task",
     "task_class",
@@ -31,7 +35,15 @@ __all__ = [
 ]
 
 TASKS: dict[Task, type[TaskSpec]] = {
-    spec.task: spec for spec in (MulticlassTask, BinaryTask, MultilabelTask, RegressionTask)
+    spec.task: spec
+    for spec in (
+        MulticlassTask,
+        BinaryTask,
+        MultilabelTask,
+        RegressionTask,
+        ResidueClassificationTask,
+        ResidueRegressionTask,
+    )
 }
 
 

@@ -111,6 +111,8 @@ class TaskSpec:
     task: ClassVar[Task]
     # One FASTA file per label can hold this task's targets (data/{split}/<Label>.fasta).
     one_label_per_file: ClassVar[bool] = False
+    # One target per residue, with a mask of residues to ignore (residue_* tasks).
+    per_residue: ClassVar[bool] = False
     # How outputs are named in messages: "labels", or "target(s)" for numbers.
     target_noun: ClassVar[str] = "labels"
     # The metrics `esmtune baseline` prints, most telling first.
