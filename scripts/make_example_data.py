@@ -14,8 +14,9 @@ Usage::
     python scripts/make_example_data.py SCL2205_FASTA_DIR [--out examples/scl3]   # scl3 only
 
 ``DATA_DIR`` holds ``scl2205/`` (``fasta/{train,validation,test}/<Label>.fasta``,
-``table/scl2205.csv``, ``LICENSE``) and ``gb1/`` (``sampled.csv``, ``LICENSE``); by default
-it is ``shared/data`` beside this repository. Each example folder also gets the source's
+``table/scl2205.csv``, ``LICENSE``), ``gb1/`` (``sampled.csv``, ``LICENSE``) and
+``flip_ss3/`` (``sequences.fasta``, ``labels.fasta``, ``mask.fasta``, ``LICENSE``); by
+default it is ``shared/data`` beside this repository. Each example folder also gets the source's
 ``LICENSE``; its ``README.md`` is written by hand from the counts printed here.
 
 Sources:
@@ -26,6 +27,9 @@ Sources:
 * GB1 binding fitness from the FLIP benchmark (Dallago et al., 2021, ``splits/gb1``,
   ``sampled`` split; splits under the Academic Free License 3.0, raw data from Wu et al.
   2016, eLife, CC BY 4.0).
+* Secondary structure in 3 states from the FLIP benchmark (``splits/secondary_structure``;
+  data of NetSurfP-2.0, Klausen et al. 2019, and of the ProtTrans paper's NEW364 test set;
+  Academic Free License 3.0).
 
 Examples:
 
@@ -83,6 +87,22 @@ not ``True``), validation (``set=train``, ``validation=True``) and test (``set=t
 (1-based), the only positions that vary; these are unique. ``target`` is copied as written
 in the source. Written to ``gb1/gb1.csv`` (columns ``id,sequence,target,split``), splits
 in the order train, validation, test and rows in source order within a split.
+
+``ss3`` (residue_classification, the FLIP / biotrainer per-residue layout), from
+``flip_ss3/`` (``sequences.fasta``; ``labels.fasta`` with one of ``C``, ``H``, ``E`` per
+residue and headers ``SET=train|test VALIDATION=True|False``; ``mask.fasta`` with ``1`` for
+resolved and ``0`` for unresolved residues), read in file order with wrapped lines joined:
+
+1. The pools are train (``SET=train VALIDATION=False``), validation (``SET=train
+   VALIDATION=True``) and test (``SET=test``, the NEW364 set), as FLIP defines them. Ids
+   must be the same in the three files, each label string and mask as long as its sequence,
+   and no sequence may occur twice (the script stops otherwise).
+2. Keep chains of at most 300 residues with at least one unmasked residue.
+3. ``random.Random(0)`` (one generator; splits train, validation, test) samples 800 / 150 /
+   150 chains per split, without looking at their labels, and writes them in source order.
+   Written to ``ss3/sequences.fasta``, ``ss3/labels.fasta`` (the source's headers) and
+   ``ss3/mask.fasta``, one line per record as in the source (biotrainer reads only the last
+   line of a wrapped record).
 """
 
 from __future__ import annotations
@@ -100,7 +120,7 @@ from Bio import SeqIO
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
-EXAMPLES = ("scl3", "secreted", "scl_locations", "gb1")
+EXAMPLES = ("scl3", "secreted", "scl_locations", "gb1", "ss3")
 
 SPLITS = ("train", "validation", "test")
 LABELS = ("Secreted", "Nucleus", "Mitochondrion")
@@ -123,6 +143,11 @@ MIN_LOCATION_COUNT = 20
 # gb1 (FLIP sampled split)
 GB1_SIZES = {"train": 600, "validation": 100, "test": 300}
 GB1_VARIABLE_POSITIONS = (39, 40, 41, 54)  # 1-based
+
+# ss3 (FLIP secondary structure, per residue)
+SS3_SIZES = {"train": 800, "validation": 150, "test": 150}
+SS3_MAX_LEN = 300
+SS3_FILES = ("sequences.fasta", "labels.fasta", "mask.fasta")
 
 
 # ---------------------------------------------------------------------------------------
@@ -452,6 +477,86 @@ def build_gb1(source: Path, out_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# ss3 (per-residue classification, FLIP / biotrainer layout)
+
+
+def read_fasta_records(path: Path) -> list[tuple[str, str, str]]:
+    """(id, header after the id, text with wrapped lines joined) of every record, in order."""
+    records = []
+    for rec in SeqIO.parse(str(path), "fasta"):
+        header = rec.description.split(maxsplit=1)
+        records.append((rec.id, header[1] if len(header) > 1 else "", str(rec.seq)))
+    return records
+
+
+def ss3_split(header: str) -> str:
+    fields = dict(word.partition("=")[::2] for word in header.split())
+    if fields.get("SET") == "test" and fields.get("VALIDATION", "False") == "False":
+        return "test"
+    if fields.get("SET") == "train" and fields.get("VALIDATION") in ("True", "False"):
+        return "validation" if fields["VALIDATION"] == "True" else "train"
+    sys.exit(f"error: unexpected split header {header!r}")
+
+
+def build_ss3(source: Path, out_dir: Path) -> None:
+    sequences, labels, masks = (read_fasta_records(source / name) for name in SS3_FILES)
+    print(f"read {len(sequences)} chains from {source}")
+    label_of = {rid: (header, text) for rid, header, text in labels}
+    mask_of = {rid: text for rid, _, text in masks}
+    if not (len(label_of) == len(mask_of) == len(sequences) == len({r for r, _, _ in sequences})):
+        sys.exit("error: ids are repeated, or differ between the three files")
+    if len({seq for _, _, seq in sequences}) != len(sequences):
+        sys.exit("error: a sequence occurs twice")
+    pools: dict[str, list[tuple[str, str]]] = {split: [] for split in SPLITS}
+    n_long = n_masked = 0
+    for rid, _, seq in sequences:
+        if rid not in label_of or rid not in mask_of:
+            sys.exit(f"error: {rid} has no labels or no mask")
+        header, label = label_of[rid]
+        if not len(seq) == len(label) == len(mask_of[rid]):
+            sys.exit(f"error: {rid}: sequence, labels and mask differ in length")
+        if len(seq) > SS3_MAX_LEN:
+            n_long += 1
+        elif "1" not in mask_of[rid]:
+            n_masked += 1
+        else:
+            pools[ss3_split(header)].append((rid, seq))
+    print(
+        f"dropped {n_long} chains longer than {SS3_MAX_LEN} residues, {n_masked} with every "
+        f"residue masked"
+    )
+    rng = random.Random(SEED)
+    chosen = {split: sample_in_order(rng, pools[split], SS3_SIZES[split]) for split in SPLITS}
+    order = {rid: i for i, (rid, _, _) in enumerate(sequences)}
+    picked = sorted((rec for recs in chosen.values() for rec in recs), key=lambda r: order[r[0]])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = {name: [] for name in SS3_FILES}
+    for rid, seq in picked:
+        header, label = label_of[rid]
+        texts["sequences.fasta"].append(f">{rid}\n{seq}\n")
+        texts["labels.fasta"].append(f">{rid} {header}\n{label}\n")
+        texts["mask.fasta"].append(f">{rid}\n{mask_of[rid]}\n")
+    for name, lines in texts.items():
+        (out_dir / name).write_text("".join(lines))
+    print(f"{'split':<11}{'chains':>12}{'residues':>10}{'masked':>8}{'C':>7}{'H':>7}{'E':>7}")
+    for split in SPLITS:
+        residues = [
+            (label_of[rid][1][i], mask_of[rid][i])
+            for rid, seq in chosen[split]
+            for i in range(len(seq))
+        ]
+        used = Counter(label for label, flag in residues if flag == "1")
+        n_used = sum(used.values())
+        shares = "".join(f"{used[c] / n_used:>7.1%}" for c in "CHE")
+        print(
+            f"{split:<11}{f'{len(chosen[split])}/{len(pools[split])}':>12}{len(residues):>10}"
+            f"{(len(residues) - n_used) / len(residues):>8.1%}{shares}"
+        )
+        print(f"{'':<11}lengths {length_summary(seq for _, seq in chosen[split])}")
+    print(f"(sampled/available; shares of unmasked residues) written to {out_dir}")
+
+
+# ---------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -473,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         type=Path,
         default=DEFAULT_DATA,
-        help=f"directory holding scl2205/ and gb1/ (default: {DEFAULT_DATA})",
+        help=f"directory holding scl2205/, gb1/ and flip_ss3/ (default: {DEFAULT_DATA})",
     )
     parser.add_argument(
         "--examples",
@@ -494,12 +599,13 @@ def main(argv: list[str] | None = None) -> int:
         build_scl3(args.source, args.out)
         return 0
 
-    scl, gb1 = args.data / "scl2205", args.data / "gb1"
+    scl, gb1, ss3 = args.data / "scl2205", args.data / "gb1", args.data / "flip_ss3"
     needed = {
         "scl3": [scl / "fasta", scl / "LICENSE"],
         "secreted": [scl / "table" / "scl2205.csv", scl / "LICENSE"],
         "scl_locations": [scl / "table" / "scl2205.csv", scl / "LICENSE"],
         "gb1": [gb1 / "sampled.csv", gb1 / "LICENSE"],
+        "ss3": [*(ss3 / name for name in SS3_FILES), ss3 / "LICENSE"],
     }
     missing = sorted({str(p) for name in args.only for p in needed[name] if not p.exists()})
     if missing:
@@ -515,12 +621,15 @@ def main(argv: list[str] | None = None) -> int:
             build_scl3(scl / "fasta", out_dir)
         elif name == "gb1":
             build_gb1(gb1 / "sampled.csv", out_dir)
+        elif name == "ss3":
+            build_ss3(ss3, out_dir)
         else:
             if table is None:
                 table = read_scl_table(scl / "table" / "scl2205.csv")
             builder = build_secreted if name == "secreted" else build_scl_locations
             builder(table, out_dir)
-        copy_license((gb1 if name == "gb1" else scl) / "LICENSE", out_dir)
+        source = {"gb1": gb1, "ss3": ss3}.get(name, scl)
+        copy_license(source / "LICENSE", out_dir)
         print()
     return 0
 

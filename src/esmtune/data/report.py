@@ -135,13 +135,16 @@ def residue_counts(records: list[SequenceRecord]) -> tuple[int, int]:
 
 
 def residue_footer(report: DataReport) -> list[list[str]]:
-    """The last rows of per-residue tables: residues, masked, chains, lengths, by split."""
+    """The last rows of per-residue tables, by split.
+
+    Unmasked residues, masked ones (with their share of all residues), chains and lengths.
+    """
     present = report.present
     counts = [residue_counts(report.splits[split]) for split in present]
     lengths = [[len(r.sequence) for r in report.splits[split]] for split in present]
     return [
-        ["residues", *(str(used) for used, _ in counts)],
+        ["unmasked", *(str(used) for used, _ in counts)],
         ["masked", *(f"{m} ({m / (u + m):.1%})" if u + m else "0" for u, m in counts)],
         ["chains", *(str(len(report.splits[split])) for split in present)],
-        ["length", *(" / ".join(length_stats(values)) for values in lengths)],
+        ["len min/median/max", *(" / ".join(length_stats(values)) for values in lengths)],
     ]
