@@ -46,7 +46,10 @@ def _json_roundtrip(metrics: dict) -> dict:
 
 
 def test_every_selectable_metric_has_a_direction() -> None:
-    assert set(TASK_METRICS) == {"multiclass", "binary", "multilabel", "regression"}
+    assert set(TASK_METRICS) == {
+        "multiclass", "binary", "multilabel", "regression", "residue_classification",
+        "residue_regression",
+    }  # fmt: skip
     for names in TASK_METRICS.values():
         assert all(name in HIGHER_IS_BETTER for name in names)
     assert {name for name, higher in HIGHER_IS_BETTER.items() if not higher} == {

@@ -100,6 +100,15 @@ TARGETS: dict[Task, tuple[str, list[str]]] = {
     Task.BINARY: ("label", ["yes", "no", "no", "no", "yes", "no", "no", "yes"]),
     Task.MULTILABEL: ("label", ["a;b", "b", "c;a", "b;c", "a", "b;c", "c", "a;b"]),
     Task.REGRESSION: ("target", ["0.5", "-1.25", "3", "1e-2", "2", "0", "4.5", "-3"]),
+    # Per residue: a label (or a number) for each of the 12 + i residues of record i.
+    Task.RESIDUE_CLASSIFICATION: (
+        "label",
+        ["".join("CHE"[(i + j) // 4 % 3] for j in range(12 + i)) for i in range(8)],
+    ),
+    Task.RESIDUE_REGRESSION: (
+        "target",
+        [";".join(f"{(i - j) / 4:g}" for j in range(12 + i)) for i in range(8)],
+    ),
 }
 # The label set each task derives (binary: negative, then positive; regression: target names).
 LABELS = {
@@ -107,6 +116,8 @@ LABELS = {
     Task.BINARY: ["no", "yes"],
     Task.MULTILABEL: ["a", "b", "c"],
     Task.REGRESSION: ["target"],
+    Task.RESIDUE_CLASSIFICATION: ["C", "E", "H"],
+    Task.RESIDUE_REGRESSION: ["value"],
 }
 FORMATS = ["csv", "tsv", "csv.gz", "tsv.gz", "parquet", "fasta", "fasta.gz"]
 
@@ -117,6 +128,8 @@ def parsed(task: Task, text: str) -> Target:
         return tuple(sorted(text.split(";")))
     if task is Task.REGRESSION:
         return (float(text),)
+    if task is Task.RESIDUE_REGRESSION:
+        return tuple(float(value) for value in text.split(";"))
     return text
 
 

@@ -122,7 +122,12 @@ def test_a_constant_regression_target_does_not_divide_by_zero() -> None:
     assert spec.target_std == [1.0]
 
 
-@pytest.mark.parametrize("task", list(Task))
+# The per-residue tasks' training side (loss, fitted state) is not written yet: they join here
+# when it is.
+_TRAINED_TASKS = [Task.MULTICLASS, Task.BINARY, Task.MULTILABEL, Task.REGRESSION]
+
+
+@pytest.mark.parametrize("task", _TRAINED_TASKS)
 def test_a_fitted_task_survives_its_saved_state(task: Task) -> None:
     targets = {
         Task.MULTICLASS: ["A", "B", "B"],
