@@ -216,10 +216,12 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     """Validate a dataset and print its statistics.
 
     Read a dataset the way training will (per-label FASTA folders, CSV/TSV/Parquet tables or
-    FASTA with key=value headers) and print sequences per label and split (regression: target
-    statistics) and lengths, with how many sequences exceed --max-length and how many records
-    the --drop-* options dropped; exit with status 2 and every problem listed (file, line,
-    record, fix) when the data cannot be trained on.
+    FASTA with key=value headers; per-residue tasks: FLIP's sequences.fasta + labels.fasta +
+    mask.fasta, biotrainer's TARGET=/SET=/MASK= headers) and print sequences per label and split
+    (regression: target statistics; per-residue tasks: residues per class or value statistics,
+    and masked residues) and lengths, with how many sequences exceed --max-length and how many
+    records the --drop-* options dropped; exit with status 2 and every problem listed (file,
+    line, record, fix) when the data cannot be trained on.
     """
     from esmtune.data.check import check_dataset
 

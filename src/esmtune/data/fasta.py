@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import shlex
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
 
 FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
 _Item = TypeVar("_Item")
+_SHLEX_SPACE = re.compile(r"[ \t\r\n]+")  # what separates words for shlex
 
 
 # A sequence's target: a class label (multiclass, binary), a set of labels (multilabel, sorted),
@@ -107,7 +109,10 @@ class SequenceRecord:
 
     @property
     def values(self) -> tuple[float, ...]:
-        """The numbers of a regression record, one per target column (none without a target).
+        """The numbers of a regression record (none without a target).
+
+        One per target column (regression), or one per residue (residue_regression; NaN only
+        where the mask is 0).
 
         Raises:
             TypeError: When the target is class labels.
@@ -163,10 +168,15 @@ def header_fields(description: str) -> dict[str, str]:
     Values may be quoted to hold spaces (``label="cell projection"``); words without ``=`` are
     ordinary description and ignored.
     """
-    try:
-        words = shlex.split(description)
-    except ValueError:  # an apostrophe in free text, e.g. "Crohn's": fall back to plain words
-        words = description.split()
+    if not any(char in description for char in "'\"\\"):
+        # Without quotes or escapes, shlex's words are these (and long per-residue headers,
+        # TARGET= and MASK= of a thousand characters each, are read many times faster).
+        words = [word for word in _SHLEX_SPACE.split(description) if word]
+    else:
+        try:
+            words = shlex.split(description)
+        except ValueError:  # an apostrophe in free text, e.g. "Crohn's": fall back to words
+            words = description.split()
     pairs = (word.partition("=") for word in words)
     return {key: value for key, sep, value in pairs if sep and key}
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,9 +62,8 @@ _MASK_KEYS = ("MASK", "mask")
 # biotrainer's other sets: sequences to predict (no target), and further test sets.
 _PREDICT_SET = "pred"
 _EXTRA_TEST_SET = re.compile(r"test\d+", re.IGNORECASE)
-_SPLIT_HELP = (
-    "SET=train, SET=val (or SET=train VALIDATION=True) or SET=test"  # what a header may say
-)
+# What a header may say to name a split.
+_SPLIT_HELP = "SET=train, SET=val (or SET=train VALIDATION=True) or SET=test"
 
 
 def is_residue_folder(path: Path) -> bool:
@@ -96,6 +96,8 @@ def target_problem(record: SequenceRecord, sequence_at: str = "") -> str | None:
             f"{len(target)} {noun} for the {residues} residues of its sequence{place}; give "
             f"exactly one per residue"
         )
+    if isinstance(target, str):
+        return None  # any label will do; a masked residue's is never read
     used = record.used_residues
     missing = [
         index
@@ -135,14 +137,14 @@ def mask_problem(record: SequenceRecord, sequence_at: str = "") -> str | None:
     return None
 
 
+@dataclass
 class _Reading:
-    """What one reader call found beyond records and errors: left-out records, for notes."""
+    """One file's (or folder's) reading: records filed into ``result``, and what was left out."""
 
-    def __init__(self, result: SplitRecords) -> None:
-        self.result = result
-        self.masked: list[str] = []  # where each record with every residue masked is
-        self.left_out: Counter[str] = Counter()  # biotrainer sets esmtune does not train on
-        self.without_mask: list[str] = []
+    result: SplitRecords
+    masked: list[str] = field(default_factory=list)  # records with every residue masked
+    left_out: Counter[str] = field(default_factory=Counter)  # biotrainer's pred, test2 ...
+    without_mask: list[str] = field(default_factory=list)  # records a mask file lacks
 
     def add(
         self, split: str, record: SequenceRecord, target_at: str, mask_at: str, in_files: bool
@@ -161,7 +163,7 @@ class _Reading:
         if problem is not None:
             self.result.record_errors.append(f"{target_at}: {problem}")
             return
-        if record.sequence and not any(record.used_residues):
+        if record.sequence and record.mask is not None and MASK_USE not in record.mask:
             self.masked.append(record.where)
             return
         self.result.splits.setdefault(split, []).append(record)
