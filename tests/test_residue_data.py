@@ -7,6 +7,7 @@ with its file, line and record; and the bundled ``examples/ss3``.
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from esmtune.cli import main
 from esmtune.config import DataConfig, Task, load_config
 from esmtune.data.check import DataReport, check_dataset
-from esmtune.data.fasta import SequenceRecord
+from esmtune.data.fasta import SequenceRecord, header_fields
 from esmtune.data.memory import MemoryDataset
 from esmtune.errors import DataError
 
@@ -371,6 +372,28 @@ def test_a_split_only_in_the_sequences_header_is_read_and_disagreement_is_an_err
     error = only_error_with(check_dataset(data, CLASSES), "record 't1'")
     assert error.startswith(f"{labels}, line 1, record 't1': the labels header says train but")
     assert "the sequences header (line 1) says test" in error
+
+
+def test_a_split_without_records_says_how_to_mark_them(tmp_path: Path) -> None:
+    report = check_dataset(flip_folder(tmp_path, [c for c in CHAINS if c[0] != "v1"]), CLASSES)
+    error = only_error_with(report, "no validation records")
+    assert error.startswith(f"{tmp_path / 'labels.fasta'}: no validation records")
+    assert "validation: SET=train VALIDATION=True" in error
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        "TARGET=0.5;0.3;-1 SET=train MASK=110",
+        "  free words\tlabel=Nucleus  split=train ",
+        'label="cell projection" split=test',
+        "Crohn's disease label=a",
+    ],
+)
+def test_header_fields_read_long_headers_as_shlex_does(description: str) -> None:
+    words = shlex.split(description) if "Crohn" not in description else description.split()
+    expected = {k: v for k, sep, v in (w.partition("=") for w in words) if sep and k}
+    assert header_fields(description) == expected
 
 
 def test_a_header_without_a_split_is_an_error(tmp_path: Path) -> None:

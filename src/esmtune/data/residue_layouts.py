@@ -282,8 +282,9 @@ def read_residue_folder(folder: Path, columns: Columns, result: SplitRecords) ->
     files = [sequences_path, labels_path, *([mask_path] if has_mask else [])]
     result.layout = f"per-residue FASTA files (FLIP, biotrainer): {', '.join(map(str, files))}"
     result.missing_split = (
-        f"{labels_path}: no {{split}} records; the {{split}} split is required: give records the "
-        f"header {_SPLIT_HELP} (train: SET=train VALIDATION=False)"
+        f"{labels_path}: no {{split}} records; the {{split}} split is required: mark its records "
+        "in their labels header (train: SET=train VALIDATION=False; validation: SET=train "
+        "VALIDATION=True; test: SET=test)"
     )
     labels = _by_id(labels_path, result)
     masks = _by_id(mask_path, result) if has_mask else {}

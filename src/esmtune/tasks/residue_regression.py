@@ -28,6 +28,8 @@ _SEPARATOR = re.compile(r"\s*[;,]\s*|\s+")
 _MISSING = frozenset({"", "nan", "na"})
 # The only output's name (report.labels): the value of each residue.
 _OUTPUT = "value"
+# Characters of a bad value shown in a message (a label string read as numbers is long).
+_SHOWN = 24
 
 
 def _used_values(records: list[SequenceRecord]) -> list[float]:
@@ -73,9 +75,10 @@ class ResidueRegressionTask(TaskSpec):
             numbers.append(number)
         if bad:
             position, word = bad[0]
+            shown = word if len(word) <= _SHOWN else f"{word[: _SHOWN - 3]}..."
             raise ValueError(
                 f"{len(bad)} value(s) are not finite numbers, the first is value {position}, "
-                f"{word!r}; give one number per residue, separated by ';', ',' or spaces "
+                f"{shown!r}; give one number per residue, separated by ';', ',' or spaces "
                 "(an empty value or NaN where a residue has none, and mask it)"
             )
         return tuple(numbers)
