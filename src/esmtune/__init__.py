@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "PredictOptions",
     "Predictor",
+    "ProteinEncoder",
     "TrainConfig",
     "check_dataset",
     "fit",
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 _HOMES = {
     "PredictOptions": "esmtune.predict_options",
     "Predictor": "esmtune.predict",
+    "ProteinEncoder": "esmtune.model.encoder",
     "TrainConfig": "esmtune.config",
     "load_config": "esmtune.config",
     "check_dataset": "esmtune.data.check",
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from esmtune.config import TrainConfig, load_config
     from esmtune.data.check import check_dataset
     from esmtune.fitting import fit
+    from esmtune.model.encoder import ProteinEncoder
     from esmtune.predict import Predictor
     from esmtune.predict_options import PredictOptions
     from esmtune.train import train

@@ -7,6 +7,7 @@ metric functions as the fine-tuned model, beside a trivial predictor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ import numpy as np
 
 from esmtune.config import DataConfig, Task
 from esmtune.data.check import check_dataset
+from esmtune.data.embedding_files import read_embeddings
+from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import DataError
 from esmtune.tasks import task_class
 
-__all__ = ["composition_baseline", "composition_features"]
+__all__ = ["composition_baseline", "composition_features", "embedding_baseline"]
 
 _AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 _DIPEPTIDES = {a + b: i for i, (a, b) in enumerate(product(_AMINO_ACIDS, repeat=2))}
@@ -57,6 +60,53 @@ def composition_baseline(
     Raises:
         DataError: When the data has blocking problems or lacks the split.
     """
+    return _linear_baseline(
+        data, task, split, lambda records: composition_features([r.sequence for r in records])
+    )
+
+
+def embedding_baseline(
+    data: DataConfig | Path | str,
+    task: Task | str = Task.MULTICLASS,
+    split: str = "test",
+    features: Callable[[list[SequenceRecord]], np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """The same linear model on embeddings: is a network on top needed at all?
+
+    Args:
+        data: The data section (``data.embeddings`` names the file), or a path.
+        task: The task.
+        split: The split to score on.
+        features: Embeddings of records (e.g. computed with a model); default: read from
+            ``data.embeddings`` (pooled; per-residue ones are averaged over residues).
+
+    Returns:
+        As :func:`composition_baseline`.
+
+    Raises:
+        DataError: When the data or the embeddings have blocking problems.
+    """
+    if features is None:
+        if not isinstance(data, DataConfig) or data.embeddings is None:
+            raise DataError(
+                "an embedding baseline needs data.embeddings (or a model to embed with)"
+            )
+        found = read_embeddings(data.embeddings)
+
+        def features(records: list[SequenceRecord]) -> np.ndarray:
+            rows = [found.vectors[r.id] for r in records]
+            return np.stack([row.mean(axis=0) if row.ndim == 2 else row for row in rows])
+
+    return _linear_baseline(data, task, split, features)
+
+
+def _linear_baseline(
+    data: DataConfig | Path | str,
+    task: Task | str,
+    split: str,
+    features: Callable[[list[SequenceRecord]], np.ndarray],
+) -> dict[str, Any]:
+    """The task's linear model on ``features`` of train, scored on ``split``, beside trivial."""
     if not isinstance(data, DataConfig):
         data = DataConfig(path=Path(data))
     data = data.model_copy(update={"drop_conflicts": True, "drop_duplicates": True})
@@ -68,8 +118,8 @@ def composition_baseline(
     spec = task_class(task)(labels=report.labels)
     train_targets, test_targets = spec.encode_targets(train), spec.encode_targets(test)
     estimator = spec.baseline_estimator()
-    estimator.fit(composition_features([r.sequence for r in train]), train_targets)
-    outputs = spec.baseline_outputs(estimator, composition_features([r.sequence for r in test]))
+    estimator.fit(features(train), train_targets)
+    outputs = spec.baseline_outputs(estimator, features(test))
     trivial, trivial_name = spec.trivial_outputs(train_targets, len(test))
     return {
         "task": spec.task.value,

@@ -142,6 +142,7 @@ _DATA_OPTIONS = (
     ("--sequence-column", "data.sequence_column"),
     ("--split-column", "data.split_column"),
     ("--ontology", "data.ontology"),
+    ("--embeddings", "data.embeddings"),
 )
 _DATA_CHECK_OPTIONS = (
     ("--max-length", "data.max_length"),
@@ -243,6 +244,12 @@ def _baseline_options(command: argparse.ArgumentParser) -> None:
     _add_data_options(command, _DATA_OPTIONS)
     # The model is fitted on the first split (train) and scored on one of the others.
     _add(command, "--split", default="test", choices=SPLITS[1:], help="split to score")
+    command.add_argument(
+        "--embed-with",
+        metavar="MODEL",
+        help="also fit the linear model on mean-pooled embeddings of this ESM2 model (hub id, "
+        "folder or run), as --embeddings does with a file",
+    )
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
@@ -251,9 +258,10 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     A linear model on amino-acid + dipeptide composition (logistic regression; ridge for
     regression), fitted on train and scored on a split with the task's metrics, beside a trivial
     predictor (commonest label, label frequencies or the train mean): the numbers a fine-tuned
-    model has to beat.
+    model has to beat. With --embeddings FILE or --embed-with MODEL, the same linear model on
+    embeddings too: whether a network on top of them is needed at all.
     """
-    from esmtune.baseline import composition_baseline
+    from esmtune.baseline import composition_baseline, embedding_baseline
 
     task, data = _data_config(args)
     result = composition_baseline(data, task, args.split)
@@ -264,12 +272,37 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
             for name in result["headline"]
         )
 
+    where = f"{result['split']} n={result['n']}"
     print(
         f"composition baseline ({result['model_name']} on amino-acid + dipeptide composition), "
-        f"{result['split']} n={result['n']}: {scores(result['model'])}\n"
-        f"{result['trivial_name']}: {scores(result['trivial'])}"
+        f"{where}: {scores(result['model'])}"
     )
+    if data.embeddings is not None:
+        embedded = embedding_baseline(data, task, args.split)
+        source = f"embeddings in {data.embeddings}"
+        print(f"embedding baseline ({embedded['model_name']} on {source}), {where}: "
+              f"{scores(embedded['model'])}")  # fmt: skip
+    if args.embed_with is not None:
+        embedded = embedding_baseline(data, task, args.split, _embedder(args.embed_with))
+        source = f"mean-pooled embeddings of {args.embed_with}"
+        print(f"embedding baseline ({embedded['model_name']} on {source}), {where}: "
+              f"{scores(embedded['model'])}")  # fmt: skip
+    print(f"{result['trivial_name']}: {scores(result['trivial'])}")
     return 0
+
+
+def _embedder(model: str) -> Callable[[list[Any]], Any]:
+    """Mean-pooled embeddings of records with ``model``, as numpy (for the baseline)."""
+    from esmtune.embeddings import embed_records, load_embedder
+
+    embedder, tokenizer, max_length = load_embedder(model)
+
+    def embed(records: list[Any]) -> Any:
+        pooled = embed_records(embedder, tokenizer, records, "mean", max_length, progress=False)
+        assert not isinstance(pooled, list)  # (per-residue embeddings are a list)
+        return pooled.numpy()
+
+    return embed
 
 
 # --- evaluate --------------------------------------------------------------------------------
@@ -284,6 +317,13 @@ def _evaluate_options(command: argparse.ArgumentParser) -> None:
         help="dataset, read with the run's column settings [the one the run trained on]",
     )
     _add(command, "--split", default="test", choices=SPLITS, help="split")
+    command.add_argument(
+        "--embeddings",
+        type=Path,
+        metavar="FILE",
+        help="a run trained on precomputed embeddings: the file with the split's embeddings "
+        "[the run's data.embeddings]",
+    )
     _add_fields(command, PredictOptions, ["max_tokens"])
 
 
@@ -298,7 +338,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     """
     from esmtune.evaluate import evaluate_run, format_report
 
-    metrics, _, written = evaluate_run(args.run, args.data, args.split, args.max_tokens)
+    metrics, _, written = evaluate_run(
+        args.run, args.data, args.split, args.max_tokens, embeddings=args.embeddings
+    )
     print(format_report(metrics))
     print(f"\nwritten: {', '.join(str(path) for path in written)}")
     return 0
@@ -346,6 +388,8 @@ def _add_runtime_option(command: argparse.ArgumentParser) -> None:
 
 # How `predict` and `embed` run the model (embed has no runtime: it runs torch).
 _INFERENCE_OPTIONS = [name for name in PredictOptions.model_fields if name != "runtime"]
+# embed reads sequences with the model it is given; embed_with is for a head on embeddings.
+_EMBED_OPTIONS = [name for name in _INFERENCE_OPTIONS if name != "embed_with"]
 
 
 # Prediction formats and the --output suffix that selects each (write_predictions writes them).
@@ -358,6 +402,13 @@ def _predict_options(command: argparse.ArgumentParser) -> None:
         "run", type=Path, metavar="RUN", help="run directory, or a folder of `esmtune export`"
     )
     _add_sequence_inputs(command)
+    command.add_argument(
+        "--embeddings",
+        type=Path,
+        metavar="FILE",
+        help="a run trained on precomputed embeddings (data.embeddings): predict every id of "
+        "this .h5/.npz/.safetensors file instead of reading sequences",
+    )
     _add_runtime_option(command)
     command.add_argument(
         "--top-k",
@@ -399,11 +450,19 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from esmtune.predict import Predictor, write_predictions
 
     if args.interactive:
+        if args.embeddings is not None:
+            raise EsmtuneError("--interactive reads sequences at its prompt: drop --embeddings")
         return _predict_interactively(args)
-    records = _read_inputs(args)
     options = {name: getattr(args, name) for name in PredictOptions.model_fields}
-    predictor = Predictor.load(args.run, **options)
-    results = predictor.predict(records, top_k=args.top_k, progress=len(records) > 100)
+    if args.embeddings is not None:
+        if args.inputs or args.sequence:
+            raise EsmtuneError("give sequences or --embeddings, not both")
+        predictor = Predictor.load(args.run, **options)
+        results = predictor.predict_embeddings(args.embeddings, top_k=args.top_k)
+    else:
+        records = _read_inputs(args)
+        predictor = Predictor.load(args.run, **options)
+        results = predictor.predict(records, top_k=args.top_k, progress=len(records) > 100)
     if note := _long_sequence_note(results, predictor):
         print(note, file=sys.stderr)
     fmt = args.format
@@ -420,7 +479,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _long_sequence_note(results: list[dict[str, Any]], predictor: Predictor) -> str | None:
     """What happened to sequences longer than the model's inputs, if there were any."""
-    long = [row for row in results if row["length"] > predictor.max_length]
+    long = [row for row in results if row.get("length", 0) > predictor.max_length]
     if not long:
         return None
     how = {
@@ -573,7 +632,7 @@ def _embed_options(command: argparse.ArgumentParser) -> None:
         f"{DataConfig.model_fields['max_length'].default}]",
     )
     command.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    _add_fields(command, PredictOptions, _INFERENCE_OPTIONS)
+    _add_fields(command, PredictOptions, _EMBED_OPTIONS)
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ rules) and reports them in one :class:`~esmtune.errors.ConfigError`.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -19,7 +21,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     ValidationError,
+    ValidationInfo,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -47,6 +53,7 @@ __all__ = [
     "apply_overrides",
     "describe_fields",
     "field_description",
+    "length_percentile",
     "load_config",
     "task_problems",
 ]
@@ -183,6 +190,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
+_MAX_RESIDUES = 1022  # ESM2's context: 1,026 positions less <cls>, <eos> and a margin
+_PERCENTILE = re.compile(r"p(\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def length_percentile(value: object) -> float | None:
+    """The percentile a ``data.max_length`` of ``pNN`` names (``p95`` -> 95.0), else None."""
+    match = _PERCENTILE.fullmatch(value.strip()) if isinstance(value, str) else None
+    percentile = float(match.group(1)) if match else None
+    return percentile if percentile is not None and 0 < percentile <= 100 else None
+
+
 class DataConfig(_Section):
     """Where the sequences are and how they are read."""
 
@@ -208,6 +226,12 @@ class DataConfig(_Section):
     )
     min_label_count: int = Field(
         1, ge=1, description="multilabel: labels with fewer training sequences are dropped."
+    )
+    embeddings: Path | None = Field(
+        None,
+        description="Train the head on embeddings computed elsewhere (.h5, .npz, .safetensors "
+        "by id: ProtT5, bio_embeddings, `esmtune embed`): no backbone runs; one vector per "
+        "protein, or per residue (pooled with model.pooling). [default: none: ESM2 runs]",
     )
     ontology: Path | None = Field(
         None,
@@ -241,8 +265,95 @@ class DataConfig(_Section):
         1022,
         ge=8,
         le=1022,
-        description="Residues per model input (ESM2's context: 1,022); see long_sequences.",
+        description="Residues per model input (ESM2's context: 1,022), or pNN: the NNth "
+        "percentile of the training split's lengths (e.g. p95, at most 1,022), fixed by the "
+        "data check and saved in the run as a number; see long_sequences.",
     )
+    # data.max_length: pNN, until the training split's lengths turn it into a number.
+    _max_length_percentile: float | None = PrivateAttr(None)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _max_length_as_percentile(
+        cls, data: Any, handler: ModelWrapValidatorHandler[DataConfig], info: ValidationInfo
+    ) -> DataConfig:
+        """``max_length: p95`` holds the cap (1,022) until :meth:`fix_max_length`.
+
+        The field stays an ``int`` for everything that reads it: only training's data check
+        sees a config before the number is known. Assigning a number ends the percentile.
+        """
+        percentile = None
+        if isinstance(data, dict):
+            percentile = length_percentile(data.get("max_length"))
+            if percentile is not None:
+                data = {**data, "max_length": _MAX_RESIDUES}
+        config = handler(data)
+        if percentile is not None:
+            config._max_length_percentile = percentile
+        elif info.field_name == "max_length":
+            config._max_length_percentile = None
+        return config
+
+    @field_validator("max_length", mode="before")
+    @classmethod
+    def _number_or_percentile(cls, value: Any) -> Any:
+        if isinstance(value, str) and length_percentile(value) is not None:
+            raise ValueError("a percentile is read from a config file or override, not assigned")
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError(
+                f"'{value}' is neither a number of residues (8 to 1,022) nor a percentile of "
+                "the training lengths (p1 to p100, e.g. p95)"
+            )
+        return value
+
+    @field_serializer("max_length")
+    def _saved_max_length(self, value: int) -> int | str:
+        """A percentile not yet fixed is written as given, so the config reads back the same."""
+        percentile = self._max_length_percentile
+        return value if percentile is None else f"p{percentile:g}"
+
+    @property
+    def max_length_percentile(self) -> float | None:
+        """The percentile ``max_length`` stands for until the data check fixes it, else None."""
+        return self._max_length_percentile
+
+    def fix_max_length(self, train_lengths: Sequence[int]) -> str | None:
+        """Turn a percentile ``max_length`` into the number it is for these training lengths.
+
+        The nearest-rank percentile: the shortest length that at least NN% of the training
+        sequences do not exceed, so that they are read whole; at least 8, at most 1,022.
+
+        Args:
+            train_lengths: Residues of each training sequence.
+
+        Returns:
+            A line for the data check saying what was chosen, or None when ``max_length`` is
+            a number already (or there are no training sequences to read it from).
+
+        Raises:
+            ConfigError: When the number breaks another rule (a longer ``window_stride``).
+        """
+        percentile = self._max_length_percentile
+        if percentile is None or not train_lengths:
+            return None
+        ordered = sorted(train_lengths)
+        rank = max(1, math.ceil(percentile * len(ordered) / 100))
+        found = ordered[rank - 1]
+        chosen = min(max(found, 8), _MAX_RESIDUES)
+        try:
+            self.max_length = chosen
+        except ValidationError as error:
+            problems = [item["msg"].removeprefix("Value error, ") for item in error.errors()]
+            message = f"data.max_length p{percentile:g} = {chosen}: " + "; ".join(problems)
+            raise ConfigError(message) from None
+        longer = sum(length > chosen for length in ordered)
+        bound = f" ({found}, outside 8 to 1,022)" if found != chosen else ""
+        return (
+            f"data.max_length p{percentile:g}: {chosen} residues, percentile {percentile:g} of "
+            f"the {len(ordered)} training lengths{bound} (longest {ordered[-1]}); {longer} "
+            "training sequence(s) are longer (see data.long_sequences)"
+        )
+
     long_sequences: LongSequences = Field(
         LongSequences.TRUNCATE,
         description="Longer sequences: truncate (keep the first max_length residues), centre "

@@ -27,7 +27,7 @@ from esmtune.config import LongSequences, Pooling, TrainConfig
 from esmtune.data.batching import BudgetedDataset, EncodedDataset, encode
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
-from esmtune.errors import DataError, EsmtuneError
+from esmtune.errors import DataError, EsmtuneError, ModelLoadError, RunDirError
 from esmtune.inference import (
     eval_loader,
     inference_budget,
@@ -36,21 +36,25 @@ from esmtune.inference import (
     precision_context,
     stream_windows,
 )
+from esmtune.model.backbone import esm2_tokenizer
 from esmtune.model.classifier import SequenceClassifier, build_model
+from esmtune.model.embedding_head import EmbeddingClassifier, EmbeddingSource
 from esmtune.model.heads import Pooler, StreamingPooler
-from esmtune.model.run_model import load_run
+from esmtune.model.run_model import LoadedRun, load_run, load_weights
 from esmtune.model.windows import ResidueSink
-from esmtune.rundir import CONFIG_FILE, WEIGHTS_FILE
+from esmtune.rundir import CONFIG_FILE, WEIGHTS_FILE, read_run
 from esmtune.storage import save_tensors
 
 __all__ = [
     "EMBEDDING_FORMATS",
     "EmbeddedDataset",
     "EmbeddingCache",
+    "FileEmbeddings",
     "backbone_fingerprint",
     "embed_records",
     "embedding_collate",
     "load_embedder",
+    "load_embedding_run",
     "pooled_embeddings",
     "residue_embeddings",
     "write_embeddings",
@@ -307,16 +311,18 @@ def write_embeddings(
             metadata={**metadata, "ids": json.dumps(ids)},
         )
     elif suffix == ".npz":
+        # What made the embeddings, as text in a member of its own (npz has no metadata).
+        described = {"ids": np.asarray(ids), "metadata": np.asarray(json.dumps(metadata))}
         if isinstance(embeddings, torch.Tensor):
-            arrays = {"ids": np.asarray(ids), "embeddings": embeddings.numpy()}
+            arrays = {**described, "embeddings": embeddings.numpy()}
         else:
-            if "ids" in ids:  # the member holding the id list
+            if reserved := sorted(set(ids) & set(described)):  # the members naming the rest
                 raise EsmtuneError(
-                    "a sequence has the id 'ids', the name .npz files give the list of ids; "
-                    "rename it, or write .h5 or .safetensors"
+                    f"a sequence has the id {reserved[0]!r}, a name .npz files use for their "
+                    "own members; rename it, or write .h5 or .safetensors"
                 )
             per_id = {i: e.numpy() for i, e in zip(ids, embeddings, strict=True)}
-            arrays = {"ids": np.asarray(ids), **per_id}
+            arrays = {**described, **per_id}
         with temporary.open("wb") as handle:
             _save_npz(handle, arrays)
     else:
@@ -378,6 +384,57 @@ class EmbeddedDataset(BudgetedDataset):
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, np.ndarray | None]:
         target = None if self.targets is None else self.targets[index]
         return index, self.embeddings[index], target
+
+
+class FileEmbeddings(BudgetedDataset):
+    """Embeddings read from a file (``data.embeddings``), one per record, with their targets.
+
+    Pooled vectors each cost one token, so batches are bounded by their count (``max_sequences``);
+    per-residue arrays cost their residues, like token windows.
+    """
+
+    def __init__(self, vectors: list[np.ndarray], targets: np.ndarray | None) -> None:
+        self.vectors = [torch.from_numpy(np.ascontiguousarray(v)) for v in vectors]
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def per_residue(self) -> bool:
+        """Whether each item is a ``(residues, dim)`` array."""
+        return bool(self.vectors) and self.vectors[0].ndim == 2
+
+    @property
+    def tokens(self) -> list[int]:
+        """1 per pooled vector; residues per per-residue array."""
+        return [len(v) if v.ndim == 2 else 1 for v in self.vectors]
+
+    @property
+    def window_counts(self) -> list[int]:
+        """One input per record."""
+        return [1] * len(self.vectors)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, np.ndarray | None]:
+        target = None if self.targets is None else self.targets[index]
+        return index, self.vectors[index], target
+
+    def collate(
+        self, items: list[tuple[int, torch.Tensor, np.ndarray | None]]
+    ) -> dict[str, torch.Tensor]:
+        """Pooled vectors stacked; per-residue arrays padded, with ``embedding_mask``."""
+        if not self.per_residue:
+            return embedding_collate(items)
+        longest = max(len(states) for _, states, _ in items)
+        size = items[0][1].shape[-1]
+        padded = torch.zeros(len(items), longest, size)
+        mask = torch.zeros(len(items), longest, dtype=torch.bool)
+        for row, (_, states, _) in enumerate(items):
+            padded[row, : len(states)] = states
+            mask[row, : len(states)] = True
+        batch = embedding_collate([(i, torch.zeros(0), t) for i, _, t in items])
+        batch["embeddings"], batch["embedding_mask"] = padded, mask
+        return batch
 
 
 def embedding_collate(
@@ -452,3 +509,52 @@ def embed_records(
     hidden = model.backbone_config.hidden_size
     pooler = Pooler(Pooling(pooling), hidden)
     return pooled_embeddings(model, dataset, pad, max_tokens, pooler, progress, precision)
+
+
+def load_embedding_run(
+    run_dir: Path, embed_with: str | None = None
+) -> tuple[LoadedRun[Any], EmbeddingClassifier]:
+    """A run whose head was trained on precomputed embeddings (``data.embeddings``).
+
+    When the ESM2 model that made the embeddings is known (``esmtune embed`` records it in the
+    file, and the run keeps it) or given (``embed_with``), the head sits on that model with the
+    same pooling and long-sequence handling, so the run reads sequences like any other. Otherwise
+    the model is the head alone, which takes embeddings (:meth:`Predictor.predict_embeddings`)
+    and refuses sequences with the way out.
+
+    Returns:
+        The run, and its head on its own (which takes embeddings whichever model reads sequences).
+
+    Raises:
+        RunDirError: When the folder is not a finished run.
+        ModelLoadError: When the given model's embeddings have another size than the head's.
+    """
+    config, task = read_run(run_dir)
+    source = EmbeddingSource.read(run_dir)
+    if source is None:
+        raise RunDirError(f"{run_dir} was not trained on precomputed embeddings")
+    head = EmbeddingClassifier(source, task.num_outputs, config)
+    load_weights(head, run_dir / WEIGHTS_FILE, complete=True)
+    head.eval()
+    model_name = embed_with or source.model
+    if model_name is None:
+        return LoadedRun(run_dir, config, task, head, esm2_tokenizer()), head
+    embedder, tokenizer, trained_length = load_embedder(model_name)
+    size = embedder.backbone_config.hidden_size
+    if size != source.dim:
+        raise ModelLoadError(
+            f"{model_name} makes embeddings of size {size}, but the head of {run_dir} was trained "
+            f"on size {source.dim} ({source.file}): give the model that made them (--embed-with)"
+        )
+    made = {} if embed_with else source.made_with
+    pooling = Pooling(made.get("pooling", Pooling.MEAN.value)) if not source.per_residue else None
+    embedder.pooler = head.pooler if pooling is None else Pooler(pooling, size)
+    embedder.head = head.head
+    data = config.data.model_copy(
+        update={
+            "max_length": int(made.get("max_length", trained_length)),
+            "long_sequences": LongSequences(made.get("long_sequences", LongSequences.WINDOW)),
+        }
+    )
+    loaded = LoadedRun(run_dir, config.model_copy(update={"data": data}), task, embedder, tokenizer)
+    return loaded, head

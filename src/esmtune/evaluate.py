@@ -11,8 +11,11 @@ import numpy as np
 
 from esmtune.data.batching import EncodedDataset, encode
 from esmtune.data.check import check_dataset
+from esmtune.data.embedding_files import read_embeddings
+from esmtune.data.fasta import SequenceRecord
+from esmtune.embeddings import FileEmbeddings, load_embedding_run
 from esmtune.errors import DataError
-from esmtune.inference import predict_outputs
+from esmtune.inference import eval_loader, iterate_outputs, predict_outputs
 from esmtune.model.run_model import load_run
 from esmtune.rundir import atomic_write_text, read_run
 from esmtune.storage import check_writable, storage_errors
@@ -35,12 +38,29 @@ def _write_predictions(task: TaskSpec, records: list, outputs: np.ndarray, path:
         writer.writerows(task.prediction_rows(records, outputs))
 
 
+def _head_outputs(
+    run_dir: Path, path: Path, records: list[SequenceRecord], task: TaskSpec
+) -> np.ndarray:
+    """A head trained on precomputed embeddings, on the records' embeddings from ``path``."""
+    _, head = load_embedding_run(run_dir)
+    found = read_embeddings(path)
+    dataset = FileEmbeddings([found.vectors[r.id] for r in records], None)
+    loader = eval_loader(dataset, 1 << 20, 0, max_sequences=256, collate_fn=dataset.collate)
+    rows = dict(
+        (index, row)
+        for indices, batch in iterate_outputs(head, loader, task.outputs)
+        for index, row in zip(indices.tolist(), batch, strict=True)
+    )
+    return np.stack([rows[i] for i in range(len(records))])
+
+
 def evaluate_run(
     run_dir: Path | str,
     data_path: Path | str | None = None,
     split: str = "test",
     max_tokens: int | None = None,
     progress: bool = True,
+    embeddings: Path | str | None = None,
 ) -> tuple[dict[str, Any], Path, list[Path]]:
     """Score a run's best model on one split and write metrics, plots and predictions.
 
@@ -52,6 +72,8 @@ def evaluate_run(
             :func:`~esmtune.inference.inference_budget`). Long sequences are handled as in
             training (data.long_sequences).
         progress: Show a progress bar.
+        embeddings: A run trained on precomputed embeddings: the file holding the split's
+            (default: the run's data.embeddings).
 
     Returns:
         The metrics, the folder they were written to (``RUN/eval/<split>``) and the files.
@@ -70,11 +92,12 @@ def evaluate_run(
         "Evaluate writes its report into the run: free space or make it writable, or copy the "
         f"run where it can be written (`cp -a {run_dir} COPY`) and evaluate the copy",
     )
-    loaded = load_run(run_dir)
-    config, task = loaded.config, loaded.task
+    config, task = read_run(run_dir)
     data = config.data.model_copy()
     if data_path is not None:
         data.path = Path(data_path)
+    if embeddings is not None:
+        data.embeddings = Path(embeddings)
     report = check_dataset(data, config.task)
     records = report.splits.get(split)
     if not records:
@@ -82,19 +105,24 @@ def evaluate_run(
     if (problem := task.unknown_targets(records, report.labels)) is not None:
         raise DataError(f"{data.path} ({split}): {problem}")
     report.raise_if_errors()
-    windows = encode(
-        loaded.tokenizer, [r.sequence for r in records], config.data.max_length,
-        config.data.long_sequences, config.data.window_stride,
-    )  # fmt: skip
     targets = task.encode_targets(records)
-    outputs = predict_outputs(
-        loaded.model,
-        EncodedDataset(windows, targets),
-        task.outputs,
-        max_tokens,
-        loaded.tokenizer.pad_token_id,
-        progress=progress,
-    )
+    if data.embeddings is not None:  # a head trained on precomputed embeddings
+        outputs = _head_outputs(run_dir, data.embeddings, records, task)
+    else:
+        loaded = load_run(run_dir)
+        task = loaded.task
+        windows = encode(
+            loaded.tokenizer, [r.sequence for r in records], config.data.max_length,
+            config.data.long_sequences, config.data.window_stride,
+        )  # fmt: skip
+        outputs = predict_outputs(
+            loaded.model,
+            EncodedDataset(windows, targets),
+            task.outputs,
+            max_tokens,
+            loaded.tokenizer.pad_token_id,
+            progress=progress,
+        )
     metrics = {
         "task": config.task.value,
         "split": split,

@@ -4,29 +4,26 @@ Memory is bounded by the token budget, whatever the sequences' lengths: batches 
 the budget, and a sequence whose windows alone exceed it (a 35,000-residue titin is some 70
 windows of 1,022) is read a few windows per forward pass, its windows stitched and pooled as they
 come (:class:`~esmtune.model.windows.WindowStitcher`), never all held at once.
+
+The loader (:func:`~esmtune.data.batching.eval_loader`) and the pass-by-pass reading
+(:func:`~esmtune.model.windows.stream_windows`) live upstream, where
+:class:`~esmtune.model.encoder.ProteinEncoder` uses them too; they are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from esmtune.data.batching import (
-    BudgetedDataset,
-    EncodedDataset,
-    TokenBudgetBatchSampler,
-    pad_collate,
-)
+from esmtune.data.batching import EncodedDataset, eval_loader
 from esmtune.model.interface import Classifier
-from esmtune.model.windows import ResidueSink, WindowStitcher
+from esmtune.model.windows import over_budget, stream_windows
 
 __all__ = [
     "bf16_is_fast",
@@ -73,38 +70,9 @@ def precision_context(precision: str, device: torch.device) -> AbstractContextMa
     return nullcontext()
 
 
-def eval_loader(
-    dataset: BudgetedDataset,
-    max_tokens: int,
-    pad_token_id: int,
-    max_sequences: int | None = None,
-    num_replicas: int = 1,
-    num_workers: int = 0,
-    collate_fn: Callable[[list], dict[str, torch.Tensor]] | None = None,
-) -> DataLoader:
-    """Length-sorted batches filled to a token budget, padded to their own longest input.
-
-    ``collate_fn`` replaces padding for datasets of cached embeddings.
-    """
-    sampler = TokenBudgetBatchSampler(
-        dataset.tokens,
-        max_tokens,
-        shuffle=False,
-        window_counts=dataset.window_counts,
-        max_sequences=max_sequences,
-        num_replicas=num_replicas,
-    )
-    return DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        collate_fn=collate_fn or partial(pad_collate, pad_token_id=pad_token_id),
-        num_workers=num_workers,
-        generator=torch.Generator(),  # leaves the global RNG (dropout in training) untouched
-    )
-
-
 MODEL_INPUTS = (
     "input_ids", "attention_mask", "window_owner", "window_start", "residue_count", "embeddings",
+    "embedding_mask",
 )  # fmt: skip
 
 
@@ -117,59 +85,6 @@ def model_inputs(
         for key in MODEL_INPUTS
         if key in batch
     }
-
-
-def over_budget(batch: dict[str, torch.Tensor], max_tokens: int) -> bool:
-    """Whether a batch is the windows of long sequence(s) too many to run in one pass.
-
-    The sampler puts a sequence whose windows exceed the budget in a batch of its own; such a
-    batch goes through :func:`stream_windows` instead of one forward pass.
-    """
-    return "window_owner" in batch and batch["input_ids"].numel() > max_tokens
-
-
-def stream_windows(
-    window_states: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    batch: dict[str, torch.Tensor],
-    max_tokens: int,
-    make_sink: Callable[[], ResidueSink],
-    device: torch.device | None = None,
-) -> list[torch.Tensor]:
-    """Each sequence of a windowed batch, read a few windows per pass; one result per sequence.
-
-    Args:
-        window_states: The backbone: ``(input_ids, attention_mask) -> (rows, tokens, hidden)``.
-        batch: A collated batch with ``window_owner`` and ``window_start`` (see ``pad_collate``).
-        max_tokens: Token budget of each forward pass (at least one window per pass).
-        make_sink: A fresh :class:`ResidueSink` per sequence (pooling, head, or a collector).
-        device: Where the inputs go.
-
-    Returns:
-        What each sequence's sink returned at ``close``, in the batch's sequence order.
-    """
-    owners = batch["window_owner"]
-    starts = batch["window_start"]
-    width = batch["input_ids"].shape[1]
-    per_pass = max(1, max_tokens // width)
-    results = []
-    for owner in range(int(owners.max()) + 1):
-        rows = (owners == owner).nonzero(as_tuple=True)[0]
-        rows = rows[torch.argsort(starts[rows], stable=True)]
-        stitcher = WindowStitcher(make_sink())
-        for first in range(0, len(rows), per_pass):
-            chunk = rows[first : first + per_pass]
-            mask = batch["attention_mask"][chunk]
-            longest = int(mask.sum(dim=1).max())
-            ids, mask = batch["input_ids"][chunk, :longest], mask[:, :longest]
-            if device is not None:
-                ids, mask = ids.to(device), mask.to(device)
-            hidden = window_states(ids, mask)
-            lengths = mask.sum(dim=1).tolist()
-            for row, length in enumerate(lengths):
-                start = int(starts[chunk[row]])
-                stitcher.add(start, hidden[row, 0], hidden[row, 1 : length - 1])
-        results.append(stitcher.finish())
-    return results
 
 
 def _parameters_device(model: Classifier) -> torch.device:

@@ -14,7 +14,9 @@ import torch
 from esmtune.config import LongSequences
 from esmtune.data.batching import EncodedDataset, Window, encode
 from esmtune.data.check import sequence_problem
+from esmtune.data.embedding_files import read_embeddings
 from esmtune.data.fasta import SequenceRecord
+from esmtune.embeddings import FileEmbeddings, load_embedding_run
 from esmtune.errors import DataError, EsmtuneError
 from esmtune.explain import Explainer, Explanation, torch_run
 from esmtune.explain_options import DEFAULT_STEPS, ExplainOptions, Method
@@ -23,11 +25,15 @@ from esmtune.export.load import check_export_loadable, open_export
 from esmtune.export.names import AUTO, Runtime
 from esmtune.inference import inference_budget, predict_outputs
 from esmtune.model.backbone import check_backbone_available
+from esmtune.model.embedding_head import EmbeddingClassifier, EmbeddingSource
 from esmtune.model.interface import Classifier
 from esmtune.model.run_model import LoadedRun, load_run
 from esmtune.predict_options import PredictOptions
 from esmtune.rundir import read_run
 from esmtune.tasks import TaskSpec
+
+# Embeddings per forward pass of a head alone (cheap: no backbone runs).
+_EMBEDDING_BATCH = 256
 
 __all__ = ["PredictOptions", "Predictor", "as_records", "check_loadable", "write_predictions"]
 
@@ -100,6 +106,8 @@ class Predictor:
         self,
         loaded: LoadedRun[Classifier],
         options: PredictOptions | None = None,
+        *,
+        embedding_head: EmbeddingClassifier | None = None,
         **overrides: Any,
     ) -> None:
         """Predict with a model already loaded.
@@ -109,6 +117,8 @@ class Predictor:
                 (:func:`~esmtune.model.run_model.load_run`,
                 :func:`~esmtune.export.load.open_export`).
             options: How to predict (None: :class:`PredictOptions`' defaults).
+            embedding_head: A run trained on precomputed embeddings: its head alone, for
+                :meth:`predict_embeddings`.
             **overrides: :class:`PredictOptions` fields replacing those of ``options``.
 
         Raises:
@@ -130,6 +140,82 @@ class Predictor:
         self.max_length = loaded.config.data.max_length
         self.window_stride = loaded.config.data.window_stride
         self.long_sequences = options.long_sequences
+        # A run trained on precomputed embeddings: its head alone (None for any other model).
+        self.embedding_head = embedding_head
+        if embedding_head is not None:
+            embedding_head.prepare_inference(self.device)
+
+    @property
+    def reads_sequences(self) -> bool:
+        """False for a head on embeddings whose making model is unknown: it takes embeddings."""
+        return self.model is not self.embedding_head
+
+    @torch.inference_mode()
+    def predict_embeddings(
+        self,
+        embeddings: Path | str | Mapping[str, np.ndarray],
+        top_k: int | None = None,
+        ids: Iterable[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Predict from precomputed embeddings, for a run trained on such (``data.embeddings``).
+
+        Args:
+            embeddings: An embedding file (as ``data.embeddings`` takes), or ``{id: array}``.
+            top_k: As in :meth:`predict`.
+            ids: Which ids to predict, in this order (default: every id, in the file's order).
+
+        Returns:
+            One dict per id, in the task's format (see :meth:`predict`), with ``id``.
+
+        Raises:
+            EsmtuneError: When the run was not trained on embeddings, or their shape or size
+                differs from what its head was trained on.
+            DataError: On an unreadable file, or ids it lacks.
+        """
+        head = self.embedding_head
+        if head is None:
+            raise EsmtuneError(
+                f"{self.run.run_dir} reads sequences (its backbone runs); embeddings go only to "
+                "a run trained on them (data.embeddings)"
+            )
+        vectors = (
+            read_embeddings(embeddings).vectors
+            if isinstance(embeddings, str | Path)
+            else dict(embeddings)
+        )
+        chosen = list(vectors) if ids is None else list(ids)
+        missing = [i for i in chosen if i not in vectors]
+        if missing:
+            raise DataError(f"no embedding for {len(missing)} id(s), e.g. {missing[:5]}")
+        arrays = [np.asarray(vectors[i], dtype=np.float32) for i in chosen]
+        source = head.source
+        wrong = [
+            i for i, a in zip(chosen, arrays, strict=True)
+            if a.shape[-1] != source.dim or (a.ndim == 2) != source.per_residue
+        ]  # fmt: skip
+        if wrong:
+            shape = f"({'residues, ' if source.per_residue else ''}{source.dim})"
+            raise EsmtuneError(
+                f"{len(wrong)} embedding(s) differ from the {shape} ones the head was trained on, "
+                f"e.g. {wrong[:3]}: use the model and pooling that made {source.file}"
+            )
+        rows = []
+        for start in range(0, len(arrays), _EMBEDDING_BATCH):
+            chunk = FileEmbeddings(arrays[start : start + _EMBEDDING_BATCH], None)
+            batch = chunk.collate([chunk[n] for n in range(len(chunk))])
+            inputs = {k: v.to(self.device) for k, v in batch.items() if k.startswith("embedding")}
+            rows.append(self.task.outputs(head(**inputs)))
+        outputs = (
+            np.concatenate(rows)
+            if rows
+            else self.task.outputs(torch.empty(0, self.task.num_outputs))
+        )
+        return [
+            {"id": identifier, **prediction}
+            for identifier, prediction in zip(
+                chosen, self.task.predictions(outputs, top_k), strict=True
+            )
+        ]
 
     @classmethod
     def from_run(
@@ -149,6 +235,9 @@ class Predictor:
         """
         options = PredictOptions.merged(options, overrides)
         _check_runs_in_torch(run_dir, options)
+        if EmbeddingSource.read(Path(run_dir)) is not None:  # a head on precomputed embeddings
+            loaded, head = load_embedding_run(Path(run_dir), options.embed_with)
+            return cls(loaded, options, embedding_head=head)
         return cls(load_run(run_dir), options)
 
     @classmethod
@@ -391,6 +480,8 @@ class Predictor:
 
 def _text_block(task: TaskSpec, result: dict[str, Any]) -> list[str]:
     """A person's view of one prediction: its id and length, then the task's lines."""
+    if "length" not in result:  # predicted from an embedding: no sequence to describe
+        return [result["id"], *task.text_lines(result)]
     cut = ", truncated)" if result["truncated"] else ")"
     return [f"{result['id']} ({result['length']} residues{cut}", *task.text_lines(result)]
 

@@ -71,6 +71,12 @@ class PredictOptions(InferenceOptions):
         "window (overlapping windows: every residue is seen, with any runtime), truncate (keep "
         "the first residues) or centre (keep the central residues)",
     )
+    embed_with: str | None = Field(
+        None,
+        description="a run trained on precomputed embeddings (data.embeddings): the ESM2 model "
+        "(hub id, folder or run) that embeds new sequences for its head, mean-pooled; needed "
+        "only when the embedding file did not record it (esmtune embed records it) [recorded]",
+    )
     precision: Literal["fp32", "bf16", "auto"] = Field(
         "fp32",
         description="torch only [fp32]: bf16 autocasts (faster and leaner where the hardware runs "

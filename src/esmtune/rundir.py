@@ -115,21 +115,23 @@ def save_run_files(
     run_dir: Path,
     config: TrainConfig,
     task: TaskSpec,
-    tokenizer: PreTrainedTokenizerBase,
-    backbone_config: PretrainedConfig,
+    tokenizer: PreTrainedTokenizerBase | None,
+    backbone_config: PretrainedConfig | None,
     extra_manifest: dict[str, Any],
 ) -> None:
     """Write the files that describe a run before its first step.
 
     ``backbone_config`` is the encoder's own configuration (under a LoRA wrapper, the base
-    model's), saved beside the tokenizer so that the backbone can be rebuilt from the folder.
+    model's), saved beside the tokenizer so that the backbone can be rebuilt from the folder;
+    a head trained on precomputed embeddings has neither.
     """
     atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_yaml_dict(), sort_keys=False))
     atomic_write_text(run_dir / LABELS_FILE, json.dumps(task.state(), indent=2) + "\n")
-    backbone_dir = run_dir / BACKBONE_DIR
-    backbone_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(backbone_dir)
-    backbone_config.to_json_file(backbone_dir / "config.json")
+    if tokenizer is not None and backbone_config is not None:
+        backbone_dir = run_dir / BACKBONE_DIR
+        backbone_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(backbone_dir)
+        backbone_config.to_json_file(backbone_dir / "config.json")
     manifest = {"versions": library_versions(), **extra_manifest}
     atomic_write_text(run_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
 

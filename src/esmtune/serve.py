@@ -771,6 +771,12 @@ def create_app(
         run_dir, settings.runtime, device=settings.device, max_tokens=settings.max_tokens,
         long_sequences=LongSequences.WINDOW,
     )  # fmt: skip
+    if not predictor.reads_sequences:
+        raise EsmtuneError(
+            f"{run_dir} was trained on precomputed embeddings whose model is unknown, so it cannot "
+            "read sequences: embed the training data with `esmtune embed` (which records the "
+            "model) and train again, or predict from embeddings with `esmtune predict --embeddings`"
+        )
     info = _run_info(run_dir, predictor)
     default_top_k = predictor.task.default_top_k
     batcher = _Batcher(predictor, settings.batch_wait_ms / 1000, settings.max_batch_tokens)

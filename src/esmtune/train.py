@@ -46,6 +46,7 @@ from esmtune.inference import iterate_outputs, model_inputs
 from esmtune.metrics import is_improvement
 from esmtune.model.backbone import check_backbone_available
 from esmtune.model.classifier import SequenceClassifier, build_model
+from esmtune.model.embedding_head import EmbeddingClassifier, EmbeddingSource
 from esmtune.model.initial import check_initial_run, initialise_from
 from esmtune.model.run_model import weights_to_save
 from esmtune.model.tuning import ProgressiveUnfreezing, count_parameters
@@ -59,10 +60,21 @@ from esmtune.rundir import (
 )
 from esmtune.storage import check_writable, storage_errors
 from esmtune.tasks import TaskSpec, build_task
-from esmtune.training.loaders import encode_split, make_loaders
+from esmtune.training.loaders import encode_split, make_embedding_loaders, make_loaders
 from esmtune.training.log import TrainingLog, attach_run_log, detach_run_logs, say
 
 __all__ = ["encode_split", "train"]
+
+
+class _NoUnfreezing:
+    """No backbone, no layers to unfreeze: a head on precomputed embeddings."""
+
+    def for_epoch(self, epoch: int) -> str | None:
+        """Nothing changes."""
+        return None
+
+    def mask_gradients(self) -> None:
+        """Nothing to mask."""
 
 
 @dataclass
@@ -80,7 +92,7 @@ class _Run:
     train_loader: DataLoaderShard
     train_sampler: TokenBudgetBatchSampler
     val_loader: DataLoaderShard
-    unfreezing: ProgressiveUnfreezing
+    unfreezing: ProgressiveUnfreezing | _NoUnfreezing
     log: TrainingLog
     epochs: int  # training.epochs, or as many as training.max_steps takes
 
@@ -211,7 +223,8 @@ def _check_inputs(accelerator: Accelerator, config: TrainConfig) -> tuple[DataRe
         ModelLoadError: When the backbone cannot be found.
         DataError: When the data check finds blocking problems.
     """
-    check_backbone_available(config.model)
+    if config.data.embeddings is None:  # (a head on precomputed embeddings has no backbone)
+        check_backbone_available(config.model)
     if config.model.init_from is not None:
         check_initial_run(config.model.init_from)
     report = check_dataset(config.data, config.task)
@@ -282,19 +295,32 @@ def _set_up(
     The order is part of reproducibility: the head's initial weights come from the seeded RNG
     in this order, and a resume restores the RNG last, after everything has been built.
     """
-    model, tokenizer = build_model(config, spec.num_outputs)
-    if checkpoint is None and config.model.init_from is not None:
-        say(accelerator, initialise_from(model, config.model.init_from, config.model.init_skip))
-    train_loader, train_sampler, val_loader = make_loaders(
-        accelerator, config, report, tokenizer, spec, model
-    )
+    source: EmbeddingSource | None = None
+    unfreezing: ProgressiveUnfreezing | _NoUnfreezing = _NoUnfreezing()
+    if config.data.embeddings is not None:  # a head on precomputed embeddings: no backbone
+        found, train_loader, train_sampler, val_loader = make_embedding_loaders(
+            accelerator, config, report, spec
+        )
+        source = EmbeddingSource(found.dim, found.per_residue, str(found.path), found.metadata)
+        model: SequenceClassifier | EmbeddingClassifier = EmbeddingClassifier(
+            source, spec.num_outputs, config
+        )
+        tokenizer = None
+    else:
+        model, tokenizer = build_model(config, spec.num_outputs)
+        if checkpoint is None and config.model.init_from is not None:
+            say(accelerator, initialise_from(model, config.model.init_from, config.model.init_skip))
+        train_loader, train_sampler, val_loader = make_loaders(
+            accelerator, config, report, tokenizer, spec, model
+        )
     steps_per_epoch = math.ceil(
         len(train_loader) // accelerator.num_processes / config.training.gradient_accumulation
     )
     epochs = _epochs(config.training, steps_per_epoch)
-    unfreezing = ProgressiveUnfreezing(
-        model.backbone, config.finetune, epochs, accelerator.num_processes
-    )
+    if isinstance(model, SequenceClassifier):
+        unfreezing = ProgressiveUnfreezing(
+            model.backbone, config.finetune, epochs, accelerator.num_processes
+        )
     parameters = count_parameters(model)
     optimizer = torch.optim.AdamW(_parameter_groups(model, config))
     splits = report.splits
@@ -308,10 +334,13 @@ def _set_up(
     if checkpoint is None:
         state = TrainerState()
         if accelerator.is_main_process:
-            backbone_config = accelerator.unwrap_model(model).backbone_config
+            unwrapped = accelerator.unwrap_model(model)
+            backbone_config = getattr(unwrapped, "backbone_config", None)  # (none: embeddings)
             _write_run_files(
                 accelerator, config, report, spec, run_dir, tokenizer, backbone_config, parameters
             )
+            if source is not None:
+                source.save(run_dir)
     else:
         state = load_checkpoint(
             accelerator, checkpoint, accelerator.unwrap_model(model), optimizer, scheduler
@@ -334,7 +363,9 @@ def _set_up(
     return run, state
 
 
-def _parameter_groups(model: SequenceClassifier, config: TrainConfig) -> list[dict[str, Any]]:
+def _parameter_groups(
+    model: SequenceClassifier | EmbeddingClassifier, config: TrainConfig
+) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on biases and norms; the head may have its own rate."""
     training = config.training
     head_ids = {id(p) for p in model.head_parameters()}
@@ -389,7 +420,7 @@ def _write_run_files(
     spec: TaskSpec,
     run_dir: Path,
     tokenizer: Any,
-    backbone_config: PretrainedConfig,
+    backbone_config: PretrainedConfig | None,
     parameters: tuple[int, int],
 ) -> None:
     """What describes a fresh run before its first step: config, labels, manifest, data check."""

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import assert_never
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import PreTrainedTokenizerBase
 
 from esmtune.config import LongSequences
@@ -31,6 +32,7 @@ __all__ = [
     "TokenBudgetBatchSampler",
     "Window",
     "encode",
+    "eval_loader",
     "pad_collate",
     "window_starts",
 ]
@@ -313,3 +315,33 @@ def pad_collate(
     if targets:  # a dataset has targets for every sequence or for none
         batch["target"] = torch.from_numpy(np.stack(targets))
     return batch
+
+
+def eval_loader(
+    dataset: BudgetedDataset,
+    max_tokens: int,
+    pad_token_id: int,
+    max_sequences: int | None = None,
+    num_replicas: int = 1,
+    num_workers: int = 0,
+    collate_fn: Callable[[list], dict[str, torch.Tensor]] | None = None,
+) -> DataLoader:
+    """Length-sorted batches filled to a token budget, padded to their own longest input.
+
+    ``collate_fn`` replaces padding for datasets of cached embeddings.
+    """
+    sampler = TokenBudgetBatchSampler(
+        dataset.tokens,
+        max_tokens,
+        shuffle=False,
+        window_counts=dataset.window_counts,
+        max_sequences=max_sequences,
+        num_replicas=num_replicas,
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_fn or partial(pad_collate, pad_token_id=pad_token_id),
+        num_workers=num_workers,
+        generator=torch.Generator(),  # leaves the global RNG (dropout in training) untouched
+    )

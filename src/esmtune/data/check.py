@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from esmtune.config import DataConfig, Task
+from esmtune.config import DataConfig, LongSequences, Task
+from esmtune.data.embedding_files import read_embeddings
 from esmtune.data.fasta import SequenceRecord
 from esmtune.data.layout import SPLITS
 from esmtune.data.memory import is_in_memory, read_memory
 from esmtune.data.report import DataReport
 from esmtune.data.sources import read_splits
 from esmtune.data.targets import TargetKind, format_target
+from esmtune.errors import DataError
 from esmtune.tasks import task_class
 
 __all__ = [
@@ -160,6 +162,42 @@ def _drop_emptied_splits(report: DataReport, require_test: bool) -> None:
             report.warnings.append(f"{problem}; `esmtune evaluate` will need it")
 
 
+def _check_embeddings(report: DataReport, path: Path) -> None:
+    """Every record has a finite embedding of one shape (per residue: one row per residue)."""
+    try:
+        found = read_embeddings(path)
+    except DataError as error:
+        report.errors.append(str(error))
+        return
+    report.errors += found.problems()
+    ids = {r.id for records in report.splits.values() for r in records}
+    missing = sorted(ids - set(found.vectors))
+    if missing:
+        report.errors.append(
+            f"{path}: no embedding for {len(missing)} record(s), e.g. {', '.join(missing[:5])}; "
+            "compute them with the same model (`esmtune embed MODEL FASTA --out FILE`) or drop "
+            "those records"
+        )
+    extra = len(set(found.vectors) - ids)
+    if extra:
+        report.notes.append(f"{path}: {extra} embedding(s) of ids not in the data, unused")
+    if found.per_residue:
+        wrong = [
+            f"{r.id} ({len(found.vectors[r.id])} rows, {len(r.sequence)} residues)"
+            for records in report.splits.values()
+            for r in records
+            if r.id in found.vectors and len(found.vectors[r.id]) != len(r.sequence)
+        ]
+        if wrong:
+            report.errors.append(
+                f"{path}: per-residue embeddings need one row per residue; "
+                f"{len(wrong)} do not match their sequence, e.g. {', '.join(wrong[:3])}"
+            )
+    if not missing:
+        kind = "per-residue" if found.per_residue else "pooled"
+        report.notes.append(f"{path}: {kind} embeddings of size {found.dim} for every record")
+
+
 def check_dataset(
     data: DataConfig | Path | str,
     task: Task | str | TargetKind = Task.MULTICLASS,
@@ -169,7 +207,8 @@ def check_dataset(
 
     Args:
         data: The data section of a config (path, columns, repairs), or just a path. A path of
-            :data:`~esmtune.data.memory.IN_MEMORY` reads the active in-memory dataset.
+            :data:`~esmtune.data.memory.IN_MEMORY` reads the active in-memory dataset. A
+            percentile ``max_length`` (``p95``) is fixed on it from the training lengths.
         task: The task (or its class), which decides how targets are read and checked.
         require_test: Treat a missing test split as an error.
 
@@ -178,6 +217,7 @@ def check_dataset(
 
     Raises:
         DataError: When the dataset cannot be found or a file cannot be read at all.
+        ConfigError: When the length a percentile ``max_length`` gives breaks another setting.
     """
     if not isinstance(data, DataConfig):
         data = DataConfig(path=Path(data))
@@ -217,12 +257,26 @@ def check_dataset(
 
     kind.find_labels(report, data)
     _drop_emptied_splits(report, require_test)
+    if data.embeddings is not None:
+        _check_embeddings(report, data.embeddings)
+    # data.max_length: p95 becomes a number here, on the config passed in, so that training
+    # reads and saves the number (and predict and serve read the run's windows alike).
+    chosen = data.fix_max_length([len(r.sequence) for r in report.splits.get("train", [])])
+    notes += [chosen] if chosen else []
     too_long = sum(
         len(r.sequence) > data.max_length for recs in report.splits.values() for r in recs
     )
     if too_long:
         notes.append(
-            f"{too_long} sequence(s) longer than {data.max_length} residues will be truncated "
-            "to their first residues (data.max_length)"
+            f"{too_long} sequence(s) longer than {data.max_length} residues will be "
+            f"{_LONG_SEQUENCES[data.long_sequences]} (data.max_length)"
         )
     return report
+
+
+# How data.long_sequences reads what is longer than one input, for the note above.
+_LONG_SEQUENCES = {
+    LongSequences.TRUNCATE: "truncated to their first residues",
+    LongSequences.CENTRE: "cut to their central residues",
+    LongSequences.WINDOW: "read in overlapping windows",
+}

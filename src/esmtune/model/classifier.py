@@ -1,55 +1,86 @@
-"""The sequence-level model: ESM2 encoder → pooling → MLP head."""
+"""The sequence-level model: a :class:`~esmtune.model.encoder.ProteinEncoder`, then an MLP head.
+
+Everything that reads a protein (backbone, window stitching, pooling, the streaming path for
+long sequences) is the encoder's; the classifier adds the head and delegates the rest, so a
+model of your own built on ``ProteinEncoder`` reads proteins exactly as esmtune's runs do.
+
+Saved names are the ones runs have always had: ``backbone.…``, ``pooler.…`` and ``head.…``.
+The encoder is a submodule (``encoder.backbone.…`` inside), so three state-dict hooks map the
+names on save and load; runs saved before the encoder existed load as they are, and what runs
+save now loads into older code.
+"""
 
 from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import EsmConfig, PreTrainedTokenizerBase
 
-from esmtune.config import FinetuneMode, TrainConfig
-from esmtune.model.backbone import load_backbone
-from esmtune.model.heads import MLPHead, Pooler, StreamingPooler
-from esmtune.model.tuning import Backbone, apply_finetuning
-from esmtune.model.windows import ResidueSink, stitch_windows
+from esmtune.config import ModelConfig, TrainConfig
+from esmtune.model.encoder import ProteinEncoder, build_encoder
+from esmtune.model.heads import MLPHead, Pooler
+from esmtune.model.tuning import Backbone
+from esmtune.model.windows import ResidueSink
 
 __all__ = ["SequenceClassifier", "build_model"]
 
+_ENCODER = "encoder"
+_DELEGATED = ("backbone", "pooler")  # set on the classifier, they are the encoder's
+
 
 class SequenceClassifier(nn.Module):
-    """ESM2 with a pooled MLP head; returns one row of logits per sequence.
+    """A protein encoder with an MLP head; returns one row of logits per sequence.
 
     A :class:`~esmtune.model.interface.Classifier`, as the ONNX export's model is.
     """
 
     runtime = "torch"
-    special_token_ids: torch.Tensor  # a buffer: <cls>, <eos> and padding, never pooled
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        num_outputs: int,
-        config: TrainConfig,
-        special_token_ids: tuple[int, ...],
-    ) -> None:
+    def __init__(self, encoder: ProteinEncoder, head: MLPHead) -> None:
+        """Compose an encoder (pooling included, no projection) and a head on its embedding."""
         super().__init__()
-        hidden = backbone.config.hidden_size
-        self.backbone = backbone
-        self.pooler = Pooler(config.model.pooling, hidden)
-        if config.model.head == "esm":  # EsmClassificationHead's layers, for hf exports
-            self.head = MLPHead(hidden, [hidden], num_outputs, config.model.head_dropout, nn.Tanh)
+        self.encoder = encoder
+        self.head = head
+        self.register_state_dict_post_hook(_saved_names)
+        self.register_load_state_dict_pre_hook(_module_names)
+        self.register_load_state_dict_post_hook(_reported_names)
+
+    # The encoder's parts under the names the rest of esmtune (and older code) uses.
+
+    @property
+    def backbone(self) -> Backbone:
+        """The encoder's ESM2 (peft's wrapper under LoRA)."""
+        return self.encoder.backbone
+
+    @backbone.setter
+    def backbone(self, value: Backbone) -> None:
+        self.encoder.backbone = value
+
+    @property
+    def pooler(self) -> Pooler:
+        """The encoder's pooling."""
+        return self.encoder.pooler
+
+    @pooler.setter
+    def pooler(self, value: Pooler) -> None:
+        self.encoder.pooler = value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # nn.Module would register a module set as ``model.backbone = ...`` beside the
+        # encoder's; the property hands it to the encoder instead.
+        if name in _DELEGATED:
+            object.__setattr__(self, name, value)
         else:
-            self.head = MLPHead(
-                hidden, config.model.head_hidden, num_outputs, config.model.head_dropout
-            )
-        self.register_buffer(
-            "special_token_ids", torch.tensor(special_token_ids, dtype=torch.long), persistent=False
-        )
+            super().__setattr__(name, value)
 
     @property
     def backbone_config(self) -> EsmConfig:
         """The encoder's configuration (a LoRA wrapper hands on its base model's)."""
-        config: EsmConfig = self.backbone.config
-        return config
+        return self.encoder.backbone_config
 
     def prepare_inference(self, device: str | torch.device | None) -> torch.device:
         """Eval mode on ``device`` (None: a GPU when there is one); the device inputs go to."""
@@ -59,11 +90,11 @@ class SequenceClassifier(nn.Module):
 
     def window_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Backbone states of each input row ``(windows, tokens, hidden)``, nothing stitched."""
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.encoder.window_states(input_ids, attention_mask)
 
     def long_sequence_sink(self) -> ResidueSink:
         """Pools one long sequence's stitched states as they arrive; ``close`` gives its logits."""
-        return _LogitsSink(StreamingPooler(self.pooler), self.head)
+        return _LogitsSink(self.encoder.long_sequence_sink(), self.head)
 
     def residue_states(
         self,
@@ -74,19 +105,12 @@ class SequenceClassifier(nn.Module):
         residue_count: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone states, one row per sequence (windows stitched), and the residue mask."""
-        hidden = self.window_states(input_ids, attention_mask)
-        if window_owner is None:
-            # A comparison rather than torch.isin, which the ONNX exporter cannot translate.
-            special = (input_ids.unsqueeze(-1) == self.special_token_ids).any(dim=-1)
-            residues = attention_mask.bool() & ~special
-            return hidden, residues
-        if window_start is None or residue_count is None:
-            raise ValueError("window_owner needs window_start and residue_count (see pad_collate)")
-        return stitch_windows(hidden, attention_mask, window_owner, window_start, residue_count)
+        inputs = (input_ids, attention_mask, window_owner, window_start, residue_count)
+        return self.encoder.residue_states(*inputs)
 
     def pooled(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """One embedding per sequence: backbone, then pooling."""
-        return self.pooler(*self.residue_states(**inputs))
+        """One embedding per sequence: the encoder's states, then its pooling."""
+        return self.encoder.pool(*self.residue_states(**inputs))
 
     def forward(
         self, embeddings: torch.Tensor | None = None, **inputs: torch.Tensor
@@ -98,29 +122,81 @@ class SequenceClassifier(nn.Module):
 
     def head_parameters(self) -> list[nn.Parameter]:
         """Parameters of pooling and head (they always train)."""
-        return [*self.pooler.parameters(), *self.head.parameters()]
+        return [*self.encoder.pooler.parameters(), *self.head.parameters()]
 
 
 class _LogitsSink:
-    """Streaming pooling, then the head: the logits ``(1, outputs)`` of one long sequence."""
+    """The encoder's streaming pooling, then the head: logits ``(1, outputs)`` of one sequence."""
 
-    def __init__(self, pooler: StreamingPooler, head: nn.Module) -> None:
-        self.pooler = pooler
+    def __init__(self, pooled: ResidueSink, head: nn.Module) -> None:
+        self.pooled = pooled
         self.head = head
 
     def add_residues(self, states: torch.Tensor) -> None:
-        self.pooler.add_residues(states)
+        self.pooled.add_residues(states)
 
     def close(self, cls_state: torch.Tensor) -> torch.Tensor:
-        pooled = self.pooler.close(cls_state).unsqueeze(0)
+        pooled = self.pooled.close(cls_state).unsqueeze(0)
         weight = next(self.head.parameters())
         return self.head(pooled.to(weight.dtype))
+
+
+# --- saved names: ``backbone.…`` outside, ``encoder.backbone.…`` inside ----------------------
+
+
+def _saved_names(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: dict
+) -> None:
+    """state_dict post-hook: drop the ``encoder.`` level from names, keeping their order."""
+    nested = f"{prefix}{_ENCODER}."
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        value = state_dict.pop(key)
+        flat = prefix + key.removeprefix(nested) if key.startswith(nested) else key
+        state_dict[flat] = value
+    metadata: OrderedDict[str, Any] | None = getattr(state_dict, "_metadata", None)
+    if metadata is not None:  # versions per module, keyed by module name
+        metadata.pop(f"{prefix}{_ENCODER}", None)
+        for key in [key for key in metadata if key.startswith(nested)]:
+            metadata[prefix + key.removeprefix(nested)] = metadata.pop(key)
+
+
+def _module_names(module: nn.Module, state_dict: dict[str, Any], prefix: str, *unused: Any) -> None:
+    """load_state_dict pre-hook: saved ``backbone.…`` / ``pooler.…`` go to the encoder."""
+    encoder = module.get_submodule(_ENCODER)
+    parts = tuple(f"{prefix}{name}." for name, _ in encoder.named_children())
+    for key in [key for key in state_dict if key.startswith(parts)]:
+        state_dict[f"{prefix}{_ENCODER}.{key.removeprefix(prefix)}"] = state_dict.pop(key)
+    metadata: dict[str, Any] | None = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        names = tuple(part.rstrip(".") for part in parts)
+        for key in [key for key in metadata if key.startswith(names)]:
+            metadata.setdefault(f"{prefix}{_ENCODER}.{key.removeprefix(prefix)}", metadata[key])
+
+
+# ``encoder.`` before one of the encoder's parts, wherever the classifier sits (``module.``
+# under DistributedDataParallel); a post-hook is not told its prefix.
+_NESTED_NAME = re.compile(rf"(^|\.){_ENCODER}\.(?=(backbone|pooler|projection)\.)")
+
+
+def _reported_names(module: nn.Module, incompatible: Any) -> None:
+    """load_state_dict post-hook: missing or unexpected names as they are saved.
+
+    ``incompatible`` is torch's ``_IncompatibleKeys``, whose lists may be changed in place.
+    """
+    for names in (incompatible.missing_keys, incompatible.unexpected_keys):
+        names[:] = [_NESTED_NAME.sub(r"\1", name, count=1) for name in names]
+
+
+def _head(model: ModelConfig, hidden: int, num_outputs: int) -> MLPHead:
+    if model.head == "esm":  # EsmClassificationHead's layers, for hf exports
+        return MLPHead(hidden, [hidden], num_outputs, model.head_dropout, nn.Tanh)
+    return MLPHead(hidden, model.head_hidden, num_outputs, model.head_dropout)
 
 
 def build_model(
     config: TrainConfig, num_outputs: int
 ) -> tuple[SequenceClassifier, PreTrainedTokenizerBase]:
-    """Load the backbone, set what trains, and add pooling and head.
+    """Build the encoder (backbone, what trains, pooling), then the head on it.
 
     Args:
         config: The full configuration.
@@ -129,18 +205,6 @@ def build_model(
     Returns:
         The model and its tokenizer.
     """
-    encoder, tokenizer = load_backbone(config.model)
-    if config.model.gradient_checkpointing:
-        encoder.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
-        if config.finetune.mode is FinetuneMode.LORA:
-            encoder.enable_input_require_grads()
-    backbone = apply_finetuning(encoder, config.finetune)
-    special = tuple(
-        token_id
-        for token_id in (tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        if token_id is not None
-    )
-    model = SequenceClassifier(backbone, num_outputs, config, special)
-    return model, tokenizer
+    encoder = build_encoder(config.model, config.finetune, max_length=config.data.max_length)
+    head = _head(config.model, encoder.hidden_size, num_outputs)
+    return SequenceClassifier(encoder, head), encoder.tokenizer

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import torch
-from safetensors.torch import load_file
-from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from esmtune.config import TrainConfig
-from esmtune.errors import ModelLoadError
+from esmtune.errors import RunDirError
 from esmtune.model.classifier import SequenceClassifier, build_model
+from esmtune.model.embedding_head import SOURCE_FILE
 from esmtune.model.interface import Classifier
+from esmtune.model.weights import load_weights
 from esmtune.rundir import WEIGHTS_FILE, read_run
 from esmtune.tasks import TaskSpec
 
@@ -50,34 +50,14 @@ def weights_to_save(model: SequenceClassifier, config: TrainConfig) -> dict[str,
     """The tensors a run must keep: trainable ones, or everything when nothing is downloadable.
 
     With ``pretrained: true`` the frozen backbone comes back from the hub or local folder, so only
-    trained parameters (LoRA adapters, unfrozen layers, pooling and head) are stored.
+    trained parameters (LoRA adapters, unfrozen layers, pooling and head) are stored. Names are
+    the state dict's (``backbone.…``, ``pooler.…``, ``head.…``): parameters are picked by
+    themselves, not by their module path, which has an ``encoder.`` level the saved names lack.
     """
-    state = model.state_dict()
-    if not config.model.pretrained:
-        return {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    return {name: state[name].detach().cpu().contiguous() for name in state if name in trainable}
-
-
-def load_weights(model: nn.Module, path: Path, complete: bool) -> None:
-    """Load saved tensors into ``model``, refusing anything that does not fit.
-
-    Args:
-        model: The rebuilt model.
-        path: A safetensors file from :func:`esmtune.rundir.save_weights`.
-        complete: True when the file must cover every tensor (random-init backbones).
-
-    Raises:
-        ModelLoadError: On unknown or (when ``complete``) missing tensors.
-    """
-    tensors = load_file(str(path))
-    result = model.load_state_dict(tensors, strict=False)
-    if result.unexpected_keys or (complete and result.missing_keys):
-        raise ModelLoadError(
-            f"{path} does not match the model rebuilt from the run's config "
-            f"(unexpected: {result.unexpected_keys[:3]}, missing: {result.missing_keys[:3]}); "
-            "was config.yaml edited after training?"
-        )
+    state = model.state_dict(keep_vars=True)
+    if config.model.pretrained:
+        state = {name: tensor for name, tensor in state.items() if tensor.requires_grad}
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
 
 
 def load_run(run_dir: Path | str) -> LoadedRun[SequenceClassifier]:
@@ -89,6 +69,13 @@ def load_run(run_dir: Path | str) -> LoadedRun[SequenceClassifier]:
     """
     run_dir = Path(run_dir)
     config, task = read_run(run_dir)
+    if (run_dir / SOURCE_FILE).is_file():
+        raise RunDirError(
+            f"{run_dir} is a head trained on precomputed embeddings (data.embeddings), with no "
+            "backbone of its own: predict with esmtune.Predictor / `esmtune predict` (from "
+            "--embeddings FILE, or sequences when the embedding model is known); export needs a "
+            "run whose backbone ran"
+        )
     model, tokenizer = build_model(config, task.num_outputs)
     load_weights(model, run_dir / WEIGHTS_FILE, complete=not config.model.pretrained)
     model.eval()

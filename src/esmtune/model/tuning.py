@@ -22,9 +22,11 @@ __all__ = [
     "Backbone",
     "ProgressiveUnfreezing",
     "apply_finetuning",
+    "backbone_blocks",
     "backbone_layers",
     "count_parameters",
     "merge_lora",
+    "unfreeze",
     "unfrozen_layers_at",
 ]
 
@@ -40,12 +42,49 @@ def backbone_layers(backbone: nn.Module) -> list[nn.Module]:
     raise ValueError("not an ESM2 encoder: it has no encoder.layer")
 
 
-def _final_norm(backbone: nn.Module) -> nn.Module | None:
-    """ESM2's layer norm after the last layer; it trains together with the last layer."""
+def _named_part(backbone: nn.Module, suffix: str) -> nn.Module | None:
+    """The module whose dotted name ends in ``suffix`` (through a peft wrapper), if any."""
     for name, module in backbone.named_modules():
-        if name.endswith("emb_layer_norm_after"):
+        if name == suffix or name.endswith(f".{suffix}"):
             return module
     return None
+
+
+def _final_norm(backbone: nn.Module) -> nn.Module | None:
+    """ESM2's layer norm after the last layer; it trains together with the last layer."""
+    return _named_part(backbone, "emb_layer_norm_after")
+
+
+def backbone_blocks(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The encoder's parts in reading order: embeddings, each layer, final norm, contact head.
+
+    What :meth:`~esmtune.model.encoder.ProteinEncoder.trainable_report` counts; LoRA adapters
+    sit inside the layers they adapt. ESM's contact head never runs here and never trains.
+    """
+    parts = [("embeddings", _named_part(backbone, "embeddings"))]
+    parts += [(f"layer {index}", layer) for index, layer in enumerate(backbone_layers(backbone))]
+    parts += [
+        ("final norm", _final_norm(backbone)),
+        ("contact head", _named_part(backbone, "contact_head")),
+    ]
+    return [(name, module) for name, module in parts if module is not None]
+
+
+def unfreeze(backbone: nn.Module, last_layers: int | None, embeddings: bool) -> None:
+    """Let more of the backbone train, leaving what already trains as it is.
+
+    Args:
+        backbone: The ESM2 encoder (or its peft wrapper).
+        last_layers: That many final layers (with the final norm) train; None: every layer.
+        embeddings: The token embeddings train too.
+    """
+    layers = backbone_layers(backbone)
+    count = len(layers) if last_layers is None else min(last_layers, len(layers))
+    for module in _layer_modules(backbone, count):
+        module.requires_grad_(True)
+    embedding = _named_part(backbone, "embeddings")
+    if embeddings and embedding is not None:
+        embedding.requires_grad_(True)
 
 
 def unfrozen_layers_at(finetune: FinetuneConfig, epoch: int, num_layers: int) -> int:
@@ -137,11 +176,13 @@ class ProgressiveUnfreezing:
             parameter.grad = None
 
 
-def apply_finetuning(backbone: EsmModel, finetune: FinetuneConfig) -> Backbone:
+def apply_finetuning(backbone: Backbone, finetune: FinetuneConfig) -> Backbone:
     """Set which backbone parameters train; returns the backbone (a peft model for LoRA).
 
     Args:
-        backbone: The ESM2 encoder.
+        backbone: The ESM2 encoder, or one that already carries LoRA adapters (a run's, kept
+            by :meth:`~esmtune.model.encoder.ProteinEncoder.from_pretrained`): in lora mode
+            those adapters train on, and no second set is added.
         finetune: The finetune section of the config; partial mode starts with
             ``unfreeze_last_layers`` layers (the training loop adds more when progressive).
 
@@ -149,6 +190,10 @@ def apply_finetuning(backbone: EsmModel, finetune: FinetuneConfig) -> Backbone:
         The backbone to use from now on.
     """
     mode = finetune.mode
+    if mode is FinetuneMode.LORA and not isinstance(backbone, EsmModel):
+        for name, parameter in backbone.named_parameters():
+            parameter.requires_grad_("lora_" in name)  # peft's prefix for adapter weights
+        return backbone
     if mode is FinetuneMode.LORA:
         from peft import LoraConfig, PeftModel, get_peft_model
 

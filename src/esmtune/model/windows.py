@@ -4,15 +4,20 @@ A sequence longer than the model's context is read as overlapping windows (see
 :func:`esmtune.data.batching.encode`). Each residue's state is the mean of its states in the
 windows that cover it; the ``<cls>`` and ``<eos>`` states are the mean over windows. Pooling then
 sees one sequence of residue states, as if the model had read it whole.
+
+A sequence whose windows exceed the token budget is read a few windows per pass instead
+(:func:`stream_windows`), stitched as they arrive (:class:`WindowStitcher`) into a
+:class:`ResidueSink` that pools as it goes, so memory does not grow with its length.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
 
-__all__ = ["ResidueSink", "WindowStitcher", "stitch_windows"]
+__all__ = ["ResidueSink", "WindowStitcher", "over_budget", "stitch_windows", "stream_windows"]
 
 
 def stitch_windows(
@@ -152,3 +157,56 @@ def _extend(buffer: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch
     """``buffer`` with ``rows`` zero rows appended (shaped like ``like``'s rows)."""
     zeros = torch.zeros((rows, *like.shape[1:]), dtype=torch.float32, device=like.device)
     return zeros if buffer is None else torch.cat([buffer, zeros])
+
+
+def over_budget(batch: dict[str, torch.Tensor], max_tokens: int) -> bool:
+    """Whether a batch is the windows of long sequence(s) too many to run in one pass.
+
+    The sampler puts a sequence whose windows exceed the budget in a batch of its own; such a
+    batch goes through :func:`stream_windows` instead of one forward pass.
+    """
+    return "window_owner" in batch and batch["input_ids"].numel() > max_tokens
+
+
+def stream_windows(
+    window_states: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch: dict[str, torch.Tensor],
+    max_tokens: int,
+    make_sink: Callable[[], ResidueSink],
+    device: torch.device | None = None,
+) -> list[torch.Tensor]:
+    """Each sequence of a windowed batch, read a few windows per pass; one result per sequence.
+
+    Args:
+        window_states: The backbone: ``(input_ids, attention_mask) -> (rows, tokens, hidden)``.
+        batch: A collated batch with ``window_owner`` and ``window_start`` (see ``pad_collate``).
+        max_tokens: Token budget of each forward pass (at least one window per pass).
+        make_sink: A fresh :class:`ResidueSink` per sequence (pooling, head, or a collector).
+        device: Where the inputs go.
+
+    Returns:
+        What each sequence's sink returned at ``close``, in the batch's sequence order.
+    """
+    owners = batch["window_owner"]
+    starts = batch["window_start"]
+    width = batch["input_ids"].shape[1]
+    per_pass = max(1, max_tokens // width)
+    results = []
+    for owner in range(int(owners.max()) + 1):
+        rows = (owners == owner).nonzero(as_tuple=True)[0]
+        rows = rows[torch.argsort(starts[rows], stable=True)]
+        stitcher = WindowStitcher(make_sink())
+        for first in range(0, len(rows), per_pass):
+            chunk = rows[first : first + per_pass]
+            mask = batch["attention_mask"][chunk]
+            longest = int(mask.sum(dim=1).max())
+            ids, mask = batch["input_ids"][chunk, :longest], mask[:, :longest]
+            if device is not None:
+                ids, mask = ids.to(device), mask.to(device)
+            hidden = window_states(ids, mask)
+            lengths = mask.sum(dim=1).tolist()
+            for row, length in enumerate(lengths):
+                start = int(starts[chunk[row]])
+                stitcher.add(start, hidden[row, 0], hidden[row, 1 : length - 1])
+        results.append(stitcher.finish())
+    return results

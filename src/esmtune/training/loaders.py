@@ -27,10 +27,12 @@ from esmtune.data.batching import (
     pad_collate,
 )
 from esmtune.data.check import DataReport
+from esmtune.data.embedding_files import EmbeddingFile, read_embeddings
 from esmtune.data.fasta import SequenceRecord
 from esmtune.embeddings import (
     EmbeddedDataset,
     EmbeddingCache,
+    FileEmbeddings,
     embedding_collate,
     pooled_embeddings,
 )
@@ -39,7 +41,7 @@ from esmtune.model.classifier import SequenceClassifier
 from esmtune.tasks import TaskSpec
 from esmtune.training.log import say
 
-__all__ = ["encode_split", "make_loaders"]
+__all__ = ["encode_split", "evaluation_sample", "make_embedding_loaders", "make_loaders"]
 
 
 def encode_split(
@@ -61,6 +63,24 @@ def evaluation_sample(
     count = min(len(records), max(processes, round(fraction * len(records))))
     chosen = sorted(random.Random(seed).sample(range(len(records)), count))
     return [records[i] for i in chosen]
+
+
+def _split_records(
+    accelerator: Accelerator, config: TrainConfig, report: DataReport
+) -> dict[str, list[SequenceRecord]]:
+    """Train's records, and validation's (or the sample training.eval_fraction asks for)."""
+    training = config.training
+    validation = report.splits["validation"]
+    sample = evaluation_sample(
+        validation, training.eval_fraction, training.seed, accelerator.num_processes
+    )
+    if len(sample) < len(validation):
+        say(
+            accelerator,
+            f"validation: evaluating on {len(sample)} of {len(validation)} sequences "
+            f"(training.eval_fraction {training.eval_fraction:g}, seeded)",
+        )
+    return {"train": report.splits["train"], "validation": sample}
 
 
 def _encode(
@@ -87,20 +107,7 @@ def make_loaders(
     Returns:
         The train loader, its sampler (re-seeded every epoch) and the validation loader.
     """
-    training = config.training
-    validation = report.splits["validation"]
-    records = {
-        "train": report.splits["train"],
-        "validation": evaluation_sample(
-            validation, training.eval_fraction, training.seed, accelerator.num_processes
-        ),
-    }
-    if len(records["validation"]) < len(validation):
-        say(
-            accelerator,
-            f"validation: evaluating on {len(records['validation'])} of {len(validation)} "
-            f"sequences (training.eval_fraction {training.eval_fraction:g}, seeded)",
-        )
+    records = _split_records(accelerator, config, report)
     encoded = {split: _encode(recs, tokenizer, config, spec) for split, recs in records.items()}
     datasets: Mapping[str, BudgetedDataset] = encoded
     if _caches_embeddings(config):
@@ -117,6 +124,43 @@ def make_loaders(
         collate_fn=_collate(val_set, tokenizer.pad_token_id),
     )  # fmt: skip
     return train_loader, train_sampler, val_loader
+
+
+# Sequences per batch when a head trains on embeddings from a file and training.batch_size is
+# unset: pooled vectors cost one token each, so the token budget alone would allow thousands.
+EMBEDDING_BATCH = 32
+
+
+def make_embedding_loaders(
+    accelerator: Accelerator, config: TrainConfig, report: DataReport, spec: TaskSpec
+) -> tuple[EmbeddingFile, DataLoader, TokenBudgetBatchSampler, DataLoader]:
+    """Loaders over the embeddings of ``data.embeddings`` (checked by the data check).
+
+    Returns:
+        The file, the train loader, its sampler (re-seeded every epoch) and the validation loader.
+    """
+    assert config.data.embeddings is not None
+    found = read_embeddings(config.data.embeddings)
+    training = config.training
+    records = _split_records(accelerator, config, report)
+    datasets = {
+        split: FileEmbeddings([found.vectors[r.id] for r in recs], spec.encode_targets(recs))
+        for split, recs in records.items()
+    }
+    say(
+        accelerator,
+        f"{found.path}: training the head on {'per-residue' if found.per_residue else 'pooled'} "
+        f"embeddings of size {found.dim}; no backbone runs (model.name and finetune unused)",
+    )
+    batch = training.batch_size or EMBEDDING_BATCH
+    processes = accelerator.num_processes
+    train_loader, sampler = _make_train_loader(datasets["train"], config, 0, processes, batch)
+    val_set = datasets["validation"]
+    val_loader = eval_loader(
+        val_set, training.max_tokens, 0, max_sequences=batch, num_replicas=processes,
+        collate_fn=val_set.collate,
+    )  # fmt: skip
+    return found, train_loader, sampler, val_loader
 
 
 def _caches_embeddings(config: TrainConfig) -> bool:
@@ -173,6 +217,7 @@ def _make_train_loader(
     config: TrainConfig,
     pad_token_id: int,
     processes: int,
+    max_sequences: int | None = None,
 ) -> tuple[DataLoader, TokenBudgetBatchSampler]:
     training = config.training
     sampler = TokenBudgetBatchSampler(
@@ -181,7 +226,7 @@ def _make_train_loader(
         shuffle=True,
         seed=training.seed,
         window_counts=dataset.window_counts,
-        max_sequences=training.batch_size,
+        max_sequences=max_sequences or training.batch_size,
         num_replicas=processes,
     )
     loader = DataLoader(
@@ -199,6 +244,8 @@ def _make_train_loader(
 def _collate(
     dataset: BudgetedDataset, pad_token_id: int
 ) -> Callable[[list[Any]], dict[str, torch.Tensor]]:
+    if isinstance(dataset, FileEmbeddings):
+        return dataset.collate
     if isinstance(dataset, EmbeddedDataset):
         return embedding_collate
     return partial(pad_collate, pad_token_id=pad_token_id)
