@@ -34,6 +34,10 @@ RANKS: dict[str, float] = {
     "predict": 7,
     # predict --interactive's prompt loop: given a predictor, it imports none.
     "interactive": 7,
+    # Residue scores and attention maps of a torch model, read as predict reads; predict offers
+    # them (Predictor.explain), so explain sits just below it. Its options are torch-free.
+    "explain": 6.5,
+    "explain_options": 1,
     "serve": 8,
     "predict_options": 7,
     # Writing an export checks it with predict; loading one is below predict, which reads exports.

@@ -156,6 +156,8 @@ def test_readme_sections_come_with_their_links_pointed_at_site_pages() -> None:
     assert "](#" not in shown  # no README anchor left dangling
     train = site_pages()["commands/train.md"]
     assert "](performance.md)" not in train and "](../performance.md)" in train
+    api = site_pages()["reference/python-api.md"]  # README links into docs/, as GitHub reads them
+    assert "](../encoder.md)" in api and "](docs/" not in api
 
 
 def test_a_readme_link_with_no_page_here_stops_the_build(monkeypatch) -> None:
@@ -163,6 +165,8 @@ def test_a_readme_link_with_no_page_here_stops_the_build(monkeypatch) -> None:
     monkeypatch.setattr(hook, "README_LINKS", {})
     with pytest.raises(hook.DocsError, match="README link to #"):
         hook.expand("# Security\n\n<!-- esmtune readme Security and limits -->\n", "security.md")
+    with pytest.raises(hook.DocsError, match=r"README link to docs/gone\.md: no such page"):
+        hook._relink("[a guide](docs/gone.md)", "index.md")
 
 
 # --- the Python examples ----------------------------------------------------------------------

@@ -279,20 +279,31 @@ def _list_indents(text: str) -> str:
 
 
 def _relink(text: str, page: str) -> str:
-    """README anchors to the pages of this site that hold those sections."""
+    """README links, pointed at this site's pages.
 
-    def link(match: re.Match[str]) -> str:
-        anchor = match.group(1)
-        if anchor not in README_LINKS:
-            raise DocsError(f"README link to {anchor} has no page here: add it to README_LINKS")
-        target = README_LINKS[anchor]
+    An anchor goes to the page that holds its section (README_LINKS); a link into docs/, which
+    GitHub follows, goes to the same page here.
+    """
+
+    def relative(target: str) -> str:
         path, _, fragment = target.partition("#")
-        relative = posixpath.relpath(path, posixpath.dirname(page) or ".")
-        if path == page:
-            relative = ""
-        return f"]({relative}{'#' + fragment if fragment else ''})"
+        where = "" if path == page else posixpath.relpath(path, posixpath.dirname(page) or ".")
+        return f"]({where}{'#' + fragment if fragment else ''})"
 
-    return re.sub(r"\]\((#[^)]*)\)", link, text)
+    def anchor(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in README_LINKS:
+            raise DocsError(f"README link to {name} has no page here: add it to README_LINKS")
+        return relative(README_LINKS[name])
+
+    def docs_page(match: re.Match[str]) -> str:
+        target = match.group(1)
+        if not (ROOT / "docs" / target.partition("#")[0]).is_file():
+            raise DocsError(f"README link to docs/{target}: no such page")
+        return relative(target)
+
+    text = re.sub(r"\]\((#[^)]*)\)", anchor, text)
+    return re.sub(r"\]\(docs/([^)]*)\)", docs_page, text)
 
 
 def _readme(argument: str, page: str, level: int) -> str:

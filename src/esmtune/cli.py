@@ -35,6 +35,7 @@ from esmtune.config import (
 )
 from esmtune.data.layout import SPLITS
 from esmtune.errors import EsmtuneError
+from esmtune.explain_options import PLOT_SUFFIXES, ExplainOptions, one_figure
 from esmtune.export.names import AUTO, RUNTIMES, FormatName
 from esmtune.predict_options import PredictOptions
 from esmtune.serve import ServeSettings
@@ -360,7 +361,7 @@ def _add_sequence_inputs(command: argparse.ArgumentParser) -> None:
     )
 
 
-def _read_inputs(args: argparse.Namespace) -> list:
+def _read_inputs(args: argparse.Namespace, verb: str = "predict") -> list:
     from esmtune.data.fasta import SequenceRecord, parse_fasta, read_fasta
 
     records: list[SequenceRecord] = []
@@ -374,7 +375,7 @@ def _read_inputs(args: argparse.Namespace) -> list:
         records += list(parse_fasta(sys.stdin, "<stdin>"))
     if not records:
         raise EsmtuneError(
-            "nothing to predict: give FASTA files, --sequence SEQ, or FASTA on standard input"
+            f"nothing to {verb}: give FASTA files, --sequence SEQ, or FASTA on standard input"
         )
     return records
 
@@ -534,6 +535,80 @@ def _predict_interactively(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- explain ---------------------------------------------------------------------------------
+
+# How `explain` runs the model: predict's options but two. Explaining runs torch (gradients,
+# attention weights), never ONNX, and in float32, since bf16 gradients would break IG's sums.
+_EXPLAIN_MODEL_OPTIONS = ["device", "max_tokens", "long_sequences"]
+
+
+def _explain_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "run", type=Path, metavar="RUN", help="run directory, or an hf folder of `esmtune export`"
+    )
+    _add_sequence_inputs(command)
+    _add_fields(command, ExplainOptions, list(ExplainOptions.model_fields))
+    command.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        metavar="FILE",
+        help="write the TSV to FILE [standard output]",
+    )
+    *others, last = PLOT_SUFFIXES
+    command.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE_OR_DIR",
+        help=f"draw the scores along each sequence: a {', '.join(others)} or {last} file holds "
+        "one track per sequence; a folder gets one PNG per sequence, named by id",
+    )
+    _add_fields(command, PredictOptions, _EXPLAIN_MODEL_OPTIONS)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    """Score each residue for what a run predicted.
+
+    Why a run predicted what it did, one score per residue: integrated gradients on the input
+    embeddings (--method ig, with Captum) for the predicted label or --label, or attention
+    rollout (--method rollout). Sequences come from FASTA files, --sequence or standard input
+    and are read as predict reads them. Writes a TSV (id, position from 1, residue, score,
+    method, label) to standard output unless --output is given; --plot draws the scores along
+    each sequence. Needs the model in torch (a run or an hf export) and, for ig, the explain
+    extra: pip install 'esmtune[explain]'.
+    """
+    from esmtune.explain import plot_explanations, write_explanations
+    from esmtune.predict import Predictor
+
+    records = _read_inputs(args, "explain")
+    if args.plot is not None:
+        one_figure(args.plot, len(records))  # a bad path stops before the model loads
+    options = {name: getattr(args, name) for name in _EXPLAIN_MODEL_OPTIONS}
+    predictor = Predictor.load(args.run, **options)
+    explanations = predictor.explain(
+        records, args.label, args.method, args.steps, progress=len(records) > 10
+    )
+    cut = sum(item.unread > 0 for item in explanations)
+    if cut:
+        print(
+            f"note: {cut} sequence(s) longer than the model's {predictor.max_length} residues "
+            f"were cut (--long-sequences {predictor.long_sequences.value}): residues not read "
+            "score NaN",
+            file=sys.stderr,
+        )
+    if args.output is not None:
+        with args.output.open("w", newline="") as handle:
+            write_explanations(explanations, handle)
+        print(f"{len(explanations)} explanation(s) written to {args.output}", file=sys.stderr)
+    else:
+        write_explanations(explanations, sys.stdout)
+    if args.plot is not None:
+        written = plot_explanations(explanations, args.plot)
+        shown = str(written[0]) if len(written) == 1 else f"{len(written)} files in {args.plot}"
+        print(f"plot: {shown}", file=sys.stderr)
+    return 0
+
+
 # Poolings embed offers: attention pooling is learned, so it exists only inside a trained head.
 _EMBED_POOLINGS = [pooling.value for pooling in Pooling if pooling is not Pooling.ATTENTION]
 
@@ -582,7 +657,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         raise EsmtuneError(f"--out {args.out}: name a {', '.join(others)} or {last} file")
     if args.out.exists() and not args.overwrite:
         raise EsmtuneError(f"{args.out} exists; choose another --out or add --overwrite")
-    records = _read_inputs(args)
+    records = _read_inputs(args, "embed")
     model, tokenizer, trained_length = load_embedder(args.model, args.revision)
     max_length = args.max_length or trained_length
     model.to(args.device or ("cuda" if _cuda_available() else "cpu"))
@@ -764,6 +839,7 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], _Handler]]
     "data check": (_data_check_options, _cmd_data_check),
     "evaluate": (_evaluate_options, _cmd_evaluate),
     "predict": (_predict_options, _cmd_predict),
+    "explain": (_explain_options, _cmd_explain),
     "embed": (_embed_options, _cmd_embed),
     "export": (_export_options, _cmd_export),
     "baseline": (_baseline_options, _cmd_baseline),

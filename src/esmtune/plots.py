@@ -1,8 +1,9 @@
-"""Figures to look at after training: confusion matrix, ROC/PR curves, scatter, training curves.
+"""Figures: confusion matrix, ROC/PR curves, scatter, training curves, residue-score tracks.
 
-Each function writes one PNG and closes its figure, so a long evaluation never piles up open
-figures. matplotlib is imported inside the functions (Agg backend, no display needed) so that
-importing this module stays cheap for commands that draw nothing.
+Each function writes one figure (PNG unless its path says .svg or .pdf) and closes it, so that a
+long evaluation never piles up open figures. matplotlib is imported inside the functions (Agg
+backend, no display needed) so that importing this module stays cheap for commands that draw
+nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _pyplot() -> Any:
 
 
 def _save(figure: Figure, path: Path) -> None:
-    """Write the figure as a PNG, creating its folder, and free it."""
+    """Write the figure in the format of its suffix, creating its folder, and free it."""
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
@@ -345,3 +346,53 @@ def _epoch_ticks(axes: Axes, epochs: list[float]) -> None:
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     if epochs[0] == epochs[-1]:
         axes.set_xlim(epochs[0] - 1, epochs[0] + 1)
+
+
+# Up to this many residues a track names each one under its position; longer chains get
+# position numbers, as letters would overlap.
+RESIDUE_TICKS_UP_TO = 80
+
+
+def plot_residue_scores(
+    tracks: Sequence[tuple[str, str, np.ndarray]], path: Path, title: str
+) -> None:
+    """Draw one track per sequence: a bar per residue, evidence for up, against down.
+
+    Args:
+        tracks: ``(name, sequence, scores)`` per sequence, ``scores`` one per residue; NaN marks
+            residues the model did not read, shaded grey.
+        path: Where to write the figure; its suffix (.png, .svg, .pdf) sets the format.
+        title: Figure title (what was explained, and how).
+    """
+    plt = _pyplot()
+    longest = max((len(sequence) for _, sequence, _ in tracks), default=1)
+    lettered = longest <= RESIDUE_TICKS_UP_TO
+    width = min(16.0, max(6.0, 0.12 * longest + 1.5)) if lettered else 12.0
+    figure, grid = plt.subplots(
+        len(tracks), 1, figsize=(width, 0.6 + 1.9 * len(tracks)), squeeze=False
+    )
+    figure.suptitle(title)
+    for axes, (name, sequence, scores) in zip(grid[:, 0], tracks, strict=True):
+        values = np.asarray(scores, dtype=float)
+        positions = np.arange(1, len(values) + 1)
+        read = np.isfinite(values)
+        shown = np.where(read, values, 0.0)
+        colours = np.where(shown >= 0, "#b2182b", "#2166ac")  # for the label red, against blue
+        axes.bar(positions, shown, width=0.85, color=colours)
+        for position in positions[~read]:
+            axes.axvspan(position - 0.5, position + 0.5, color="0.9", linewidth=0)
+        axes.axhline(0, color="0.4", linewidth=0.6)
+        axes.set_xlim(0.5, len(values) + 0.5)
+        axes.set_title(name, fontsize=10, loc="left")
+        axes.set_ylabel("score")
+        if lettered:
+            axes.set_xticks(positions, list(sequence), fontsize=7, fontfamily="monospace")
+            axes.tick_params(axis="x", length=0)
+        else:
+            from matplotlib.ticker import MaxNLocator
+
+            axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if not read.any():
+            _note(axes, "no residue read")
+    grid[-1, 0].set_xlabel("residue" if lettered else "residue position")
+    _save(figure, path)

@@ -18,10 +18,12 @@ from esmtune.data.embedding_files import read_embeddings
 from esmtune.data.fasta import SequenceRecord
 from esmtune.embeddings import FileEmbeddings, load_embedding_run
 from esmtune.errors import DataError, EsmtuneError
+from esmtune.explain import Explainer, Explanation, torch_run
+from esmtune.explain_options import DEFAULT_STEPS, ExplainOptions, Method
 from esmtune.export.formats import export_format
 from esmtune.export.load import check_export_loadable, open_export
 from esmtune.export.names import AUTO, Runtime
-from esmtune.inference import predict_outputs
+from esmtune.inference import inference_budget, predict_outputs
 from esmtune.model.backbone import check_backbone_available
 from esmtune.model.embedding_head import EmbeddingClassifier, EmbeddingSource
 from esmtune.model.interface import Classifier
@@ -400,6 +402,80 @@ class Predictor:
             for result in self.predict(sequences, top_k=top_k, progress=progress)
         ]
         return pd.DataFrame(rows)
+
+    def explain(
+        self,
+        sequences: Iterable[str | SequenceRecord] | Mapping[str, str],
+        label: str | None = None,
+        method: Method | str = Method.IG,
+        steps: int = DEFAULT_STEPS,
+        progress: bool = False,
+    ) -> list[Explanation]:
+        """Why the model predicted what it did: a score per residue (see :mod:`esmtune.explain`).
+
+        Sequences are read as :meth:`predict` reads them (long ones in windows, by default), in
+        float32.
+
+        Args:
+            sequences: Plain sequences, ``{id: sequence}``, or records.
+            label: The label (regression: the target) to explain; None: each sequence's
+                predicted label (multilabel: its most probable; regression: the first target).
+            method: ``ig`` (integrated gradients on the input embeddings, needs Captum:
+                ``pip install 'esmtune[explain]'``) or ``rollout`` (attention rollout, the same
+                for every label).
+            steps: Integrated gradients' points along the path (more: closer to the integral).
+            progress: Show a progress bar.
+
+        Returns:
+            One :class:`~esmtune.explain.Explanation` per input, in input order: ``id``,
+            ``sequence``, ``label``, ``method``, ``scores`` (a float32 array, one per residue,
+            no ``<cls>``/``<eos>``; NaN for residues a cut sequence left out), ``output`` and,
+            for ``ig``, ``baseline_output`` (the scores sum to the difference).
+
+        Raises:
+            DataError: On empty sequences or invalid residues, naming every record.
+            EsmtuneError: On an unknown label, method or step count, a missing Captum, or a
+                model not in torch (an ONNX export).
+        """
+        options = ExplainOptions.checked(label=label, method=method, steps=steps)
+        records = as_records(sequences)
+        self._validate(records)
+        return self._explainer().explain(records, options, progress)
+
+    def attention(self, sequence: str | SequenceRecord, special_tokens: bool = False) -> np.ndarray:
+        """The raw attention maps of one sequence, every layer and head (for those who study them).
+
+        Computed with eager attention for this call (sdpa, the default, computes no weights).
+
+        Args:
+            sequence: One sequence (or record) of at most ``max_length`` residues.
+            special_tokens: Keep the ``<cls>`` and ``<eos>`` rows and columns (first and last),
+                so that each row sums to 1; without them rows lose those shares.
+
+        Returns:
+            A float32 array ``(layers, heads, L, L)``, ``L`` the residues (+ 2 with
+            ``special_tokens``): ``maps[layer, head, i, j]`` is how much position i attends to
+            position j, first layer first, positions 0-based.
+
+        Raises:
+            DataError: On an empty sequence or invalid residues.
+            EsmtuneError: On a sequence longer than max_length (pass a slice), or a model not in
+                torch.
+        """
+        records = as_records([sequence])
+        self._validate(records)
+        return self._explainer().attention(records[0], special_tokens)
+
+    def _explainer(self) -> Explainer:
+        """Explanations read sequences as :meth:`predict` does (windows, budget, device)."""
+        return Explainer(
+            torch_run(self.run),
+            self.device,
+            self.max_length,
+            self.long_sequences,
+            self.window_stride,
+            self.options.max_tokens or inference_budget(self.device),
+        )
 
 
 def _text_block(task: TaskSpec, result: dict[str, Any]) -> list[str]:

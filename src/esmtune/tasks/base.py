@@ -227,6 +227,19 @@ class TaskSpec:
         """One result per row of ``outputs``: the task's prediction format."""
         raise NotImplementedError
 
+    def label_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each label's probability (regression: each target's value), ``(batch, labels)``.
+
+        Differentiable, so that an explanation can follow a label back to the residues: the
+        activation's columns in the order of :attr:`labels`, before any consistency step that
+        :meth:`outputs` applies.
+        """
+        return self.activation(logits).reshape(len(logits), len(self.labels))
+
+    def decided_label(self, outputs: np.ndarray) -> int:
+        """The index in :attr:`labels` of what one row of :meth:`outputs` decided: the likeliest."""
+        return int(np.argmax(outputs))
+
     @property
     def default_top_k(self) -> int | None:
         """How many ranked labels a prediction shows unless asked (None: no ranking)."""

@@ -99,6 +99,15 @@ class BinaryTask(SingleLabelTask):
         """P(positive), shape ``(batch,)``."""
         return torch.sigmoid(logits.float()[:, 0])
 
+    def label_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """P(negative) and P(positive): the one output stands for both labels."""
+        positive = self.activation(logits)
+        return torch.stack([1 - positive, positive], dim=1)
+
+    def decided_label(self, outputs: np.ndarray) -> int:
+        """The positive label at or above the threshold, else the negative one."""
+        return int(float(outputs) >= self.threshold)
+
     def tune(self, targets: np.ndarray, outputs: np.ndarray) -> list[float] | None:
         """The threshold that maximises objective.threshold_metric on validation."""
         if not self.objective.tune_thresholds:

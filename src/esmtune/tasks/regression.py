@@ -166,6 +166,10 @@ class RegressionTask(TaskSpec):
             results.append(result)
         return results
 
+    def decided_label(self, outputs: np.ndarray) -> int:
+        """No target is chosen by a prediction: the first one."""
+        return 0
+
     def agreement(self, reference: np.ndarray, other: np.ndarray) -> float:
         """Share of sequences whose every value is within 1% of the values' spread."""
         spread = np.maximum(reference.std(axis=0), 1e-6)
