@@ -35,7 +35,8 @@ class DataReport:
     """The records that passed, the label set and everything found on the way.
 
     ``labels`` are the class names (binary: negative first, positive second), the multilabel
-    vocabulary, or the regression target names, in the order of the model's outputs.
+    vocabulary, the regression target names, or per residue the classes of train's unmasked
+    residues (residue_regression: ``value``), in the order of the model's outputs.
     """
 
     data_path: Path
