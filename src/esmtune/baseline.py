@@ -18,7 +18,7 @@ from esmtune.config import DataConfig, Task
 from esmtune.data.check import check_dataset
 from esmtune.data.embedding_files import read_embeddings
 from esmtune.data.fasta import SequenceRecord
-from esmtune.errors import DataError
+from esmtune.errors import DataError, EsmtuneError
 from esmtune.tasks import task_class
 
 __all__ = ["composition_baseline", "composition_features", "embedding_baseline"]
@@ -107,6 +107,12 @@ def _linear_baseline(
     features: Callable[[list[SequenceRecord]], np.ndarray],
 ) -> dict[str, Any]:
     """The task's linear model on ``features`` of train, scored on ``split``, beside trivial."""
+    if task_class(task).per_residue:
+        raise EsmtuneError(
+            f"baseline: task={Task(task).value} predicts per residue; its baseline (a one-hot "
+            "window of residues) is not implemented yet: compare with the majority class in "
+            "`esmtune data check`'s class shares"
+        )
     if not isinstance(data, DataConfig):
         data = DataConfig(path=Path(data))
     data = data.model_copy(update={"drop_conflicts": True, "drop_duplicates": True})

@@ -80,6 +80,7 @@ class TaskOptions:
     target_column: str  # the target column's name unless data.target_columns says otherwise
     several_targets: bool  # whether data.target_columns may name more than one column
     options: frozenset[str]  # the task-specific keys (of TASK_SPECIFIC_KEYS) that apply to it
+    per_residue: bool = False  # one prediction per residue (a head on every residue state)
 
 
 # A task's config literal: adding a task adds a Task member and its row here.
@@ -114,12 +115,14 @@ TASK_OPTIONS: dict[Task, TaskOptions] = {
         "label",
         several_targets=False,
         options=frozenset(),
+        per_residue=True,
     ),
     Task.RESIDUE_REGRESSION: TaskOptions(
         ("spearman", "pearson", "rmse", "mae", "r2", "loss"),
         "target",
         several_targets=False,
         options=frozenset(),
+        per_residue=True,
     ),
 }
 
@@ -163,6 +166,7 @@ def task_problems(task: Task, values: Mapping[str, Any]) -> list[str]:
         problems.append(
             f"data.target_columns: task={task.value} reads one label column, got {columns}"
         )
+    problems += _head_problems(task, values)
     metric = values.get("training.early_stopping.metric")
     metrics = TASK_METRICS[task]
     if metric is not None and metric not in metrics:
@@ -171,6 +175,29 @@ def task_problems(task: Task, values: Mapping[str, Any]) -> list[str]:
         problems.append(
             f"training.early_stopping.metric: '{metric}' is not a {task.value} metric; "
             f"{hint}choose one of {', '.join(metrics)}"
+        )
+    return problems
+
+
+def _head_problems(task: Task, values: Mapping[str, Any]) -> list[str]:
+    """Heads that read one vector per protein or one state per residue, on the other kind."""
+    head = values.get("model.head")
+    per_residue = TASK_OPTIONS[task].per_residue
+    problems = []
+    if head == "cnn" and not per_residue:
+        problems.append(
+            f"model.head=cnn convolves over residue states, for residue_classification or "
+            f"residue_regression; task={task.value} predicts per protein: use mlp or esm"
+        )
+    if head == "esm" and per_residue:
+        problems.append(
+            f"model.head=esm reads the <cls> state; task={task.value} predicts per residue: "
+            "use mlp or cnn"
+        )
+    if per_residue and values.get("data.embeddings") is not None:
+        problems.append(
+            f"data.embeddings: task={task.value} cannot train on precomputed embeddings yet; "
+            "leave data.embeddings unset so that ESM2 runs"
         )
     return problems
 
@@ -469,12 +496,21 @@ class ModelConfig(_Section):
         description="false = same architecture with random weights (offline runs, benchmarks).",
     )
     pooling: Pooling = Field(Pooling.MEAN, description="cls, mean, max or attention pooling.")
-    head: Literal["mlp", "esm"] = Field(
+    head: Literal["mlp", "esm", "cnn"] = Field(
         "mlp",
         description="mlp: dropout, then Linear + GELU + dropout per head_hidden size, then a "
-        "linear layer. esm: the head of transformers' EsmForSequenceClassification (the <cls> "
-        "state, a dense layer of the model's width, tanh, a linear layer; needs pooling: cls), "
-        "so that `esmtune export --format hf` loads with AutoModelForSequenceClassification.",
+        "linear layer (per residue tasks: on every residue state). esm: the head of "
+        "transformers' EsmForSequenceClassification (the <cls> state, a dense layer of the "
+        "model's width, tanh, a linear layer; needs pooling: cls), so that `esmtune export "
+        "--format hf` loads with AutoModelForSequenceClassification. cnn (per-residue tasks): "
+        "two 1D convolutions over the residue states (head_channels, head_kernel_size), as "
+        "biotrainer's and NetSurfP's CNN heads.",
+    )
+    head_channels: int = Field(32, ge=1, description="cnn head: channels of its first convolution.")
+    head_kernel_size: int = Field(
+        7,
+        ge=1,
+        description="cnn head: residues each convolution reads (odd, so that it is centred).",
     )
     head_hidden: list[int] = Field(
         default_factory=lambda: [256],
@@ -504,6 +540,11 @@ class ModelConfig(_Section):
     def _positive_hidden(self) -> ModelConfig:
         if any(size < 1 for size in self.head_hidden):
             raise ValueError("model.head_hidden: every size must be >= 1")
+        if self.head_kernel_size % 2 == 0:
+            raise ValueError(
+                f"model.head_kernel_size must be odd, so that it is centred on each residue "
+                f"(it is {self.head_kernel_size}); use {self.head_kernel_size + 1}"
+            )
         if self.init_skip and self.init_from is None:
             raise ValueError("model.init_skip names weights to skip from model.init_from: set it")
         if self.head == "esm" and self.pooling is not Pooling.CLS:

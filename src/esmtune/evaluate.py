@@ -15,7 +15,7 @@ from esmtune.data.embedding_files import read_embeddings
 from esmtune.data.fasta import SequenceRecord
 from esmtune.embeddings import FileEmbeddings, load_embedding_run
 from esmtune.errors import DataError
-from esmtune.inference import eval_loader, iterate_outputs, predict_outputs
+from esmtune.inference import eval_loader, iterate_outputs, place_residues, predict_outputs
 from esmtune.model.run_model import load_run
 from esmtune.rundir import atomic_write_text, read_run
 from esmtune.storage import check_writable, storage_errors
@@ -117,12 +117,13 @@ def evaluate_run(
         )  # fmt: skip
         outputs = predict_outputs(
             loaded.model,
-            EncodedDataset(windows, targets),
+            EncodedDataset(windows, targets, residue_targets=task.per_residue),
             task.outputs,
             max_tokens,
             loaded.tokenizer.pad_token_id,
             progress=progress,
         )
+        outputs = place_residues(outputs, windows, [len(r.sequence) for r in records])
     metrics = {
         "task": config.task.value,
         "split": split,

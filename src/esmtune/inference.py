@@ -5,6 +5,12 @@ the budget, and a sequence whose windows alone exceed it (a 35,000-residue titin
 windows of 1,022) is read a few windows per forward pass, its windows stitched and pooled as they
 come (:class:`~esmtune.model.windows.WindowStitcher`), never all held at once.
 
+Outputs are one row per sequence, stacked into one array; a per-residue model's are ragged, one
+``(residues, outputs)`` array per sequence, held in a 1-D object array (:func:`sequence_rows`)
+so that everything that passes outputs along keeps one type. Residues a cut sequence
+(``truncate``, ``centre``) left unread get NaN rows (:func:`place_residues`), never another
+residue's output.
+
 The loader (:func:`~esmtune.data.batching.eval_loader`) and the pass-by-pass reading
 (:func:`~esmtune.model.windows.stream_windows`) live upstream, where
 :class:`~esmtune.model.encoder.ProteinEncoder` uses them too; they are re-exported here.
@@ -21,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from esmtune.data.batching import EncodedDataset, eval_loader
+from esmtune.data.batching import EncodedDataset, Window, eval_loader
 from esmtune.model.interface import Classifier
 from esmtune.model.windows import over_budget, stream_windows
 
@@ -32,8 +38,10 @@ __all__ = [
     "iterate_outputs",
     "model_inputs",
     "over_budget",
+    "place_residues",
     "precision_context",
     "predict_outputs",
+    "sequence_rows",
     "stream_windows",
 ]
 
@@ -101,8 +109,11 @@ def _unwrapped(model: Any) -> Any:
 
 def _batch_logits(
     model: Any, batch: dict[str, torch.Tensor], device: torch.device | None, max_tokens: int | None
-) -> torch.Tensor:
-    """One forward pass, or passes within the budget for windows that exceed it."""
+) -> torch.Tensor | list[torch.Tensor]:
+    """One forward pass, or passes within the budget for windows that exceed it.
+
+    Streamed per-residue logits stay one ``(residues, outputs)`` tensor per sequence.
+    """
     if "window_owner" in batch:  # (batches of cached embeddings have no tokens at all)
         budget = max_tokens or inference_budget(device or batch["input_ids"].device)
         if over_budget(batch, budget):
@@ -110,8 +121,55 @@ def _batch_logits(
             passes = stream_windows(
                 inner.window_states, batch, budget, inner.long_sequence_sink, device
             )
-            return torch.cat(passes)
+            return passes if getattr(inner, "per_residue", False) else torch.cat(passes)
     return model(**model_inputs(batch, device))
+
+
+def _residues_read(batch: dict[str, torch.Tensor]) -> list[int]:
+    """Residues each sequence of a batch was read with (stitched, or its one input's)."""
+    if "residue_count" in batch:
+        return [int(count) for count in batch["residue_count"].tolist()]
+    return [int(count) - 2 for count in batch["attention_mask"].sum(dim=1).tolist()]
+
+
+def _ragged(rows: list[np.ndarray]) -> np.ndarray:
+    """A 1-D object array holding one array per sequence (never broadcast into one block)."""
+    array = np.empty(len(rows), dtype=object)
+    for position, row in enumerate(rows):
+        array[position] = row
+    return array
+
+
+def sequence_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """Each sequence's outputs as one array: stacked rows, or ragged per-residue arrays.
+
+    A per-residue model's row is 2-D ``(residues, outputs)``; those go in a 1-D object array.
+    """
+    if rows and rows[0].ndim == 2:
+        return _ragged(rows)
+    return np.stack(rows)
+
+
+def place_residues(
+    outputs: np.ndarray, windows: list[list[Window]], lengths: list[int]
+) -> np.ndarray:
+    """Per-residue outputs over each whole sequence: NaN rows where residues were not read.
+
+    A cut sequence (``truncate``, ``centre``) is read from its first window's start; its outputs
+    go back to those residues, never shifted onto others. Sequence-level outputs pass unchanged.
+    """
+    if outputs.dtype != object:
+        return outputs
+    placed = []
+    for row, parts, length in zip(outputs, windows, lengths, strict=True):
+        start = parts[0].start
+        if start == 0 and len(row) == length:
+            placed.append(row)
+            continue
+        whole = np.full((length, *row.shape[1:]), np.nan, dtype=np.float32)
+        whole[start : start + len(row)] = row
+        placed.append(whole)
+    return _ragged(placed)
 
 
 @torch.inference_mode()
@@ -124,13 +182,22 @@ def iterate_outputs(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (input indices, outputs) per batch; the model must be in eval mode.
 
-    ``outputs`` turns logits into what the task reports (e.g. :meth:`TaskSpec.outputs`). A batch
+    ``outputs`` turns logits into what the task reports (e.g. :meth:`TaskSpec.outputs`); a
+    per-residue model's outputs are an object array of ``(residues, outputs)`` arrays. A batch
     of long sequences whose windows exceed ``max_tokens`` (default: :func:`inference_budget`)
     is read in passes within it.
     """
     for batch in batches:
         logits = _batch_logits(model, batch, device, max_tokens)
-        yield batch["index"].cpu().numpy(), outputs(logits)
+        indices = batch["index"].cpu().numpy()
+        if isinstance(logits, list):  # streamed per-residue logits, one tensor per sequence
+            yield indices, _ragged([outputs(piece) for piece in logits])
+        elif logits.ndim == 3:  # per residue: keep each sequence's residues (no <cls>, <eos>, pad)
+            values = outputs(logits)
+            counts = _residues_read(batch)
+            yield indices, _ragged([values[row, 1 : 1 + n] for row, n in enumerate(counts)])
+        else:
+            yield indices, outputs(logits)
 
 
 def predict_outputs(
@@ -161,4 +228,4 @@ def predict_outputs(
             rows.update(zip(indices.tolist(), batch_outputs, strict=True))
             bar.update(len(indices))
     bar.close()
-    return np.stack([rows[i] for i in range(len(dataset))])
+    return sequence_rows([rows[i] for i in range(len(dataset))])

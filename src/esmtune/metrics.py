@@ -32,7 +32,10 @@ __all__ = [
     "is_improvement",
     "multiclass_metrics",
     "multilabel_metrics",
+    "protein_spearman",
     "regression_metrics",
+    "residue_classification_metrics",
+    "residue_regression_metrics",
     "tune_threshold",
     "tune_thresholds",
 ]
@@ -458,3 +461,113 @@ def _mean_or_none(values: list[float | None]) -> float | None:
     if len(defined) < len(values):
         return None
     return float(np.mean(defined))
+
+
+# --- per residue: one array per protein, metrics over the residues that count --------------------
+
+
+def _quartiles(values: list[float]) -> dict[str, float | None]:
+    """Mean and quartiles of per-protein scores (None when no protein has one)."""
+    if not values:
+        return {"mean": None, "q1": None, "median": None, "q3": None, "proteins": 0}
+    q1, median, q3 = np.percentile(values, [25, 50, 75])
+    return {
+        "mean": float(np.mean(values)),
+        "q1": float(q1),
+        "median": float(median),
+        "q3": float(q3),
+        "proteins": len(values),
+    }
+
+
+def residue_classification_metrics(
+    targets: np.ndarray, probabilities: np.ndarray, labels: list[str], ignored: int
+) -> dict[str, Any]:
+    """:func:`multiclass_metrics` over every residue that counts, and per-protein accuracy.
+
+    Args:
+        targets: One array of class indices per protein (an object array); residues out of
+            every metric (masked) hold ``ignored``.
+        probabilities: One ``(residues, classes)`` array per protein; NaN rows for residues
+            that were not read (a cut sequence), which are left out too and counted as
+            ``unread``.
+        labels: Class names in index order.
+        ignored: The class index of residues that do not count.
+
+    Returns:
+        :func:`multiclass_metrics`' keys (``n`` counts residues; ``accuracy`` is Q3 for three
+        states), plus ``proteins``, ``unread`` and ``per_protein_accuracy`` (mean, quartiles).
+    """
+    kept_targets, kept_probabilities, accuracies = [], [], []
+    unread = 0
+    for target, probability in zip(targets, probabilities, strict=True):
+        counts = target != ignored
+        read = np.isfinite(probability).all(axis=1)
+        unread += int((counts & ~read).sum())
+        used = counts & read
+        if not used.any():
+            continue
+        kept_targets.append(target[used])
+        kept_probabilities.append(probability[used])
+        accuracies.append(float((probability[used].argmax(axis=1) == target[used]).mean()))
+    metrics = multiclass_metrics(
+        np.concatenate(kept_targets), np.concatenate(kept_probabilities), labels
+    )
+    return {
+        **metrics,
+        "proteins": len(targets),
+        "unread": unread,
+        "per_protein_accuracy": _quartiles(accuracies),
+    }
+
+
+def protein_spearman(target: np.ndarray, values: np.ndarray) -> float | None:
+    """Spearman of one protein's residues that count (finite on both sides), or None."""
+    values = np.asarray(values, dtype=np.float64).reshape(len(target))
+    used = np.isfinite(target) & np.isfinite(values)
+    if used.sum() < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        return _finite_or_none(spearmanr(target[used], values[used]).statistic)
+
+
+def residue_regression_metrics(
+    targets: np.ndarray, predictions: np.ndarray, name: str
+) -> dict[str, Any]:
+    """:func:`regression_metrics` over every residue that counts, and per-protein Spearman.
+
+    Args:
+        targets: One array of values per protein (an object array); NaN on residues out of
+            every metric (masked).
+        predictions: One ``(residues, 1)`` array per protein; NaN rows for residues that were
+            not read, left out and counted as ``unread``.
+        name: The output's name.
+
+    Returns:
+        :func:`regression_metrics`' keys (``n`` counts residues), plus ``proteins``,
+        ``unread`` and ``per_protein_spearman`` (mean and quartiles over proteins whose
+        correlation is defined: two or more residues, neither side constant).
+    """
+    kept_targets, kept_predictions, spearmans = [], [], []
+    unread = 0
+    for target, prediction in zip(targets, predictions, strict=True):
+        values = np.asarray(prediction, dtype=np.float64).reshape(len(target))
+        counts = np.isfinite(target)
+        read = np.isfinite(values)
+        unread += int((counts & ~read).sum())
+        used = counts & read
+        kept_targets.append(target[used])
+        kept_predictions.append(values[used])
+        rho = protein_spearman(target, values)
+        if rho is not None:
+            spearmans.append(rho)
+    metrics = regression_metrics(
+        np.concatenate(kept_targets), np.concatenate(kept_predictions), [name]
+    )
+    return {
+        **metrics,
+        "proteins": len(targets),
+        "unread": unread,
+        "per_protein_spearman": _quartiles(spearmans),
+    }

@@ -23,7 +23,7 @@ from esmtune.explain_options import DEFAULT_STEPS, ExplainOptions, Method
 from esmtune.export.formats import export_format
 from esmtune.export.load import check_export_loadable, open_export
 from esmtune.export.names import AUTO, Runtime
-from esmtune.inference import inference_budget, predict_outputs
+from esmtune.inference import inference_budget, place_residues, predict_outputs
 from esmtune.model.backbone import check_backbone_available
 from esmtune.model.embedding_head import EmbeddingClassifier, EmbeddingSource
 from esmtune.model.interface import Classifier
@@ -74,7 +74,12 @@ def check_loadable(path: Path | str, runtime: str = AUTO) -> None:
         check_export_loadable(path, runtime)
         return
     _check_runs_in_torch(path, PredictOptions.merged(None, {"runtime": runtime}))
-    config, _ = read_run(path)
+    config, task = read_run(path)
+    if task.per_residue:
+        raise EsmtuneError(
+            f"{path} predicts per residue ({task.task.value}); serving it is not supported yet: "
+            f"predict with `esmtune predict {path} ...`"
+        )
     check_backbone_available(config.model)
 
 
@@ -327,7 +332,8 @@ class Predictor:
             precision=self.options.precision,
             device=self.device,
         )
-        return outputs, windows
+        lengths = [len(r.sequence) for r in records]
+        return place_residues(outputs, windows, lengths), windows
 
     def predict(
         self,
@@ -349,8 +355,11 @@ class Predictor:
             binary ``label``, ``probability`` (of the positive class), ``threshold``,
             ``probabilities``; multilabel ``labels`` (all at or above their threshold),
             ``top_k``, ``probabilities``, ``names`` (ontology names); regression ``value``
-            (one target) and ``values`` (by target name). ``windows`` says how many
-            overlapping windows a long sequence was read in.
+            (one target) and ``values`` (by target name); residue_classification
+            ``sequence``, ``prediction`` (one class per residue, ``?`` where not read),
+            ``classes``, ``probabilities`` (per residue, None where not read) and ``unread``;
+            residue_regression ``sequence``, ``values`` (per residue) and ``unread``.
+            ``windows`` says how many overlapping windows a long sequence was read in.
 
         Raises:
             DataError: On empty sequences or invalid residues, naming every record.
@@ -363,9 +372,12 @@ class Predictor:
         results = []
         predictions = self.task.predictions(outputs, top_k)
         for record, prediction, parts in zip(records, predictions, windows, strict=True):
+            # A per-residue prediction is read against its sequence (``--format text``).
+            sequence = {"sequence": record.sequence} if self.task.per_residue else {}
             results.append(
                 {
                     "id": record.id,
+                    **sequence,
                     **prediction,
                     "length": len(record.sequence),
                     "truncated": cut and len(record.sequence) > self.max_length,
@@ -437,6 +449,11 @@ class Predictor:
             EsmtuneError: On an unknown label, method or step count, a missing Captum, or a
                 model not in torch (an ONNX export).
         """
+        if self.task.per_residue:
+            raise EsmtuneError(
+                f"explain scores residues for one prediction per sequence; "
+                f"{self.task.task.value} predicts per residue, which explain does not support yet"
+            )
         options = ExplainOptions.checked(label=label, method=method, steps=steps)
         records = as_records(sequences)
         self._validate(records)

@@ -741,6 +741,14 @@ async def _validation_answer(request: "Request", error: Exception) -> "JSONRespo
     return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
 
 
+# What serve cannot do yet: its answers and page draw one prediction per sequence.
+_PER_RESIDUE = (
+    "{run} predicts per residue ({task}); serving per-residue predictions (the API's answers and "
+    "the page) is not supported yet: predict with `esmtune predict {run} ...` or "
+    "esmtune.Predictor.from_run"
+)
+
+
 def create_app(
     run_dir: Path | str, settings: ServeSettings | None = None, **options: Any
 ) -> "FastAPI":
@@ -771,6 +779,8 @@ def create_app(
         run_dir, settings.runtime, device=settings.device, max_tokens=settings.max_tokens,
         long_sequences=LongSequences.WINDOW,
     )  # fmt: skip
+    if predictor.task.per_residue:
+        raise EsmtuneError(_PER_RESIDUE.format(run=run_dir, task=predictor.task.task.value))
     if not predictor.reads_sequences:
         raise EsmtuneError(
             f"{run_dir} was trained on precomputed embeddings whose model is unknown, so it cannot "

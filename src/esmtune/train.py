@@ -40,9 +40,9 @@ from esmtune.checkpoint import (
     unfinished_checkpoints,
 )
 from esmtune.config import TASK_METRICS, TrainConfig, TrainingConfig
-from esmtune.data.batching import BudgetedDataset, TokenBudgetBatchSampler
+from esmtune.data.batching import BudgetedDataset, EncodedDataset, TokenBudgetBatchSampler
 from esmtune.data.check import DataReport, check_dataset
-from esmtune.inference import iterate_outputs, model_inputs
+from esmtune.inference import iterate_outputs, model_inputs, place_residues, sequence_rows
 from esmtune.metrics import is_improvement
 from esmtune.model.backbone import check_backbone_available
 from esmtune.model.classifier import SequenceClassifier, build_model
@@ -485,7 +485,11 @@ def _validate(run: _Run) -> tuple[dict[str, Any], list[float] | None]:
     dataset: BudgetedDataset = run.val_loader.dataset
     if dataset.targets is None:  # encode_split encodes them for every split
         raise RuntimeError("the validation set was encoded without its targets")
-    outputs = np.stack([by_index[i] for i in range(len(dataset))])
+    outputs = sequence_rows([by_index[i] for i in range(len(dataset))])
+    if dataset.residue_targets:  # per residue: outputs over whole chains, unread residues NaN
+        assert isinstance(dataset, EncodedDataset)
+        lengths = [len(target) for target in dataset.targets]
+        outputs = place_residues(outputs, dataset.windows, lengths)
     thresholds = run.spec.tune(dataset.targets, outputs)
     return run.spec.metrics(dataset.targets, outputs, thresholds), thresholds
 

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from esmtune.config import LongSequences
 
 __all__ = [
+    "IGNORED_CLASS",
     "BudgetedDataset",
     "EncodedDataset",
     "TokenBudgetBatchSampler",
@@ -36,6 +37,11 @@ __all__ = [
     "pad_collate",
     "window_starts",
 ]
+
+
+# A residue class outside the loss and every metric (torch cross-entropy's ignore_index): masked
+# residues, <cls>, <eos> and padding. Per-residue values use NaN for the same.
+IGNORED_CLASS = -100
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +133,8 @@ class BudgetedDataset(Dataset, ABC):
     """
 
     targets: np.ndarray | None
+    # Targets are one array per sequence, one entry per residue (see pad_collate).
+    residue_targets: bool = False
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -147,11 +155,13 @@ class EncodedDataset(BudgetedDataset):
     """Encoded windows and (optional) targets, indexable by position.
 
     Targets are one row per sequence, as the task encodes them: class indices, 0/1, multi-hot
-    rows or values.
+    rows or values; or, with ``residue_targets``, an object array holding one array per sequence
+    with an entry per residue (a class index or value; ignored residues ``IGNORED_CLASS`` or NaN).
     """
 
     windows: list[list[Window]]
     targets: np.ndarray | None = None
+    residue_targets: bool = False
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -283,13 +293,19 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
 
 
 def pad_collate(
-    items: list[tuple[int, list[Window], np.ndarray | None]], pad_token_id: int
+    items: list[tuple[int, list[Window], np.ndarray | None]],
+    pad_token_id: int,
+    residue_targets: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Pad to the longest input of this batch (never to the model's maximum).
 
     When some sequence comes as several windows, the batch also says which sequence each input
     belongs to (``window_owner``), where it starts (``window_start``) and how many residues each
     sequence has (``residue_count``), so that the model can stitch the windows back together.
+
+    With ``residue_targets`` each sequence's target is an array with one entry per residue; the
+    batch's ``target`` is laid out as the model's stitched states (``<cls> residues <eos>
+    padding``, see :func:`_residue_target_rows`).
     """
     windows = [window for _, sequence_windows, _ in items for window in sequence_windows]
     longest = max(len(window.ids) for window in windows)
@@ -312,9 +328,34 @@ def pad_collate(
             [max(w.start + len(w.ids) - 2 for w in ws) for _, ws, _ in items], dtype=torch.long
         )
     targets = [target for _, _, target in items if target is not None]
-    if targets:  # a dataset has targets for every sequence or for none
+    if targets and residue_targets:
+        windowed = "residue_count" in batch
+        width = int(batch["residue_count"].max()) + 2 if windowed else longest
+        batch["target"] = torch.from_numpy(_residue_target_rows(items, width))
+    elif targets:  # a dataset has targets for every sequence or for none
         batch["target"] = torch.from_numpy(np.stack(targets))
     return batch
+
+
+def _residue_target_rows(
+    items: list[tuple[int, list[Window], np.ndarray | None]], width: int
+) -> np.ndarray:
+    """Per-residue targets ``(sequences, width)`` at the positions of the residues read.
+
+    Residue ``start + i`` of a sequence read from residue ``start`` (a centred cut) sits at
+    position ``i + 1``, after ``<cls>``, as its state does; positions that are no residue read
+    (``<cls>``, ``<eos>``, padding) hold the ignored value, so they never reach the loss.
+    """
+    dtype = next(target for _, _, target in items if target is not None).dtype
+    fill = IGNORED_CLASS if np.issubdtype(dtype, np.integer) else np.nan
+    rows = np.full((len(items), width), fill, dtype=dtype)
+    for row, (_, windows, target) in enumerate(items):
+        assert target is not None
+        start = windows[0].start
+        end = max(window.start + len(window.ids) - 2 for window in windows)
+        read = target[start:end]
+        rows[row, 1 : 1 + len(read)] = read
+    return rows
 
 
 def eval_loader(
@@ -330,6 +371,9 @@ def eval_loader(
 
     ``collate_fn`` replaces padding for datasets of cached embeddings.
     """
+    collate = partial(
+        pad_collate, pad_token_id=pad_token_id, residue_targets=dataset.residue_targets
+    )
     sampler = TokenBudgetBatchSampler(
         dataset.tokens,
         max_tokens,
@@ -341,7 +385,7 @@ def eval_loader(
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=collate_fn or partial(pad_collate, pad_token_id=pad_token_id),
+        collate_fn=collate_fn or collate,
         num_workers=num_workers,
         generator=torch.Generator(),  # leaves the global RNG (dropout in training) untouched
     )

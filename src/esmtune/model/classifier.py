@@ -20,13 +20,13 @@ import torch
 from torch import nn
 from transformers import EsmConfig, PreTrainedTokenizerBase
 
-from esmtune.config import ModelConfig, TrainConfig
+from esmtune.config import TASK_OPTIONS, ModelConfig, TrainConfig
 from esmtune.model.encoder import ProteinEncoder, build_encoder
-from esmtune.model.heads import MLPHead, Pooler
+from esmtune.model.heads import ConvHead, MLPHead, Pooler
 from esmtune.model.tuning import Backbone
 from esmtune.model.windows import ResidueSink
 
-__all__ = ["SequenceClassifier", "build_model"]
+__all__ = ["ResidueClassifier", "SequenceClassifier", "build_model"]
 
 _ENCODER = "encoder"
 _DELEGATED = ("backbone", "pooler")  # set on the classifier, they are the encoder's
@@ -39,8 +39,10 @@ class SequenceClassifier(nn.Module):
     """
 
     runtime = "torch"
+    # One row of logits per sequence; ResidueClassifier gives one per residue.
+    per_residue = False
 
-    def __init__(self, encoder: ProteinEncoder, head: MLPHead) -> None:
+    def __init__(self, encoder: ProteinEncoder, head: nn.Module) -> None:
         """Compose an encoder (pooling included, no projection) and a head on its embedding."""
         super().__init__()
         self.encoder = encoder
@@ -125,6 +127,64 @@ class SequenceClassifier(nn.Module):
         return [*self.encoder.pooler.parameters(), *self.head.parameters()]
 
 
+class ResidueClassifier(SequenceClassifier):
+    """A protein encoder with a head on every residue state: logits per residue, no pooling.
+
+    ``forward`` returns ``(sequences, positions, outputs)`` laid out as the encoder's stitched
+    states, ``<cls> residues <eos> padding``: residue ``i`` of a sequence is position ``i + 1``.
+    The head runs on every position (cheap), but ``<cls>``, ``<eos>`` and padding never reach a
+    loss or a metric: the task's targets carry an ignored value there (see
+    :func:`~esmtune.data.batching.pad_collate`), and the CNN head zeroes them before it convolves.
+    Saved names are the sequence classifier's (``backbone.…``, ``head.…``).
+    """
+
+    per_residue = True
+
+    def forward(
+        self, embeddings: torch.Tensor | None = None, **inputs: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``(sequences, positions, num_outputs)`` from token inputs.
+
+        Raises:
+            ValueError: When given cached pooled embeddings, which have no residues.
+        """
+        if embeddings is not None:
+            raise ValueError("a per-residue model reads token inputs, not pooled embeddings")
+        return self.residue_logits(*self.residue_states(**inputs))
+
+    def residue_logits(self, states: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
+        """The head on states ``(sequences, positions, hidden)``; the mask marks residues."""
+        weight = next(self.head.parameters())
+        states = states.to(weight.dtype)
+        if isinstance(self.head, ConvHead):
+            return self.head(states, residue_mask)
+        return self.head(states)
+
+    def long_sequence_sink(self) -> ResidueSink:
+        """Keeps one long sequence's stitched states; ``close`` gives ``(residues, outputs)``."""
+        return _ResidueLogitsSink(self.residue_logits)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the head (pooling is not used per residue)."""
+        return list(self.head.parameters())
+
+
+class _ResidueLogitsSink:
+    """A long sequence's residue states, kept whole (the output is per residue), then the head."""
+
+    def __init__(self, logits: Any) -> None:
+        self.logits = logits
+        self.pieces: list[torch.Tensor] = []
+
+    def add_residues(self, states: torch.Tensor) -> None:
+        self.pieces.append(states)
+
+    def close(self, cls_state: torch.Tensor) -> torch.Tensor:
+        states = torch.cat(self.pieces).unsqueeze(0)
+        mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+        return self.logits(states, mask)[0]
+
+
 class _LogitsSink:
     """The encoder's streaming pooling, then the head: logits ``(1, outputs)`` of one sequence."""
 
@@ -187,9 +247,13 @@ def _reported_names(module: nn.Module, incompatible: Any) -> None:
         names[:] = [_NESTED_NAME.sub(r"\1", name, count=1) for name in names]
 
 
-def _head(model: ModelConfig, hidden: int, num_outputs: int) -> MLPHead:
+def _head(model: ModelConfig, hidden: int, num_outputs: int) -> nn.Module:
     if model.head == "esm":  # EsmClassificationHead's layers, for hf exports
         return MLPHead(hidden, [hidden], num_outputs, model.head_dropout, nn.Tanh)
+    if model.head == "cnn":  # per residue only (the config's rule)
+        return ConvHead(
+            hidden, model.head_channels, num_outputs, model.head_kernel_size, model.head_dropout
+        )
     return MLPHead(hidden, model.head_hidden, num_outputs, model.head_dropout)
 
 
@@ -203,8 +267,9 @@ def build_model(
         num_outputs: Size of the head's output (number of classes).
 
     Returns:
-        The model and its tokenizer.
+        The model and its tokenizer: a :class:`ResidueClassifier` for per-residue tasks.
     """
     encoder = build_encoder(config.model, config.finetune, max_length=config.data.max_length)
     head = _head(config.model, encoder.hidden_size, num_outputs)
-    return SequenceClassifier(encoder, head), encoder.tokenizer
+    kind = ResidueClassifier if TASK_OPTIONS[config.task].per_residue else SequenceClassifier
+    return kind(encoder, head), encoder.tokenizer

@@ -13,7 +13,7 @@ from torch import nn
 
 from esmtune.config import Pooling
 
-__all__ = ["MLPHead", "Pooler", "StreamingPooler"]
+__all__ = ["ConvHead", "MLPHead", "Pooler", "StreamingPooler"]
 
 
 class Pooler(nn.Module):
@@ -83,6 +83,33 @@ class MLPHead(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """Logits for each output."""
         return self.layers(pooled)
+
+
+class ConvHead(nn.Module):
+    """A 1D CNN over residue states: Conv → GELU → Dropout → Conv to the outputs, per residue.
+
+    As biotrainer's and NetSurfP's CNN heads: each residue's prediction reads its neighbours'
+    states too (``kernel_size`` residues, centred). Positions that are not residues (``<cls>``,
+    ``<eos>``, padding) are zeroed before each convolution, so they act as the zero padding at a
+    chain's ends and a residue's output does not depend on what else is in its batch.
+    """
+
+    def __init__(
+        self, in_size: int, channels: int, out_size: int, kernel_size: int, dropout: float
+    ) -> None:
+        super().__init__()
+        padding = kernel_size // 2
+        self.first = nn.Conv1d(in_size, channels, kernel_size, padding=padding)
+        self.activation = nn.GELU()
+        self.dropout = nn.Dropout(dropout)
+        self.last = nn.Conv1d(channels, out_size, kernel_size, padding=padding)
+
+    def forward(self, states: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
+        """Logits ``(sequences, positions, outputs)`` from their states ``(..., hidden)``."""
+        keep = residue_mask.unsqueeze(1).to(states.dtype)  # (sequences, 1, positions)
+        hidden = self.first(self.dropout(states.transpose(1, 2)) * keep)
+        hidden = self.dropout(self.activation(hidden)) * keep
+        return self.last(hidden).transpose(1, 2)
 
 
 class StreamingPooler:

@@ -22,6 +22,7 @@ from transformers import EsmForSequenceClassification
 
 from esmtune.errors import EsmtuneError
 from esmtune.model.classifier import SequenceClassifier
+from esmtune.model.heads import MLPHead
 from esmtune.tasks import TaskSpec
 
 __all__ = ["to_sequence_classification"]
@@ -35,9 +36,9 @@ def to_sequence_classification(
     Raises:
         EsmtuneError: When the classifier's head is not the ``esm`` head.
     """
-    layers = list(model.head.layers)
+    layers = list(model.head.layers) if isinstance(model.head, MLPHead) else []
     hidden = model.backbone_config.hidden_size
-    dense, out = layers[1], layers[-1]
+    dense, out = (layers[1], layers[-1]) if layers else (None, None)
     if (
         model.pooler.pooling.value != "cls"
         or len(layers) != 5

@@ -10,14 +10,27 @@ classes: their label may be a placeholder.
 from __future__ import annotations
 
 from collections import Counter
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
 
 from esmtune.config import DataConfig, Task
+from esmtune.data.batching import IGNORED_CLASS
 from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.report import DataReport, align_table, residue_counts, residue_footer
-from esmtune.tasks.base import TaskSpec
+from esmtune.metrics import residue_classification_metrics
+from esmtune.plots import plot_confusion_matrix
+from esmtune.tasks.base import HfProblemType, TaskSpec, metric_table, number
 
-__all__ = ["ResidueClassificationTask"]
+__all__ = ["ResidueClassificationTask", "aligned_lines"]
+
+# The character of a residue without a prediction (a cut sequence's unread residues).
+UNREAD = "?"
+# Residues per line of ``--format text``.
+_LINE = 60
 
 # Records named in an error about classes missing from train.
 _NAMED_RECORDS = 3
@@ -37,12 +50,29 @@ def _share(count: int, total: int) -> str:
     return f"{count} ({count / total:.1%})" if total else str(count)
 
 
+def aligned_lines(sequence: str, rows: list[tuple[str, str]]) -> list[str]:
+    """The sequence and lines of one character per residue under it, 60 residues a line.
+
+    Each block starts with the position of its first residue (from 1).
+    """
+    width = len(str(len(sequence)))
+    lines = []
+    for start in range(0, len(sequence), _LINE):
+        lines.append(f"  {start + 1:>{width}} {sequence[start : start + _LINE]}  sequence")
+        for text, name in rows:
+            lines.append(f"  {'':>{width}} {text[start : start + _LINE]}  {name}")
+    return lines
+
+
 class ResidueClassificationTask(TaskSpec):
     """One class of a fixed alphabet per residue; masked residues are left out."""
 
     task: ClassVar[Task] = Task.RESIDUE_CLASSIFICATION
     per_residue: ClassVar[bool] = True
     target_noun: ClassVar[str] = "residue classes"
+    headline_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1", "mcc")
+    hf_problem_type: ClassVar[HfProblemType] = "single_label_classification"
+    hf_usage: ClassVar[str] = "probabilities = logits.softmax(-1)  # per residue"
 
     # --- reading and checking targets --------------------------------------------------------
 
@@ -116,3 +146,153 @@ class ResidueClassificationTask(TaskSpec):
                 "classes": {label: counts[label] for label in report.labels},
             }
         return summary
+
+    def unknown_targets(self, records: list[SequenceRecord], found: list[str]) -> str | None:
+        """Classes on unmasked residues that the model never learned."""
+        unknown = sorted(set(_class_counts(records)) - set(self.labels))
+        if not unknown:
+            return None
+        return (
+            f"residue class(es) {', '.join(unknown)} are not among the model's classes "
+            f"({', '.join(self.labels)}); mask those residues (0) or retrain"
+        )
+
+    # --- training ------------------------------------------------------------------------
+
+    def encode_targets(self, records: list[SequenceRecord]) -> np.ndarray:
+        """One array of class indices per record; masked residues ``IGNORED_CLASS``."""
+        index = {label: i for i, label in enumerate(self.labels)}
+        rows = np.empty(len(records), dtype=object)
+        for position, record in enumerate(records):
+            rows[position] = np.fromiter(
+                (
+                    index[label] if used else IGNORED_CLASS
+                    for label, used in zip(record.residue_labels, record.used_residues, strict=True)
+                ),
+                dtype=np.int64,
+                count=len(record.residue_labels),
+            )
+        return rows
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy averaged over the batch's residues that count.
+
+        Ignored positions (masked residues, ``<cls>``, ``<eos>``, padding) add exactly zero to
+        the loss and its gradient; the mean is over counted residues (a batch without any gives
+        0, not NaN), summed and divided so that no step waits on a device-to-host sync.
+        """
+        flat = targets.reshape(-1)
+        total = nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), flat, ignore_index=IGNORED_CLASS,
+            reduction="sum",
+        )  # fmt: skip
+        return total / (flat != IGNORED_CLASS).sum().clamp(min=1)
+
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax over classes, per residue."""
+        return torch.softmax(logits.float(), dim=-1)
+
+    def metrics(
+        self, targets: np.ndarray, outputs: np.ndarray, thresholds: list[float] | None = None
+    ) -> dict[str, Any]:
+        """Per-residue accuracy (Q3), F1s, MCC, per-class report, confusion matrix, per protein."""
+        return residue_classification_metrics(targets, outputs, self.labels, IGNORED_CLASS)
+
+    # --- predictions -----------------------------------------------------------------------
+
+    def predictions(self, outputs: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:
+        """Per sequence: the class string (``?`` where unread) and each residue's probabilities."""
+        results = []
+        for row in outputs:
+            read = np.isfinite(row).all(axis=1)
+            chosen = np.where(read, np.nan_to_num(row).argmax(axis=1), -1)
+            results.append(
+                {
+                    "prediction": "".join(self.labels[i] if i >= 0 else UNREAD for i in chosen),
+                    "classes": list(self.labels),
+                    "probabilities": [
+                        [round(float(p), 6) for p in probabilities] if ok else None
+                        for probabilities, ok in zip(row, read, strict=True)
+                    ],
+                    "unread": int((~read).sum()),
+                }
+            )
+        return results
+
+    def table_header(self) -> list[str]:
+        """id, then the class string."""
+        return ["id", "prediction"]
+
+    def table_row(self, result: dict[str, Any]) -> list[str]:
+        """One prediction under :meth:`table_header`."""
+        return [result["id"], result["prediction"]]
+
+    def text_lines(self, result: dict[str, Any]) -> list[str]:
+        """The sequence with the predicted class under each residue."""
+        lines = aligned_lines(result["sequence"], [(result["prediction"], "prediction")])
+        if result["unread"]:
+            lines.append(f"  {result['unread']} residue(s) not read ({UNREAD}): no prediction")
+        return lines
+
+    def frame_row(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The class string."""
+        return {"prediction": result["prediction"]}
+
+    def display(self) -> dict[str, Any]:
+        """Per-residue predictions are not drawn by the serve page yet."""
+        return {"noun": "residue classes", "list_title": "classes"}
+
+    # --- evaluation ------------------------------------------------------------------------
+
+    @classmethod
+    def report_lines(cls, metrics: dict[str, Any]) -> tuple[str, list[str]]:
+        """Accuracy (Q3 for three states), F1s, MCC, per-protein accuracy; then per class."""
+        accuracy = "Q3" if len(metrics["labels"]) == 3 else "accuracy"
+        spread = metrics["per_protein_accuracy"]
+        head = (
+            f"{metrics['n']} residues of {metrics['proteins']} chains: "
+            f"{accuracy} {number(metrics['accuracy'])}  macro-F1 {number(metrics['macro_f1'])}  "
+            f"MCC {number(metrics['mcc'])}  per-chain accuracy {number(spread['mean'])} "
+            f"(quartiles {number(spread['q1'])} / {number(spread['median'])} / "
+            f"{number(spread['q3'])})"
+        )
+        if metrics["unread"]:
+            head += f"  ({metrics['unread']} residues not read: cut sequences)"
+        return head, metric_table(
+            metrics["per_class"], ["precision", "recall", "f1", "support"], "class"
+        )
+
+    def plots(
+        self, targets: np.ndarray, outputs: np.ndarray, metrics: dict[str, Any], out: Path
+    ) -> list[Path]:
+        """The per-residue confusion matrix."""
+        title = (
+            f"{metrics['split']}: per-residue accuracy {metrics['accuracy']:.3f}, "
+            f"macro-F1 {metrics['macro_f1']:.3f}"
+        )
+        path = out / "confusion_matrix.png"
+        plot_confusion_matrix(metrics["confusion_matrix"], self.labels, path, title)
+        return [path]
+
+    def prediction_columns(self) -> list[str]:
+        """Header of predictions.csv: one row per chain."""
+        return ["id", "true_labels", "predicted_labels", "scored_residues", "accuracy"]
+
+    def prediction_rows(
+        self, records: list[SequenceRecord], outputs: np.ndarray
+    ) -> list[list[str]]:
+        """id, true and predicted class strings, residues scored and the chain's accuracy."""
+        rows = []
+        targets = self.encode_targets(records)
+        for record, target, result in zip(
+            records, targets, self.predictions(outputs, None), strict=True
+        ):
+            predicted = np.array([self.labels.index(c) if c != UNREAD else -1 for c in
+                                  result["prediction"]])  # fmt: skip
+            scored = (target != IGNORED_CLASS) & (predicted >= 0)
+            accuracy = f"{(predicted[scored] == target[scored]).mean():.4f}" if scored.any() else ""
+            rows.append(
+                [record.id, record.residue_labels, result["prediction"], str(int(scored.sum())),
+                 accuracy]
+            )  # fmt: skip
+        return rows

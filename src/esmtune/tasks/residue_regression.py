@@ -13,12 +13,18 @@ import math
 import re
 import statistics
 from collections.abc import Callable
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
 
 from esmtune.config import DataConfig, Task
 from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.report import DataReport, align_table, residue_counts, residue_footer
-from esmtune.tasks.base import TaskSpec
+from esmtune.metrics import protein_spearman, residue_regression_metrics
+from esmtune.plots import plot_scatter
+from esmtune.tasks.base import HfProblemType, TaskSpec, metric_table, number
 
 __all__ = ["ResidueRegressionTask"]
 
@@ -48,6 +54,9 @@ class ResidueRegressionTask(TaskSpec):
     task: ClassVar[Task] = Task.RESIDUE_REGRESSION
     per_residue: ClassVar[bool] = True
     target_noun: ClassVar[str] = "value(s) per residue"
+    headline_metrics: ClassVar[tuple[str, ...]] = ("spearman", "pearson", "r2", "rmse")
+    hf_problem_type: ClassVar[HfProblemType] = "regression"
+    hf_usage: ClassVar[str] = "values = logits  # per residue, in the targets' own units"
 
     # --- reading and checking targets --------------------------------------------------------
 
@@ -128,3 +137,159 @@ class ResidueRegressionTask(TaskSpec):
                 ),
             }
         return summary
+
+    def unknown_targets(self, records: list[SequenceRecord], found: list[str]) -> str | None:
+        """Any per-residue values fit (one output)."""
+        return None
+
+    # --- training ------------------------------------------------------------------------
+
+    def encode_targets(self, records: list[SequenceRecord]) -> np.ndarray:
+        """One float array per record, NaN on masked residues (whatever value they carry)."""
+        rows = np.empty(len(records), dtype=object)
+        for position, record in enumerate(records):
+            values = np.asarray(record.values, dtype=np.float32)
+            used = np.asarray(record.used_residues, dtype=bool)
+            rows[position] = np.where(used, values, np.float32(np.nan))
+        return rows
+
+    def fit(self, targets: np.ndarray) -> None:
+        """Mean and deviation of train's unmasked values (or 0 and 1 when switched off)."""
+        values = np.concatenate([*targets, np.zeros(0, dtype=np.float32)]).astype(np.float64)
+        values = values[np.isfinite(values)]
+        if self.objective.standardize_targets and len(values):
+            std = float(values.std())
+            self.target_mean = [float(values.mean())]
+            self.target_std = [std if std > 0 else 1.0]
+        else:
+            self.target_mean, self.target_std = [0.0], [1.0]
+
+    def _scale(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.as_tensor(self.target_mean or 0.0, dtype=torch.float32, device=like.device)
+        std = torch.as_tensor(self.target_std or 1.0, dtype=torch.float32, device=like.device)
+        return mean, std
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """MSE against the standardised values, averaged over the residues that count.
+
+        NaN positions (masked residues, ``<cls>``, ``<eos>``, padding) are replaced before the
+        difference and multiplied by zero after it, so they add exactly zero to the gradient.
+        """
+        mean, std = self._scale(logits)
+        counted = ~torch.isnan(targets)
+        scaled = torch.where(counted, (targets.float() - mean) / std, 0.0)
+        squared = (logits[..., 0] - scaled) ** 2 * counted
+        return squared.sum() / counted.sum().clamp(min=1)
+
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        """Outputs back on the targets' scale."""
+        mean, std = self._scale(logits)
+        return logits.float() * std + mean
+
+    def metrics(
+        self, targets: np.ndarray, outputs: np.ndarray, thresholds: list[float] | None = None
+    ) -> dict[str, Any]:
+        """Per-residue Spearman, Pearson, RMSE, MAE, R², and the mean per-protein Spearman."""
+        return residue_regression_metrics(targets, outputs, _OUTPUT)
+
+    # --- predictions -----------------------------------------------------------------------
+
+    def predictions(self, outputs: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:
+        """Per sequence: one value per residue (None where a cut sequence was not read)."""
+        results = []
+        for row in outputs:
+            values = np.asarray(row, dtype=np.float64).reshape(-1)
+            read = np.isfinite(values)
+            results.append(
+                {
+                    "values": [float(v) if r else None for v, r in zip(values, read, strict=True)],
+                    "unread": int((~read).sum()),
+                }
+            )
+        return results
+
+    def decided_label(self, outputs: np.ndarray) -> int:
+        """No target is chosen: the only one."""
+        return 0
+
+    def table_header(self) -> list[str]:
+        """id, then the values joined by ';' (biotrainer's way), nan where not read."""
+        return ["id", "values"]
+
+    def table_row(self, result: dict[str, Any]) -> list[str]:
+        """One prediction under :meth:`table_header`."""
+        return [result["id"], _joined(result["values"])]
+
+    def text_lines(self, result: dict[str, Any]) -> list[str]:
+        """Each residue with its value, one residue a line (numbers do not fit under a letter)."""
+        width = len(str(len(result["sequence"])))
+        lines = [
+            f"  {position:>{width}} {residue} {'not read' if value is None else f'{value:.4g}'}"
+            for position, (residue, value) in enumerate(
+                zip(result["sequence"], result["values"], strict=True), start=1
+            )
+        ]
+        return lines
+
+    def frame_row(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The values joined by ';'."""
+        return {"values": _joined(result["values"])}
+
+    def display(self) -> dict[str, Any]:
+        """Per-residue predictions are not drawn by the serve page yet."""
+        return {"noun": "value per residue", "list_title": "values"}
+
+    # --- evaluation ------------------------------------------------------------------------
+
+    @classmethod
+    def report_lines(cls, metrics: dict[str, Any]) -> tuple[str, list[str]]:
+        """Per-residue correlations and errors, and the per-protein Spearman."""
+        spread = metrics["per_protein_spearman"]
+        head = (
+            f"{metrics['n']} residues of {metrics['proteins']} chains: "
+            f"Spearman {number(metrics['spearman'])}  Pearson {number(metrics['pearson'])}  "
+            f"R² {number(metrics['r2'])}  RMSE {number(metrics['rmse'])}  "
+            f"MAE {number(metrics['mae'])}  per-chain Spearman {number(spread['mean'])} "
+            f"(median {number(spread['median'])}, {spread['proteins']} chains)"
+        )
+        if metrics["unread"]:
+            head += f"  ({metrics['unread']} residues not read: cut sequences)"
+        columns = ["spearman", "pearson", "r2", "rmse", "mae"]
+        return head, metric_table(metrics["per_target"], columns, "target")
+
+    def plots(
+        self, targets: np.ndarray, outputs: np.ndarray, metrics: dict[str, Any], out: Path
+    ) -> list[Path]:
+        """Predicted against true values of every residue that counts."""
+        true = np.concatenate([*targets, np.zeros(0, dtype=np.float32)]).astype(np.float64)
+        predicted = np.concatenate([np.asarray(row).reshape(-1) for row in outputs] or [true])
+        kept = np.isfinite(true) & np.isfinite(predicted)
+        path = out / "scatter.png"
+        title = f"{metrics['split']}: predicted vs true, per residue"
+        plot_scatter(true[kept, None], predicted[kept, None], self.labels, path, title)
+        return [path]
+
+    def prediction_columns(self) -> list[str]:
+        """Header of predictions.csv: one row per chain."""
+        return ["id", "true_values", "predicted_values", "spearman"]
+
+    def prediction_rows(
+        self, records: list[SequenceRecord], outputs: np.ndarray
+    ) -> list[list[str]]:
+        """id, the true values (nan where masked), the predicted ones, the chain's Spearman."""
+        rows = []
+        targets = self.encode_targets(records)
+        for record, target, row in zip(records, targets, outputs, strict=True):
+            rho = protein_spearman(target, row)
+            rows.append([
+                record.id,
+                _joined([float(v) for v in target]),
+                _joined([float(v) for v in np.asarray(row).reshape(-1)]),
+                "" if rho is None else f"{rho:.4f}",
+            ])  # fmt: skip
+        return rows
+
+
+def _joined(values: list[float | None]) -> str:
+    """Values joined by ';', ``nan`` for none."""
+    return ";".join("nan" if v is None or math.isnan(v) else f"{v:.6g}" for v in values)

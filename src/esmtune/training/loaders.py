@@ -91,7 +91,7 @@ def _encode(
         tokenizer, [r.sequence for r in records], data.max_length, data.long_sequences,
         data.window_stride,
     )  # fmt: skip
-    return EncodedDataset(windows, spec.encode_targets(records))
+    return EncodedDataset(windows, spec.encode_targets(records), residue_targets=spec.per_residue)
 
 
 def make_loaders(
@@ -110,7 +110,13 @@ def make_loaders(
     records = _split_records(accelerator, config, report)
     encoded = {split: _encode(recs, tokenizer, config, spec) for split, recs in records.items()}
     datasets: Mapping[str, BudgetedDataset] = encoded
-    if _caches_embeddings(config):
+    if _caches_embeddings(config) and spec.per_residue:
+        say(
+            accelerator,
+            "note: finetune.cache_embeddings does not apply to per-residue tasks yet (the cache "
+            "holds pooled vectors): the frozen backbone runs on every batch",
+        )
+    elif _caches_embeddings(config):
         # The backbone's only work: from here on the head trains on cached embeddings.
         datasets = _embed_once(accelerator, model, tokenizer.pad_token_id, config, records, encoded)
     train_set, val_set = datasets["train"], datasets["validation"]
@@ -248,4 +254,4 @@ def _collate(
         return dataset.collate
     if isinstance(dataset, EmbeddedDataset):
         return embedding_collate
-    return partial(pad_collate, pad_token_id=pad_token_id)
+    return partial(pad_collate, pad_token_id=pad_token_id, residue_targets=dataset.residue_targets)
