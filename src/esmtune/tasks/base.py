@@ -111,7 +111,10 @@ class TaskSpec:
     task: ClassVar[Task]
     # One FASTA file per label can hold this task's targets (data/{split}/<Label>.fasta).
     one_label_per_file: ClassVar[bool] = False
-    # One target per residue, with a mask of residues to ignore (residue_* tasks).
+    # One target per residue, with a mask of residues to ignore (residue_* tasks). Then
+    # encode_targets gives one array per record (an object array; residues that do not count hold
+    # IGNORED_CLASS or NaN), the loss takes logits (sequences, positions, outputs), and outputs,
+    # metrics and predictions take one (residues, outputs) array per sequence (NaN rows unread).
     per_residue: ClassVar[bool] = False
     # How outputs are named in messages: "labels", or "target(s)" for numbers.
     target_noun: ClassVar[str] = "labels"
