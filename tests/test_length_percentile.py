@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from tests.helpers import tiny_overrides, write_fasta
+from tests.helpers import ROOT, tiny_overrides, write_fasta
 
 from esmtune.cli import main
 from esmtune.config import DataConfig, load_config
@@ -147,3 +147,13 @@ def test_a_p95_run_saves_the_number_and_predict_reads_it(
     fits, longer = ("M" * expected, "M" * (expected + 1))
     windows = [row["windows"] for row in predictor.predict([fits, longer])]
     assert windows == [1, 2]  # one input of the run's length; past it, windows of that length
+
+
+def test_the_data_check_option_takes_a_percentile_too(capsys) -> None:
+    from esmtune.cli import main
+
+    assert main(["data", "check", str(ROOT / "examples/scl3"), "--max-length", "p95"]) == 0
+    assert "note: data.max_length p95: 291 residues" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["data", "check", str(ROOT / "examples/scl3"), "--max-length", "p9x"])
+    assert "give residues (e.g. 500) or a percentile (p95)" in capsys.readouterr().err

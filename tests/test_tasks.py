@@ -336,7 +336,8 @@ def _task_commands() -> dict[str, list[str]]:
     by_task = {}
     for argv in commands:
         config = load_config(ROOT / argv[2], [a for a in argv[3:] if "=" in a])
-        if (ROOT / config.data.path).exists():  # trains on bundled data, not the user's data/
+        # Trains on bundled data, not the user's data/ nor embeddings the reader computes first.
+        if (ROOT / config.data.path).exists() and config.data.embeddings is None:
             by_task.setdefault(config.task.value, argv)
     return by_task
 

@@ -149,3 +149,33 @@ def test_train_from_an_earlier_run_for_a_new_task(
     elsewhere += ["task=binary", f"model.init_from={tmp_path / 'nowhere'}"]
     assert main(["train", *elsewhere]) == 2
     assert "is not a finished esmtune run" in capsys.readouterr().err
+
+
+def test_a_frozen_run_from_a_full_run_saves_the_backbone_it_started_from(
+    full_run: Path, tiny_model_dir: Path, learnable_data: Path, tmp_path: Path
+) -> None:
+    overrides = tiny_overrides(tiny_model_dir, learnable_data, tmp_path, "frozen")
+    overrides += ["finetune.mode=frozen", "training.epochs=1"]
+    overrides += [f"model.init_from={full_run}", "model.init_skip=[head]"]
+    assert main(["train", *overrides]) == 0
+    earlier = load_file(full_run / WEIGHTS_FILE)
+    backbone = [name for name in earlier if name.startswith("backbone.")]
+    saved = load_file(tmp_path / "frozen" / WEIGHTS_FILE)
+    assert backbone and all(torch.equal(saved[n], earlier[n]) for n in backbone)
+    # Predict, evaluate and export rebuild the model from the run: the full run's backbone,
+    # not the base model's.
+    from esmtune.model.run_model import load_run
+
+    state = load_run(tmp_path / "frozen").model.state_dict()
+    assert all(torch.equal(state[n], earlier[n]) for n in backbone)
+
+
+def test_an_earlier_run_on_another_base_model_is_named(full_run: Path, lora_run: Path) -> None:
+    from esmtune.model.initial import check_initial_run
+
+    same = load_config(lora_run / "config.yaml").model
+    assert check_initial_run(lora_run, same) is None
+    other = same.model_copy(update={"name": "facebook/esm2_t6_8M_UR50D"})
+    warning = check_initial_run(lora_run, other)
+    assert warning is not None and "set model.name to the earlier run's" in warning
+    assert f"was trained on {same.name}" in warning

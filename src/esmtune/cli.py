@@ -32,6 +32,7 @@ from esmtune.config import (
     TrainConfig,
     describe_fields,
     field_description,
+    length_percentile,
 )
 from esmtune.data.layout import SPLITS
 from esmtune.errors import EsmtuneError
@@ -152,6 +153,15 @@ _DATA_CHECK_OPTIONS = (
 )
 
 
+def _max_length(text: str) -> int | str:
+    """``--max-length``: residues (``500``) or a percentile of the training lengths (``p95``)."""
+    if text.strip().isdigit():
+        return int(text)
+    if length_percentile(text) is not None:
+        return text.strip()
+    raise argparse.ArgumentTypeError(f"'{text}': give residues (e.g. 500) or a percentile (p95)")
+
+
 def _add_config_option(command: Any, option: str, key: str, helps: dict[str, str]) -> None:
     """An option that sets one config key, read from its schema field; unset, it changes nothing."""
     section, _, name = key.rpartition(".")
@@ -159,6 +169,8 @@ def _add_config_option(command: Any, option: str, key: str, helps: dict[str, str
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise TypeError(f"{key}: '{section}' is not a section of the config")
     options = _kind(model.model_fields[name].annotation)
+    if key == "data.max_length":  # a number, or a percentile of the training lengths
+        options = {"type": _max_length, "metavar": "N|pNN"}
     repeatable = "(repeatable) " if options.get("action") == "append" else ""
     command.add_argument(option, dest=name, default=None, help=repeatable + helps[key], **options)
 

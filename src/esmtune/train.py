@@ -225,10 +225,13 @@ def _check_inputs(accelerator: Accelerator, config: TrainConfig) -> tuple[DataRe
     """
     if config.data.embeddings is None:  # (a head on precomputed embeddings has no backbone)
         check_backbone_available(config.model)
+    foreign = None
     if config.model.init_from is not None:
-        check_initial_run(config.model.init_from)
+        foreign = check_initial_run(config.model.init_from, config.model)
     report = check_dataset(config.data, config.task)
     if accelerator.is_main_process:
+        if foreign:
+            print(f"warning: {foreign}")
         print(report.table())
         for line in report.warnings + report.notes:
             print(f"note: {line}")

@@ -11,22 +11,50 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from esmtune.config import ModelConfig
 from esmtune.errors import ModelLoadError
 from esmtune.rundir import WEIGHTS_FILE, read_run
 
-__all__ = ["check_initial_run", "initialise_from"]
+__all__ = ["check_initial_run", "inherited_names", "initialise_from"]
 
 
-def check_initial_run(run_dir: Path) -> None:
+def check_initial_run(run_dir: Path, model: ModelConfig) -> str | None:
     """Fail before any data is read when ``model.init_from`` is not a finished run.
+
+    Args:
+        run_dir: The earlier run.
+        model: The new run's model section.
+
+    Returns:
+        A warning when both runs build on pretrained weights of differently named models:
+        tensors of the same shapes load onto either, so only the names can tell.
 
     Raises:
         RunDirError: Naming what is missing (see :func:`esmtune.rundir.read_run`).
     """
-    read_run(run_dir)
+    earlier, _ = read_run(run_dir)
+    base = earlier.model
+    if not (base.pretrained and model.pretrained) or base.name == model.name:
+        return None
+    return (
+        f"model.init_from: {run_dir} was trained on {base.name}, this run builds on "
+        f"{model.name}; its weights are added to a model they were not trained with unless "
+        "both name the same weights (set model.name to the earlier run's)"
+    )
+
+
+def inherited_names(run_dir: Path, skip: list[str]) -> set[str]:
+    """The tensors a run started from ``run_dir`` takes from it (all saved, less ``skip``).
+
+    They differ from the base model even where they no longer train (a frozen backbone taken
+    from a full run), so the new run must save them too.
+    """
+    with safe_open(str(run_dir / WEIGHTS_FILE), framework="pt") as saved:
+        return {name for name in saved.keys() if not _skipped(name, skip)}  # noqa: SIM118
 
 
 def _skipped(name: str, skip: list[str]) -> bool:

@@ -18,6 +18,7 @@ from esmtune.config import TrainConfig
 from esmtune.errors import RunDirError
 from esmtune.model.classifier import SequenceClassifier, build_model
 from esmtune.model.embedding_head import SOURCE_FILE
+from esmtune.model.initial import inherited_names
 from esmtune.model.interface import Classifier
 from esmtune.model.weights import load_weights
 from esmtune.rundir import WEIGHTS_FILE, read_run
@@ -50,13 +51,17 @@ def weights_to_save(model: SequenceClassifier, config: TrainConfig) -> dict[str,
     """The tensors a run must keep: trainable ones, or everything when nothing is downloadable.
 
     With ``pretrained: true`` the frozen backbone comes back from the hub or local folder, so only
-    trained parameters (LoRA adapters, unfrozen layers, pooling and head) are stored. Names are
+    trained parameters (LoRA adapters, unfrozen layers, pooling and head) are stored, with what
+    ``model.init_from`` gave the model even where it is frozen now. Names are
     the state dict's (``backbone.…``, ``pooler.…``, ``head.…``): parameters are picked by
     themselves, not by their module path, which has an ``encoder.`` level the saved names lack.
     """
     state = model.state_dict(keep_vars=True)
     if config.model.pretrained:
-        state = {name: tensor for name, tensor in state.items() if tensor.requires_grad}
+        # Frozen tensors taken from model.init_from are not the base model's either.
+        init = config.model.init_from
+        inherited = set() if init is None else inherited_names(init, config.model.init_skip)
+        state = {n: t for n, t in state.items() if t.requires_grad or n in inherited}
     return {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
 
 
