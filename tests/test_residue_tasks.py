@@ -380,8 +380,8 @@ def test_every_tuning_mode_trains_per_residue(
     )  # fmt: skip
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["selection_metric"] == "rmse" and summary["best_value"] is not None
-    if "finetune.mode=frozen" in settings:  # no cache of pooled vectors, and it says so
-        assert "cache_embeddings does not apply to per-residue tasks" in capsys.readouterr().out
+    if "finetune.mode=frozen" in settings:  # residue states cached (tests/test_residue_cache.py)
+        assert "float16" in capsys.readouterr().out
 
 
 def test_heads_fit_their_tasks(tmp_path: Path) -> None:

@@ -57,6 +57,7 @@ __all__ = [
     "load_embedding_run",
     "pooled_embeddings",
     "residue_embeddings",
+    "sequence_key",
     "write_embeddings",
 ]
 
@@ -188,7 +189,8 @@ def backbone_fingerprint(model: SequenceClassifier, config: TrainConfig) -> str:
     return f"hub:{name}@{config.model.revision or 'main'}"
 
 
-def _sequence_key(sequence: str) -> str:
+def sequence_key(sequence: str) -> str:
+    """The cache's name for a sequence (its SHA-1)."""
     return hashlib.sha1(sequence.encode()).hexdigest()
 
 
@@ -206,14 +208,19 @@ class EmbeddingCache:
         self.description = description
 
     @classmethod
-    def for_run(cls, root: Path, model: SequenceClassifier, config: TrainConfig) -> EmbeddingCache:
-        """The cache entry of a training config's frozen backbone."""
+    def for_run(
+        cls, root: Path, model: SequenceClassifier, config: TrainConfig, per_residue: bool = False
+    ) -> EmbeddingCache:
+        """The cache entry of a training config's frozen backbone.
+
+        ``per_residue``: every residue's state (float16) instead of the pooled vector.
+        """
         data = config.data
         return cls(
             root,
             {
                 "backbone": backbone_fingerprint(model, config),
-                "pooling": config.model.pooling.value,
+                "pooling": "per-residue float16" if per_residue else config.model.pooling.value,
                 "max_length": data.max_length,
                 "long_sequences": data.long_sequences.value,
                 "window_stride": data.window_stride,
@@ -221,7 +228,7 @@ class EmbeddingCache:
             },
         )
 
-    def _stored(self) -> dict[str, Path]:
+    def stored(self) -> dict[str, Path]:
         """Sequence hash -> shard file, for everything cached so far."""
         found: dict[str, Path] = {}
         if self.folder.is_dir():
@@ -245,8 +252,8 @@ class EmbeddingCache:
         Returns:
             The ``(n, hidden)`` embeddings and how many had to be computed.
         """
-        keys = [_sequence_key(s) for s in sequences]
-        stored = self._stored()
+        keys = [sequence_key(s) for s in sequences]
+        stored = self.stored()
         missing: list[int] = []
         seen: set[str] = set()
         for index, key in enumerate(keys):
@@ -257,7 +264,7 @@ class EmbeddingCache:
         if missing:
             computed = compute(missing)
             fresh = {keys[i]: computed[row].contiguous() for row, i in enumerate(missing)}
-            self._write(fresh)
+            self.write(fresh)
             vectors.update(fresh)
         by_shard: dict[Path, list[str]] = {}
         for key in set(keys) - set(vectors):
@@ -267,12 +274,15 @@ class EmbeddingCache:
                 vectors.update({key: handle.get_tensor(key) for key in wanted})
         return torch.stack([vectors[key] for key in keys]), len(missing)
 
-    def _write(self, vectors: dict[str, torch.Tensor]) -> None:
+    def write(self, vectors: dict[str, torch.Tensor]) -> Path:
+        """Add tensors as a new shard (atomically); returns the shard."""
         self.folder.mkdir(parents=True, exist_ok=True)
         info = self.folder / "info.json"
         if not info.is_file():
             info.write_text(json.dumps(self.description, indent=2) + "\n")
-        save_tensors(vectors, self.folder / f"shard-{uuid.uuid4().hex}.safetensors")
+        shard = self.folder / f"shard-{uuid.uuid4().hex}.safetensors"
+        save_tensors(vectors, shard)
+        return shard
 
 
 def write_embeddings(

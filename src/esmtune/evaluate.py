@@ -123,7 +123,9 @@ def evaluate_run(
             loaded.tokenizer.pad_token_id,
             progress=progress,
         )
-        outputs = place_residues(outputs, windows, [len(r.sequence) for r in records])
+        outputs = place_residues(
+            outputs, [w[0].start for w in windows], [len(r.sequence) for r in records]
+        )
     metrics = {
         "task": config.task.value,
         "split": split,

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from esmtune.data.batching import EncodedDataset, Window, eval_loader
+from esmtune.data.batching import EncodedDataset, eval_loader
 from esmtune.model.interface import Classifier
 from esmtune.model.windows import over_budget, stream_windows
 
@@ -129,6 +129,8 @@ def _residues_read(batch: dict[str, torch.Tensor]) -> list[int]:
     """Residues each sequence of a batch was read with (stitched, or its one input's)."""
     if "residue_count" in batch:
         return [int(count) for count in batch["residue_count"].tolist()]
+    if "embedding_mask" in batch:  # cached residue states: the mask marks the residues
+        return [int(count) for count in batch["embedding_mask"].sum(dim=1).tolist()]
     return [int(count) - 2 for count in batch["attention_mask"].sum(dim=1).tolist()]
 
 
@@ -150,9 +152,7 @@ def sequence_rows(rows: list[np.ndarray]) -> np.ndarray:
     return np.stack(rows)
 
 
-def place_residues(
-    outputs: np.ndarray, windows: list[list[Window]], lengths: list[int]
-) -> np.ndarray:
+def place_residues(outputs: np.ndarray, starts: list[int], lengths: list[int]) -> np.ndarray:
     """Per-residue outputs over each whole sequence: NaN rows where residues were not read.
 
     A cut sequence (``truncate``, ``centre``) is read from its first window's start; its outputs
@@ -161,8 +161,7 @@ def place_residues(
     if outputs.dtype != object:
         return outputs
     placed = []
-    for row, parts, length in zip(outputs, windows, lengths, strict=True):
-        start = parts[0].start
+    for row, start, length in zip(outputs, starts, lengths, strict=True):
         if start == 0 and len(row) == length:
             placed.append(row)
             continue

@@ -333,7 +333,7 @@ class Predictor:
             device=self.device,
         )
         lengths = [len(r.sequence) for r in records]
-        return place_residues(outputs, windows, lengths), windows
+        return place_residues(outputs, [w[0].start for w in windows], lengths), windows
 
     def predict(
         self,

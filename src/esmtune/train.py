@@ -62,6 +62,7 @@ from esmtune.storage import check_writable, storage_errors
 from esmtune.tasks import TaskSpec, build_task
 from esmtune.training.loaders import encode_split, make_embedding_loaders, make_loaders
 from esmtune.training.log import TrainingLog, attach_run_log, detach_run_logs, say
+from esmtune.training.residue_cache import CachedResidueStates
 
 __all__ = ["encode_split", "train"]
 
@@ -490,9 +491,9 @@ def _validate(run: _Run) -> tuple[dict[str, Any], list[float] | None]:
         raise RuntimeError("the validation set was encoded without its targets")
     outputs = sequence_rows([by_index[i] for i in range(len(dataset))])
     if dataset.residue_targets:  # per residue: outputs over whole chains, unread residues NaN
-        assert isinstance(dataset, EncodedDataset)
+        assert isinstance(dataset, EncodedDataset | CachedResidueStates)
         lengths = [len(target) for target in dataset.targets]
-        outputs = place_residues(outputs, dataset.windows, lengths)
+        outputs = place_residues(outputs, dataset.starts, lengths)
     thresholds = run.spec.tune(dataset.targets, outputs)
     return run.spec.metrics(dataset.targets, outputs, thresholds), thresholds
 

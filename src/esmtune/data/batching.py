@@ -35,6 +35,7 @@ __all__ = [
     "encode",
     "eval_loader",
     "pad_collate",
+    "residue_target_rows",
     "window_starts",
 ]
 
@@ -176,6 +177,11 @@ class EncodedDataset(BudgetedDataset):
         return [max(len(w.ids) for w in windows) for windows in self.windows]
 
     @property
+    def starts(self) -> list[int]:
+        """The first residue each sequence is read from (not 0 only for a centred cut)."""
+        return [windows[0].start for windows in self.windows]
+
+    @property
     def window_counts(self) -> list[int]:
         """Model inputs each sequence needs."""
         return [len(windows) for windows in self.windows]
@@ -305,7 +311,7 @@ def pad_collate(
 
     With ``residue_targets`` each sequence's target is an array with one entry per residue; the
     batch's ``target`` is laid out as the model's stitched states (``<cls> residues <eos>
-    padding``, see :func:`_residue_target_rows`).
+    padding``, see :func:`residue_target_rows`).
     """
     windows = [window for _, sequence_windows, _ in items for window in sequence_windows]
     longest = max(len(window.ids) for window in windows)
@@ -331,31 +337,36 @@ def pad_collate(
     if targets and residue_targets:
         windowed = "residue_count" in batch
         width = int(batch["residue_count"].max()) + 2 if windowed else longest
-        batch["target"] = torch.from_numpy(_residue_target_rows(items, width))
+        read = [(*_residues_read(ws), target) for _, ws, target in items]
+        batch["target"] = torch.from_numpy(residue_target_rows(read, width))
     elif targets:  # a dataset has targets for every sequence or for none
         batch["target"] = torch.from_numpy(np.stack(targets))
     return batch
 
 
-def _residue_target_rows(
-    items: list[tuple[int, list[Window], np.ndarray | None]], width: int
-) -> np.ndarray:
+def residue_target_rows(read: list[tuple[int, int, np.ndarray | None]], width: int) -> np.ndarray:
     """Per-residue targets ``(sequences, width)`` at the positions of the residues read.
 
+    ``read`` holds, per sequence, the first residue read, how many were read and its targets.
     Residue ``start + i`` of a sequence read from residue ``start`` (a centred cut) sits at
     position ``i + 1``, after ``<cls>``, as its state does; positions that are no residue read
     (``<cls>``, ``<eos>``, padding) hold the ignored value, so they never reach the loss.
     """
-    dtype = next(target for _, _, target in items if target is not None).dtype
+    dtype = next(target for _, _, target in read if target is not None).dtype
     fill = IGNORED_CLASS if np.issubdtype(dtype, np.integer) else np.nan
-    rows = np.full((len(items), width), fill, dtype=dtype)
-    for row, (_, windows, target) in enumerate(items):
+    rows = np.full((len(read), width), fill, dtype=dtype)
+    for row, (start, count, target) in enumerate(read):
         assert target is not None
-        start = windows[0].start
-        end = max(window.start + len(window.ids) - 2 for window in windows)
-        read = target[start:end]
-        rows[row, 1 : 1 + len(read)] = read
+        part = target[start : start + count]
+        rows[row, 1 : 1 + len(part)] = part
     return rows
+
+
+def _residues_read(windows: list[Window]) -> tuple[int, int]:
+    """The first residue a sequence's windows read, and how many they read."""
+    start = windows[0].start
+    end = max(window.start + len(window.ids) - 2 for window in windows)
+    return start, end - start
 
 
 def eval_loader(

@@ -141,15 +141,23 @@ class ResidueClassifier(SequenceClassifier):
     per_residue = True
 
     def forward(
-        self, embeddings: torch.Tensor | None = None, **inputs: torch.Tensor
+        self,
+        embeddings: torch.Tensor | None = None,
+        embedding_mask: torch.Tensor | None = None,
+        **inputs: torch.Tensor,
     ) -> torch.Tensor:
-        """Logits ``(sequences, positions, num_outputs)`` from token inputs.
+        """Logits ``(sequences, positions, num_outputs)`` from token inputs or cached states.
+
+        Cached residue states come laid out as the stitched states (``embeddings``), with
+        ``embedding_mask`` marking the residues (see :mod:`esmtune.training.residue_cache`).
 
         Raises:
-            ValueError: When given cached pooled embeddings, which have no residues.
+            ValueError: When given embeddings without their residue mask (pooled vectors).
         """
         if embeddings is not None:
-            raise ValueError("a per-residue model reads token inputs, not pooled embeddings")
+            if embedding_mask is None or embeddings.dim() != 3:
+                raise ValueError("a per-residue model reads residue states, not pooled vectors")
+            return self.residue_logits(embeddings, embedding_mask)
         return self.residue_logits(*self.residue_states(**inputs))
 
     def residue_logits(self, states: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:

@@ -35,11 +35,17 @@ from esmtune.embeddings import (
     FileEmbeddings,
     embedding_collate,
     pooled_embeddings,
+    residue_embeddings,
 )
 from esmtune.inference import eval_loader
 from esmtune.model.classifier import SequenceClassifier
 from esmtune.tasks import TaskSpec
 from esmtune.training.log import say
+from esmtune.training.residue_cache import (
+    CachedResidueStates,
+    cache_residue_states,
+    residue_state_collate,
+)
 
 __all__ = ["encode_split", "evaluation_sample", "make_embedding_loaders", "make_loaders"]
 
@@ -110,13 +116,11 @@ def make_loaders(
     records = _split_records(accelerator, config, report)
     encoded = {split: _encode(recs, tokenizer, config, spec) for split, recs in records.items()}
     datasets: Mapping[str, BudgetedDataset] = encoded
-    if _caches_embeddings(config) and spec.per_residue:
-        say(
-            accelerator,
-            "note: finetune.cache_embeddings does not apply to per-residue tasks yet (the cache "
-            "holds pooled vectors): the frozen backbone runs on every batch",
-        )
-    elif _caches_embeddings(config):
+    if _caches_residue_states(config, spec):
+        # Every residue's state, once, on disk; the head trains on them.
+        datasets = _residue_states_once(accelerator, model, tokenizer.pad_token_id, config,
+                                        records, encoded)  # fmt: skip
+    elif not spec.per_residue and _caches_embeddings(config):
         # The backbone's only work: from here on the head trains on cached embeddings.
         datasets = _embed_once(accelerator, model, tokenizer.pad_token_id, config, records, encoded)
     train_set, val_set = datasets["train"], datasets["validation"]
@@ -169,6 +173,12 @@ def make_embedding_loaders(
     return found, train_loader, sampler, val_loader
 
 
+def _caches_residue_states(config: TrainConfig, spec: TaskSpec) -> bool:
+    """Frozen backbone and a per-residue task: each residue's state never changes."""
+    frozen = config.finetune.mode is FinetuneMode.FROZEN
+    return spec.per_residue and frozen and config.finetune.cache_embeddings
+
+
 def _caches_embeddings(config: TrainConfig) -> bool:
     """Frozen backbone and a pooling without parameters: the pooled embedding never changes."""
     return (
@@ -176,6 +186,59 @@ def _caches_embeddings(config: TrainConfig) -> bool:
         and config.finetune.cache_embeddings
         and config.model.pooling is not Pooling.ATTENTION
     )
+
+
+def _cache_root(config: TrainConfig) -> Path:
+    return config.finetune.cache_dir or (
+        Path(os.environ.get("ESMTUNE_CACHE", "~/.cache/esmtune")).expanduser() / "embeddings"
+    )
+
+
+def _residue_states_once(
+    accelerator: Accelerator,
+    model: SequenceClassifier,
+    pad_token_id: int,
+    config: TrainConfig,
+    records: dict[str, list[SequenceRecord]],
+    datasets: dict[str, EncodedDataset],
+) -> dict[str, CachedResidueStates]:
+    """Per-residue states of every split, read from the cache or computed once (main process)."""
+    cache = EmbeddingCache.for_run(_cache_root(config), model, config, per_residue=True)
+    model.to(accelerator.device)
+    cached: dict[str, CachedResidueStates] = {}
+    for split, dataset in datasets.items():
+        sequences = [r.sequence for r in records[split]]
+
+        def compute(missing: list[int], dataset: EncodedDataset = dataset) -> list[torch.Tensor]:
+            subset = EncodedDataset([dataset.windows[i] for i in missing])
+            show = accelerator.is_main_process and len(missing) > 1
+            return residue_embeddings(model, subset, pad_token_id, None, progress=show)
+
+        started = time.perf_counter()
+        computed = 0
+        if accelerator.is_main_process:
+            locations, computed = cache_residue_states(cache, sequences, compute)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            locations, _ = cache_residue_states(cache, sequences, compute)  # main wrote them
+        size = sum(shard.stat().st_size for shard in {shard for shard, _ in locations})
+        say(
+            accelerator,
+            f"{split}: residue states of {computed} sequence(s) computed, "
+            f"{len(sequences) - computed} read from the cache {cache.folder} "
+            f"({time.perf_counter() - started:.1f} s; float16, {_size(size)} on disk)",
+        )
+        cached[split] = CachedResidueStates(locations, dataset)
+    return cached
+
+
+def _size(size: int) -> str:
+    """Bytes as people read them."""
+    for unit in ("bytes", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return f"{size:.1f} GiB"
 
 
 def _embed_once(
@@ -187,10 +250,7 @@ def _embed_once(
     datasets: dict[str, EncodedDataset],
 ) -> dict[str, EmbeddedDataset]:
     """Pooled embeddings of every split, from the cache or computed once (main process)."""
-    root = config.finetune.cache_dir or (
-        Path(os.environ.get("ESMTUNE_CACHE", "~/.cache/esmtune")).expanduser() / "embeddings"
-    )
-    cache = EmbeddingCache.for_run(root, model, config)
+    cache = EmbeddingCache.for_run(_cache_root(config), model, config)
     model.to(accelerator.device)
     embedded: dict[str, EmbeddedDataset] = {}
     for split, dataset in datasets.items():
@@ -254,4 +314,6 @@ def _collate(
         return dataset.collate
     if isinstance(dataset, EmbeddedDataset):
         return embedding_collate
+    if isinstance(dataset, CachedResidueStates):
+        return residue_state_collate
     return partial(pad_collate, pad_token_id=pad_token_id, residue_targets=dataset.residue_targets)
