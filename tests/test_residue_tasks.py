@@ -139,8 +139,9 @@ def test_residue_classification_trains_evaluates_and_predicts(
     majority = counts.max() / counts.sum()
     assert metrics["accuracy"] > majority + 0.15, (metrics["accuracy"], majority)
     assert metrics["unread"] == 0  # windows: every residue has a prediction
-    assert {p.name for p in out.iterdir()} >= {"metrics.json", "predictions.csv",
-                                               "confusion_matrix.png"}  # fmt: skip
+    written = {"metrics.json", "predictions.csv", "confusion_matrix.png", "residue_tracks.png"}
+    assert {p.name for p in out.iterdir()} >= written
+    assert (out / "residue_tracks.png").stat().st_size > 10_000  # four chains drawn
     assert "Q3" in capsys.readouterr().out
 
     sequence = "MKDKLVVSEERAAGNLKDEL" * 3  # 60 residues: windows of 32

@@ -396,3 +396,57 @@ def plot_residue_scores(
             _note(axes, "no residue read")
     grid[-1, 0].set_xlabel("residue" if lettered else "residue position")
     _save(figure, path)
+
+
+def plot_residue_tracks(
+    tracks: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    labels: list[str],
+    ignored: int,
+    path: Path,
+    title: str,
+) -> None:
+    """Per-residue predictions along a few chains: each class's probability, truth and call.
+
+    Args:
+        tracks: ``(name, targets, probabilities)`` per chain: class indices per residue
+            (``ignored`` where masked) and ``(residues, classes)`` probabilities (NaN rows
+            where the model did not read the residue).
+        labels: Class names in index order.
+        ignored: The class index of masked residues, drawn grey in the truth row.
+        path: Where to write the figure.
+        title: Figure title.
+    """
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
+
+    colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(labels))]
+    grey = (0.85, 0.85, 0.85, 1.0)
+    palette = ListedColormap([*colours, grey])
+    figure, grid = plt.subplots(
+        len(tracks), 1, figsize=(12.0, 0.8 + 2.2 * len(tracks)), squeeze=False
+    )
+    figure.suptitle(title)
+    for axes, (name, targets, probabilities) in zip(grid[:, 0], tracks, strict=True):
+        positions = np.arange(1, len(targets) + 1)
+        read = np.isfinite(probabilities).all(axis=1)
+        for index, label in enumerate(labels):
+            shown = np.where(read, probabilities[:, index], np.nan)
+            axes.plot(positions, shown, color=colours[index], linewidth=1.0, label=f"P({label})")
+        truth = np.where(targets == ignored, len(labels), targets)
+        called = np.where(read, np.nan_to_num(probabilities).argmax(axis=1), len(labels))
+        extent = (0.5, len(targets) + 0.5)
+        for row, (values, top) in enumerate(((truth, -0.12), (called, -0.24))):
+            axes.imshow(
+                values[np.newaxis, :], aspect="auto", cmap=palette, vmin=0, vmax=len(labels),
+                extent=(*extent, top - 0.1, top), interpolation="nearest",
+            )  # fmt: skip
+            axes.text(extent[0], top - 0.05, ("true ", "predicted ")[row], ha="right",
+                      va="center", fontsize=8)  # fmt: skip
+        axes.set_xlim(*extent)
+        axes.set_ylim(-0.36, 1.02)
+        axes.set_yticks([0, 0.5, 1])
+        axes.set_ylabel("probability")
+        axes.set_title(name, fontsize=10, loc="left")
+    grid[0, 0].legend(loc="upper right", fontsize=8, ncol=len(labels))
+    grid[-1, 0].set_xlabel("residue position (grey: masked or not read)")
+    _save(figure, path)

@@ -22,7 +22,7 @@ from esmtune.data.batching import IGNORED_CLASS
 from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.report import DataReport, align_table, residue_counts, residue_footer
 from esmtune.metrics import residue_classification_metrics
-from esmtune.plots import plot_confusion_matrix
+from esmtune.plots import plot_confusion_matrix, plot_residue_tracks
 from esmtune.tasks.base import HfProblemType, TaskSpec, metric_table, number
 
 __all__ = ["ResidueClassificationTask", "aligned_lines"]
@@ -62,6 +62,10 @@ def aligned_lines(sequence: str, rows: list[tuple[str, str]]) -> list[str]:
         for text, name in rows:
             lines.append(f"  {'':>{width}} {text[start : start + _LINE]}  {name}")
     return lines
+
+
+# Chains drawn in the track plot of an evaluation.
+TRACKED_CHAINS = 4
 
 
 class ResidueClassificationTask(TaskSpec):
@@ -265,14 +269,20 @@ class ResidueClassificationTask(TaskSpec):
     def plots(
         self, targets: np.ndarray, outputs: np.ndarray, metrics: dict[str, Any], out: Path
     ) -> list[Path]:
-        """The per-residue confusion matrix."""
+        """The per-residue confusion matrix, and the tracks of a few chains."""
         title = (
             f"{metrics['split']}: per-residue accuracy {metrics['accuracy']:.3f}, "
             f"macro-F1 {metrics['macro_f1']:.3f}"
         )
         path = out / "confusion_matrix.png"
         plot_confusion_matrix(metrics["confusion_matrix"], self.labels, path, title)
-        return [path]
+        tracks_path = out / "residue_tracks.png"
+        # The first chains of the split, in its order: the same ones run after run.
+        chosen = range(min(TRACKED_CHAINS, len(targets)))
+        tracks = [(f"chain {i + 1} of {metrics['split']}", targets[i], outputs[i]) for i in chosen]
+        plot_residue_tracks(tracks, self.labels, IGNORED_CLASS, tracks_path,
+                            f"{metrics['split']}: per-residue predictions")  # fmt: skip
+        return [path, tracks_path]
 
     def prediction_columns(self) -> list[str]:
         """Header of predictions.csv: one row per chain."""
