@@ -22,6 +22,7 @@ LETTERS = "ADEKLRSVGN"
 SPLITS = {"train": "SET=train VALIDATION=False", "validation": "SET=train VALIDATION=True",
           "test": "SET=test"}  # fmt: skip
 COUNTS = {"train": 150, "validation": 20, "test": 40}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def residue_class(sequence: str, i: int) -> str:
@@ -157,3 +158,18 @@ def test_the_cli_prints_the_window_baseline_and_the_trivial_one(tmp_path: Path, 
     assert main(argv) == 0  # the default window
     assert "one-hot windows of 15 residues" in capsys.readouterr().out
     assert np.isfinite(result["model"]["mcc"])
+
+
+def test_the_bundled_example_gives_the_readme_numbers(monkeypatch, capsys) -> None:
+    monkeypatch.chdir(ROOT)
+    assert main(["baseline", "examples/ss3", "--task", "residue_classification"]) == 0
+    model, trivial = capsys.readouterr().out.splitlines()[:2]
+    assert model.endswith("test n=20110 residues of 150 chains: "
+                          "accuracy 0.627, macro_f1 0.607, mcc 0.425")  # fmt: skip
+    assert trivial == "always 'H': accuracy 0.377, macro_f1 0.183, mcc 0.000"
+    row = "one-hot windows of 15 residues: Q3 0.627, macro-F1 0.607, MCC 0.425"
+    assert row in (ROOT / "README.md").read_text()
+    assert (
+        "| test       |     20,110 (150)  | 0.627 |    0.607 | 0.425 |"
+        in (ROOT / "examples" / "ss3" / "README.md").read_text()
+    )
