@@ -169,8 +169,9 @@ def window_baseline(
         )
     spec, train, test = _prepared(data, task, split)
     used = np.concatenate([np.asarray(r.used_residues, dtype=bool) for r in train])
-    train_targets = np.concatenate(list(spec.encode_targets(train)))[used]
-    chosen = np.flatnonzero(used)
+    # The trivial predictor takes every unmasked train residue; the model a sample of them.
+    all_targets = np.concatenate(list(spec.encode_targets(train)))[used]
+    chosen, train_targets = np.flatnonzero(used), all_targets
     notes = []
     if len(chosen) > max_residues:
         notes.append(
@@ -178,7 +179,7 @@ def window_baseline(
             "residues"
         )
         keep = np.sort(np.random.default_rng(seed).choice(len(chosen), max_residues, False))
-        chosen, train_targets = chosen[keep], train_targets[keep]
+        chosen, train_targets = chosen[keep], all_targets[keep]
     estimator = spec.baseline_estimator()
     sequences = [r.sequence for r in train]
     estimator.fit(_one_hot(_window_codes(sequences, window)[chosen]), train_targets)
@@ -186,7 +187,7 @@ def window_baseline(
     ends = np.cumsum([len(r.sequence) for r in test])[:-1]
     features = window_features([r.sequence for r in test], window)
     outputs = _per_chain(spec.baseline_outputs(estimator, features), ends)
-    trivial, trivial_name = spec.trivial_outputs(train_targets, features.shape[0])
+    trivial, trivial_name = spec.trivial_outputs(all_targets, features.shape[0])
     scores = spec.metrics(test_targets, outputs)
     return {
         "task": spec.task.value,

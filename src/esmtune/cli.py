@@ -270,9 +270,9 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     predictor (commonest label, label frequencies or the train mean): the numbers a fine-tuned
     model has to beat. Per-residue tasks: the same models on the one-hot encoded window of
     --window residues around each residue, fitted on train's unmasked residues (a seeded sample
-    of 200,000 at most) and scored on every unmasked residue, beside the commonest class or the
-    train mean. With --embeddings FILE or --embed-with MODEL, the same linear model on
-    embeddings too: whether a network on top of them is needed at all.
+    when train has very many, said in a note) and scored on every unmasked residue, beside the
+    commonest class or the train mean. With --embeddings FILE or --embed-with MODEL, the same
+    linear model on embeddings too: whether a network on top of them is needed at all.
     """
     from esmtune.baseline import embedding_baseline, task_baseline
 
