@@ -41,7 +41,8 @@ _DIPEPTIDES = {a + b: i for i, (a, b) in enumerate(product(_AMINO_ACIDS, repeat=
 # Residues in the one-hot window around each residue (7 on either side).
 DEFAULT_WINDOW = BASELINE_WINDOW
 # Training residues the window model is fitted on at most: a seeded sample beyond this keeps
-# the fit to a minute and the features to some 100 MB on a FLIP-sized train split.
+# the whole FLIP split (2.3M train residues) to 17 s and 0.5 GB, at a test Q3 of 0.625 (0.627
+# fitted on 3,000 chains, some 700k residues).
 MAX_WINDOW_RESIDUES = 200_000
 # The one-hot columns of a window position: the 20 standard amino acids, any other residue
 # (X, U, B ...), and a position beyond either end of the chain.
