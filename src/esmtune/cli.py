@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from esmtune.config import (
+    BASELINE_WINDOW,
     DataConfig,
     Pooling,
     Task,
@@ -259,6 +260,13 @@ def _baseline_options(command: argparse.ArgumentParser) -> None:
     # The model is fitted on the first split (train) and scored on one of the others.
     _add(command, "--split", default="test", choices=SPLITS[1:], help="split to score")
     command.add_argument(
+        "--window",
+        type=int,
+        metavar="N",
+        help="per-residue tasks: residues in the one-hot window centred on each residue, an odd "
+        f"number (1: the residue alone) [{BASELINE_WINDOW}]",
+    )
+    command.add_argument(
         "--embed-with",
         metavar="MODEL",
         help="also fit the linear model on mean-pooled embeddings of this ESM2 model (hub id, "
@@ -267,18 +275,21 @@ def _baseline_options(command: argparse.ArgumentParser) -> None:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
-    """Score a composition baseline on a dataset.
+    """Score a linear baseline on a dataset.
 
     A linear model on amino-acid + dipeptide composition (logistic regression; ridge for
     regression), fitted on train and scored on a split with the task's metrics, beside a trivial
     predictor (commonest label, label frequencies or the train mean): the numbers a fine-tuned
-    model has to beat. With --embeddings FILE or --embed-with MODEL, the same linear model on
-    embeddings too: whether a network on top of them is needed at all.
+    model has to beat. Per-residue tasks: the same models on the one-hot encoded window of
+    --window residues around each residue, fitted on train's unmasked residues (a seeded sample
+    when train has very many, said in a note) and scored on every unmasked residue, beside the
+    commonest class or the train mean. With --embeddings FILE or --embed-with MODEL, the same
+    linear model on embeddings too: whether a network on top of them is needed at all.
     """
-    from esmtune.baseline import composition_baseline, embedding_baseline
+    from esmtune.baseline import embedding_baseline, task_baseline
 
     task, data = _data_config(args)
-    result = composition_baseline(data, task, args.split)
+    result = task_baseline(data, task, args.split, args.window)
 
     def scores(metrics: dict) -> str:
         return ", ".join(
@@ -286,10 +297,10 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
             for name in result["headline"]
         )
 
-    where = f"{result['split']} n={result['n']}"
+    where = result["where"]
     print(
-        f"composition baseline ({result['model_name']} on amino-acid + dipeptide composition), "
-        f"{where}: {scores(result['model'])}"
+        f"{result['name']} ({result['model_name']} on {result['features']}), {where}: "
+        f"{scores(result['model'])}"
     )
     if data.embeddings is not None:
         embedded = embedding_baseline(data, task, args.split)
@@ -302,6 +313,8 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
         print(f"embedding baseline ({embedded['model_name']} on {source}), {where}: "
               f"{scores(embedded['model'])}")  # fmt: skip
     print(f"{result['trivial_name']}: {scores(result['trivial'])}")
+    for line in result["notes"]:
+        print(f"note: {line}")
     return 0
 
 

@@ -33,6 +33,7 @@ from pydantic import (
 from esmtune.errors import ConfigError
 
 __all__ = [
+    "BASELINE_WINDOW",
     "TASK_METRICS",
     "TASK_OPTIONS",
     "TASK_SPECIFIC_KEYS",
@@ -125,6 +126,11 @@ TASK_OPTIONS: dict[Task, TaskOptions] = {
         per_residue=True,
     ),
 }
+
+# Per-residue tasks' baseline (`esmtune baseline --window`): residues in the one-hot window around
+# each residue, 7 on either side, the width of the classic window-based secondary-structure
+# predictors and of FLIP's reference baseline. Here so that --help shows it without torch.
+BASELINE_WINDOW = 15
 
 # Validation metrics each task can select its best checkpoint and stop early on, default first.
 TASK_METRICS: dict[Task, tuple[str, ...]] = {

@@ -2,7 +2,7 @@
 
 A task owns everything that differs between kinds of prediction: how its targets are read and
 checked, the loss and output activation, decision thresholds, metrics, the evaluation report and
-plots, the predictions file and ``predict``'s table and text, the composition baseline, how two
+plots, the predictions file and ``predict``'s table and text, the linear baseline, how two
 runtimes' outputs are compared, the Hugging Face head mapping and how the serve page draws a
 prediction. The rest of esmtune calls these methods and never asks which task it has.
 
@@ -309,16 +309,19 @@ class TaskSpec:
             rows.append([record.id, format_target(record.target), chosen, *probabilities])
         return rows
 
-    # --- the composition baseline -------------------------------------------------------------
+    # --- the linear baseline -------------------------------------------------------------------
+    # Sequence tasks: one row per sequence (composition or embedding features, encoded targets).
+    # Per-residue tasks: one row per residue (a sparse one-hot window; the targets of unmasked
+    # residues, flat), which esmtune.baseline puts back into one array per chain for metrics.
 
     baseline_model_name: ClassVar[str] = "logistic regression"
 
     def baseline_estimator(self) -> BaseEstimator:
-        """The scikit-learn model fitted on composition features and encoded targets."""
+        """The scikit-learn model fitted on the baseline's features and encoded targets."""
         raise NotImplementedError
 
     def baseline_outputs(self, estimator: Any, features: np.ndarray) -> np.ndarray:
-        """The fitted estimator's predictions in this task's output form."""
+        """The fitted estimator's predictions in this task's output form (per row)."""
         raise NotImplementedError
 
     def trivial_outputs(self, train_targets: np.ndarray, count: int) -> tuple[np.ndarray, str]:

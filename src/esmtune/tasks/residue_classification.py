@@ -202,6 +202,27 @@ class ResidueClassificationTask(TaskSpec):
         """Per-residue accuracy (Q3), F1s, MCC, per-class report, confusion matrix, per protein."""
         return residue_classification_metrics(targets, outputs, self.labels, IGNORED_CLASS)
 
+    # --- the one-hot window baseline ----------------------------------------------------------
+
+    def baseline_estimator(self) -> Any:
+        """Logistic regression on one-hot windows (0/1 columns: nothing to standardise)."""
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(max_iter=2000)
+
+    def baseline_outputs(self, estimator: Any, features: Any) -> np.ndarray:
+        """Class probabilities in label order, one row per residue."""
+        probabilities = np.zeros((features.shape[0], len(self.labels)))
+        probabilities[:, estimator.classes_] = estimator.predict_proba(features)
+        return probabilities
+
+    def trivial_outputs(self, train_targets: np.ndarray, count: int) -> tuple[np.ndarray, str]:
+        """Train's commonest class (of unmasked residues) for every residue."""
+        commonest = int(np.bincount(train_targets, minlength=len(self.labels)).argmax())
+        always = np.zeros((count, len(self.labels)))
+        always[:, commonest] = 1.0
+        return always, f"always '{self.labels[commonest]}'"
+
     # --- predictions -----------------------------------------------------------------------
 
     def predictions(self, outputs: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:

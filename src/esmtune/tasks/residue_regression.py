@@ -57,6 +57,7 @@ class ResidueRegressionTask(TaskSpec):
     headline_metrics: ClassVar[tuple[str, ...]] = ("spearman", "pearson", "r2", "rmse")
     hf_problem_type: ClassVar[HfProblemType] = "regression"
     hf_usage: ClassVar[str] = "values = logits  # per residue, in the targets' own units"
+    baseline_model_name: ClassVar[str] = "ridge regression"
 
     # --- reading and checking targets --------------------------------------------------------
 
@@ -191,6 +192,22 @@ class ResidueRegressionTask(TaskSpec):
     ) -> dict[str, Any]:
         """Per-residue Spearman, Pearson, RMSE, MAE, R², and the mean per-protein Spearman."""
         return residue_regression_metrics(targets, outputs, _OUTPUT)
+
+    # --- the one-hot window baseline ----------------------------------------------------------
+
+    def baseline_estimator(self) -> Any:
+        """Ridge regression on one-hot windows (0/1 columns: nothing to standardise)."""
+        from sklearn.linear_model import Ridge
+
+        return Ridge(alpha=1.0)
+
+    def baseline_outputs(self, estimator: Any, features: Any) -> np.ndarray:
+        """Predicted values, shape ``(residues, 1)``."""
+        return np.asarray(estimator.predict(features), dtype=np.float64).reshape(-1, 1)
+
+    def trivial_outputs(self, train_targets: np.ndarray, count: int) -> tuple[np.ndarray, str]:
+        """The mean of train's unmasked values, for every residue."""
+        return np.full((count, 1), float(np.mean(train_targets))), "the train mean"
 
     # --- predictions -----------------------------------------------------------------------
 
