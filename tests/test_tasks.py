@@ -343,11 +343,19 @@ def _task_commands() -> dict[str, list[str]]:
 
 
 def test_the_readme_shows_one_train_command_per_task() -> None:
-    assert set(_task_commands()) == {"multiclass", "binary", "multilabel", "regression"}
+    assert set(_task_commands()) == {
+        "multiclass",
+        "binary",
+        "multilabel",
+        "regression",
+        "residue_classification",
+    }
 
 
 @pytest.mark.end_to_end
-@pytest.mark.parametrize("task", ["multiclass", "binary", "multilabel", "regression"])
+@pytest.mark.parametrize(
+    "task", ["multiclass", "binary", "multilabel", "regression", "residue_classification"]
+)
 def test_each_readme_task_command_trains_on_its_bundled_example(
     task: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
