@@ -394,17 +394,9 @@ def test_heads_fit_their_tasks(tmp_path: Path) -> None:
         load_config(None, ["task=residue_regression", "model.head=cnn", "model.head_kernel_size=4"])
 
 
-def test_export_serve_and_sequence_baselines_refuse_per_residue_runs(
-    regression_run: Path, tmp_path: Path
-) -> None:
+def test_sequence_baselines_refuse_per_residue_runs(tmp_path: Path) -> None:
     from esmtune.baseline import composition_baseline
-    from esmtune.export import export_run
-    from esmtune.predict import check_loadable
 
-    with pytest.raises(EsmtuneError, match="exporting per-residue models"):
-        export_run(regression_run, tmp_path / "export", "onnx")
-    with pytest.raises(EsmtuneError, match="serving it is not supported yet"):
-        check_loadable(regression_run)
     # Their baseline is the one-hot window (tests/test_residue_baseline.py), not composition.
     with pytest.raises(EsmtuneError, match="one-hot window"):
         composition_baseline(tmp_path, "residue_regression")

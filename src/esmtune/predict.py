@@ -74,12 +74,7 @@ def check_loadable(path: Path | str, runtime: str = AUTO) -> None:
         check_export_loadable(path, runtime)
         return
     _check_runs_in_torch(path, PredictOptions.merged(None, {"runtime": runtime}))
-    config, task = read_run(path)
-    if task.per_residue:
-        raise EsmtuneError(
-            f"{path} predicts per residue ({task.task.value}); serving it is not supported yet: "
-            f"predict with `esmtune predict {path} ...`"
-        )
+    config, _ = read_run(path)
     check_backbone_available(config.model)
 
 

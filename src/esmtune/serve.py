@@ -422,9 +422,14 @@ def _parse_body(
 
 
 def _checked(
-    records: list[SequenceRecord], settings: ServeSettings, max_length: int
+    records: list[SequenceRecord],
+    settings: ServeSettings,
+    max_length: int,
+    per_residue: bool = False,
 ) -> tuple[list[SequenceRecord], list[str]]:
     """Normalised records within every limit, and the warnings of the answer.
+
+    ``per_residue``: the windows of a long sequence are stitched residue by residue, not pooled.
 
     Raises:
         _Refusal: 413 over a limit (which one, its value, the fix); 422 on invalid residues.
@@ -458,9 +463,10 @@ def _checked(
             413, f"sequence(s) longer than the model's {max_length} residues: {named}; this "
             "server refuses them (long_sequences=refuse): send shorter pieces",
         )  # fmt: skip
+    joined = "stitched residue by residue" if per_residue else "pooled together"
     warnings = [
         f"record '{r.id}': {len(r.sequence)} residues, longer than the model's {max_length}; "
-        "read in overlapping windows pooled together"
+        f"read in overlapping windows {joined}"
         for r in long
     ]
     return records, warnings
@@ -741,12 +747,37 @@ async def _validation_answer(request: "Request", error: Exception) -> "JSONRespo
     return JSONResponse({"detail": "; ".join(parts)}, status_code=422)
 
 
-# What serve cannot do yet: its answers and page draw one prediction per sequence.
-_PER_RESIDUE = (
-    "{run} predicts per residue ({task}); serving per-residue predictions (the API's answers and "
-    "the page) is not supported yet: predict with `esmtune predict {run} ...` or "
-    "esmtune.Predictor.from_run"
-)
+def _answer_schema(task_schema: dict[str, Any]) -> dict[str, Any]:
+    """POST /predict's 200 answer: the task, one prediction per sequence, and warnings.
+
+    Args:
+        task_schema: What the task puts in one prediction (:meth:`TaskSpec.prediction_schema`).
+    """
+    described = {
+        "type": "object",
+        "required": ["id", "length", "truncated", "windows"],
+        "properties": {
+            "id": {"type": "string"},
+            "length": {"type": "integer", "minimum": 1, "description": "residues in the sequence"},
+            "truncated": {"type": "boolean"},
+            "windows": {"type": "integer", "minimum": 1},
+        },
+    }
+    answer = {
+        "type": "object",
+        "required": ["task", "predictions"],
+        "properties": {
+            "task": {"type": "string"},
+            "predictions": {
+                "type": "array",
+                "items": {"allOf": [described, task_schema]},
+                "description": "one per sequence, in request order: what "
+                "esmtune.Predictor.predict returns for it",
+            },
+            "warnings": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    return {"description": "The predictions.", "content": {"application/json": {"schema": answer}}}
 
 
 def create_app(
@@ -779,8 +810,6 @@ def create_app(
         run_dir, settings.runtime, device=settings.device, max_tokens=settings.max_tokens,
         long_sequences=LongSequences.WINDOW,
     )  # fmt: skip
-    if predictor.task.per_residue:
-        raise EsmtuneError(_PER_RESIDUE.format(run=run_dir, task=predictor.task.task.value))
     if not predictor.reads_sequences:
         raise EsmtuneError(
             f"{run_dir} was trained on precomputed embeddings whose model is unknown, so it cannot "
@@ -816,7 +845,10 @@ def create_app(
 
     @app.post(
         "/predict",
-        openapi_extra={"requestBody": _request_body(settings, predictor.max_length)},
+        openapi_extra={
+            "requestBody": _request_body(settings, predictor.max_length),
+            "responses": {"200": _answer_schema(predictor.task.prediction_schema())},
+        },
         responses=_ERROR_RESPONSES,
     )
     async def predict(
@@ -826,7 +858,9 @@ def create_app(
         body = await _read_body(request, settings.max_body_bytes)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         records, top_k = _parse_body(kind, body, top_k)
-        records, warnings = _checked(records, settings, predictor.max_length)
+        records, warnings = _checked(
+            records, settings, predictor.max_length, predictor.task.per_residue
+        )
         results = await batcher.submit(records, top_k or default_top_k)
         answer: dict[str, Any] = {"task": info["task"], "predictions": results}
         if warnings:
@@ -884,6 +918,13 @@ _PAGE = """<!doctype html>
  .name{overflow:hidden;text-overflow:ellipsis;white-space:nowrap} .num{text-align:right}
  .error{color:#b3261e;white-space:pre-wrap} .warn{color:#8a5a00;font-size:.88rem}
  #labels{font-size:.85rem;margin-top:.2rem}
+ .seq{font:13px/1.9 ui-monospace,monospace;word-break:break-all;margin:.3rem 0}
+ .res{padding:1px 0;cursor:default} .res.gap{margin-left:.4em} .res.unread{color:#9aa1ad}
+ .legend{font-size:.85rem;display:flex;flex-wrap:wrap;gap:.2rem .9rem;align-items:center}
+ .swatch{display:inline-block;width:.9rem;height:.9rem;border-radius:2px;
+      vertical-align:middle;margin-right:.25rem}
+ .scale{display:inline-block;width:8rem;height:.8rem;border-radius:2px;vertical-align:middle;
+      background:linear-gradient(to right,rgb(47,91,211),rgb(255,255,255),rgb(179,38,30))}
 </style></head><body>
 <h1>esmtune</h1><div id="info">loading model information…</div>
 <div id="labels" class="meta"></div>
@@ -936,7 +977,57 @@ function bars(pairs) {
     `<span style="width:${(100 * p).toFixed(1)}%"></span></div>` +
     `<div class="num">${p.toFixed(3)}</div></div>`).join("");
 }
-// Drawn from the task's description in /info: the decision, bars, or named values.
+// Per-residue answers: one colour per class (a legend), or a scale from blue (the sequence's
+// lowest value) through white to red (its highest); residues not read stay uncoloured.
+const PALETTE = ["#8fb3f0", "#f4b77a", "#9fd69a", "#ef9a9a", "#c9a9dd", "#8fd3cf", "#efd77a",
+  "#f7b6c8", "#c4a48a", "#c7c7c7"];
+function scaleColour(v, low, high) {
+  const t = high > low ? (v - low) / (high - low) : 0.5;
+  const mix = (a, b, s) => Math.round(a + (b - a) * s);
+  const [from, to, s] = t < 0.5 ? [[47, 91, 211], [255, 255, 255], 2 * t]
+    : [[255, 255, 255], [179, 38, 30], 2 * t - 1];
+  return `rgb(${from.map((a, i) => mix(a, to[i], s)).join(",")})`;
+}
+function residueSpans(letters, colour, title) {
+  return [...letters].map((letter, i) => {
+    const c = colour(i);
+    const cls = "res" + (i > 0 && i % 10 === 0 ? " gap" : "") + (c ? "" : " unread");
+    return `<span class="${cls}" data-position="${i + 1}"` +
+      `${c ? ` style="background:${c}"` : ""} title="${esc(title(i, letter))}">` +
+      `${esc(letter)}</span>`;
+  }).join("");
+}
+function residues(r, d) {
+  const letters = r[d.letters];
+  let legend, spans;
+  if (d.values) {
+    const values = r[d.values];
+    const read = values.filter((v) => v !== null);
+    const low = read.reduce((a, b) => Math.min(a, b), Infinity);
+    const high = read.reduce((a, b) => Math.max(a, b), -Infinity);
+    legend = read.length ? `<span>${low.toPrecision(3)}</span><span class="scale"></span>` +
+      `<span>${high.toPrecision(3)}</span>` : "";
+    spans = residueSpans(letters,
+      (i) => values[i] === null ? "" : scaleColour(values[i], low, high),
+      (i, letter) => `${i + 1} ${letter}: ` +
+        (values[i] === null ? "not read" : values[i].toPrecision(4)));
+  } else {
+    const classes = r[d.classes], chosen = r[d.chosen], probabilities = r[d.probabilities];
+    const named = (x) => names[x] ? `${x} ${names[x]}` : x;
+    const colour = {};
+    classes.forEach((x, i) => { colour[x] = PALETTE[i % PALETTE.length]; });
+    legend = classes.map((x) => `<span><span class="swatch" style="background:${colour[x]}">` +
+      `</span>${esc(named(x))}</span>`).join("");
+    spans = residueSpans(letters,
+      (i) => probabilities[i] === null ? "" : colour[chosen[i]],
+      (i, letter) => `${i + 1} ${letter}: ` + (probabilities[i] === null ? "not read" :
+        `${named(chosen[i])}\\n` + classes.map((x, k) =>
+          `${named(x)} ${probabilities[i][k].toFixed(3)}`).join("\\n")));
+  }
+  const unread = r.unread ? `<div class="warn">${r.unread} residue(s) not read</div>` : "";
+  return `<div class="legend">${legend}</div><div class="seq">${spans}</div>${unread}`;
+}
+// Drawn from the task's description in /info: the decision, bars, named values, or residues.
 function card(r) {
   let body = "";
   const c = display.chosen;
@@ -954,6 +1045,7 @@ function card(r) {
     body += Object.entries(r[display.values]).map(([k, v]) => `<div>${esc(k)}: ` +
       `<b>${v.toPrecision(4)}</b></div>`).join("");
   }
+  if (display.residues) body += residues(r, display.residues);
   const w = r.windows > 1 ? `, ${r.windows} windows` : "";
   return `<div class="card"><h3>${esc(r.id)} <span class="meta">${r.length} residues${w}` +
     `</span></h3>${body}</div>`;

@@ -89,23 +89,43 @@ def _head_description(loaded: LoadedRun[SequenceClassifier]) -> str:
 
 
 def _data_summary(manifest: dict[str, Any]) -> list[str]:
+    """The task's data summary per split (flat label counts, or nested statistics) as a table."""
     data = manifest.get("data", {})
-    counts: dict[str, dict[str, int]] = data.get("counts", {})
+    counts: dict[str, dict[str, Any]] = data.get("counts", {})
     if not counts:
         return ["No data summary was recorded with the run."]
     splits = list(counts)
-    labels = sorted({label for split in counts.values() for label in split})
+    flat = {split: _flattened(summary) for split, summary in counts.items()}
+    rows = list(dict.fromkeys(name for split in splits for name in flat[split]))
+    if all(all(isinstance(v, int) for v in flat[split].values()) for split in splits):
+        rows = sorted(rows)  # label counts: one row per label, then their total
     lines = [
         f"Source: `{data.get('path', '?')}` ({data.get('layout', 'layout not recorded')}).",
         "",
     ]
     lines += ["| label | " + " | ".join(splits) + " |", "|---" * (len(splits) + 1) + "|"]
-    for label in labels:
-        cells = [str(counts[split].get(label, 0)) for split in splits]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    totals = [str(sum(counts[split].values())) for split in splits]
-    lines.append("| **total** | " + " | ".join(totals) + " |")
+    for name in rows:
+        cells = [_cell(flat[split].get(name, 0)) for split in splits]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if all(all(isinstance(v, int) for v in flat[split].values()) for split in splits):
+        totals = [str(sum(flat[split].values())) for split in splits]
+        lines.append("| **total** | " + " | ".join(totals) + " |")
     return lines
+
+
+def _flattened(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested summary entries (``classes.H``, ``value.mean``) as one level of names."""
+    flat: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            flat.update(_flattened(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _metrics_summary(metrics: dict[str, Any]) -> list[str]:

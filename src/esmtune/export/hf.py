@@ -22,7 +22,11 @@ from esmtune.export.files import HEAD_FILE, ONNX_FILE, read_export
 from esmtune.export.names import FormatName, Runtime
 from esmtune.model.classifier import SequenceClassifier, build_model
 from esmtune.model.run_model import LoadedRun
-from esmtune.model.transformers_head import to_sequence_classification
+from esmtune.model.transformers_head import (
+    to_sequence_classification,
+    to_token_classification,
+    token_classifier_layer,
+)
 from esmtune.rundir import CONFIG_FILE, save_weights
 
 __all__ = ["HfFormat", "load_export"]
@@ -57,6 +61,8 @@ class HfFormat:
         """
         if loaded.config.model.head == "esm":
             to_sequence_classification(model, loaded.task).save_pretrained(folder)
+        elif token_classifier_layer(model) is not None:
+            to_token_classification(model, loaded.task).save_pretrained(folder)
         else:
             backbone = model.backbone
             if not isinstance(backbone, EsmModel):  # export hands over the merged classifier
@@ -78,10 +84,31 @@ class HfFormat:
 
     def card_metadata(self, loaded: LoadedRun[SequenceClassifier]) -> dict[str, Any]:
         """With the ``esm`` head the folder is a text classifier the hub's widget can run."""
+        if _token_head(loaded):
+            return {"pipeline_tag": "token-classification"}
         return {"pipeline_tag": "text-classification"} if _standard_head(loaded) else {}
 
     def usage(self, loaded: LoadedRun[SequenceClassifier], quantize: str | None) -> list[str]:
         """How plain transformers loads the folder: the whole classifier, or the backbone."""
+        if _token_head(loaded):
+            return [
+                "With plain transformers, the whole per-residue classifier (esmtune's linear "
+                "`mlp` head is EsmForTokenClassification's); residue i is token i + 1, after "
+                "`<cls>`:",
+                "",
+                "```python",
+                "import torch",
+                "from transformers import AutoModelForTokenClassification, AutoTokenizer",
+                "",
+                'model = AutoModelForTokenClassification.from_pretrained("path/to/this/folder")',
+                'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+                'batch = tokenizer(["MKTAYIAKQR"], return_tensors="pt", padding=True)',
+                "with torch.no_grad():",
+                "    logits = model(**batch).logits[:, 1:-1]",
+                loaded.task.hf_usage,
+                "print(model.config.id2label)",
+                "```",
+            ]
         if _standard_head(loaded):
             thresholds = loaded.task.thresholds
             note = f" (esmtune's decision thresholds: {thresholds})" if thresholds else ""
@@ -103,6 +130,7 @@ class HfFormat:
                 "```",
             ]
         return [
+            *_per_residue_note(loaded),
             "With plain transformers (the fine-tuned backbone only; the head is esmtune's, in "
             f"`{HEAD_FILE}`):",
             "",
@@ -114,6 +142,32 @@ class HfFormat:
             "print(backbone.config.id2label)",
             "```",
         ]
+
+
+def _token_head(loaded: LoadedRun[SequenceClassifier]) -> bool:
+    """Whether the export is an EsmForTokenClassification folder."""
+    return token_classifier_layer(loaded.model) is not None
+
+
+def _per_residue_note(loaded: LoadedRun[SequenceClassifier]) -> list[str]:
+    """Why a per-residue head is esmtune's own, not transformers' token classifier."""
+    if not loaded.task.per_residue:
+        return []
+    head = loaded.config.model.head
+    shape = (
+        f"a convolution over neighbouring residues (kernel {loaded.config.model.head_kernel_size})"
+        if head == "cnn"
+        else f"an MLP (hidden layers {loaded.config.model.head_hidden})"
+    )
+    return [
+        f"This model predicts per residue ({loaded.task.task.value}): its `{head}` head is "
+        f"{shape} on every residue state. transformers' `EsmForTokenClassification` holds a "
+        "single linear layer (`model.head_hidden=[]`), so it cannot hold this head: load the "
+        "folder with esmtune "
+        "(`esmtune.Predictor.from_export`) for per-residue predictions, or run the head of "
+        f"`{HEAD_FILE}` on the backbone's states yourself (residue i is token i + 1).",
+        "",
+    ]
 
 
 def _standard_head(loaded: LoadedRun[SequenceClassifier]) -> bool:

@@ -2,7 +2,9 @@
 
 ``model.onnx`` is the token path (``input_ids, attention_mask -> logits, hidden_states``) with
 dynamic batch and sequence axes; ``head.onnx`` pools stitched window states (``hidden_states,
-residue_mask -> logits``) for sequences longer than the context. ``--quantize int8`` adds
+residue_mask -> logits``) for sequences longer than the context. For a per-residue run both
+graphs give logits per position (``batch x tokens x outputs``, residue ``i`` at position ``i + 1``)
+and ``head.onnx`` runs the head on stitched states instead of pooling them. ``--quantize int8`` adds
 ``model.int8.onnx``, dynamically quantised by onnxruntime. Running them is
 :mod:`esmtune.export.onnx_runtime`'s.
 """
@@ -22,7 +24,7 @@ from torch import nn
 from esmtune.export.files import INT8_FILE, ONNX_FILE, POOL_HEAD_FILE
 from esmtune.export.names import FormatName, Runtime
 from esmtune.export.onnx_runtime import OnnxClassifier, load_onnx_export
-from esmtune.model.classifier import SequenceClassifier
+from esmtune.model.classifier import ResidueClassifier, SequenceClassifier
 from esmtune.model.run_model import LoadedRun
 
 __all__ = ["ONNX_OPSET", "OnnxFormat"]
@@ -98,11 +100,16 @@ class OnnxFormat:
     def usage(self, loaded: LoadedRun[SequenceClassifier], quantize: str | None) -> list[str]:
         """How onnxruntime alone runs ``model.onnx``: its inputs and outputs."""
         files = f"`{ONNX_FILE}` (fp32)" + (f" and `{INT8_FILE}` (dynamic int8)" if quantize else "")
+        if loaded.task.per_residue:
+            shape = "batch x tokens x outputs: residue i at token i + 1, after `<cls>`"
+            windows = "runs the head on the residue states of windows stitched together"
+        else:
+            shape, windows = "batch x outputs", "pools stitched windows"
         return [
             f"With onnxruntime >= 1.23 alone (ONNX opset {ONNX_OPSET}): {files}; inputs "
             "`input_ids`, `attention_mask` (int64, batch x tokens, with `<cls>`/`<eos>`), "
-            "outputs `logits` (batch x outputs, before the task's sigmoid/softmax) and "
-            f"`hidden_states`; `{POOL_HEAD_FILE}` pools stitched windows.",
+            f"outputs `logits` ({shape}, before the task's sigmoid/softmax) and "
+            f"`hidden_states`; `{POOL_HEAD_FILE}` {windows}.",
             "",
             "```python",
             "import onnxruntime",
@@ -133,19 +140,31 @@ class _TokenPath(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The classifier's own token path, one window per input."""
         hidden, residues = self.model.residue_states(input_ids, attention_mask)
-        return self.model.head(self.model.pooler(hidden, residues)), hidden
+        return _logits(self.model, hidden, residues), hidden
 
 
 class _PoolHead(nn.Module):
-    """``hidden_states, residue_mask -> logits``: pooling and head on stitched windows."""
+    """``hidden_states, residue_mask -> logits``: pooling and head on stitched windows.
+
+    Per residue: the head on every stitched state, no pooling.
+    """
 
     def __init__(self, model: SequenceClassifier) -> None:
         super().__init__()
-        self.pooler, self.head = model.pooler, model.head
+        self.model = model
 
     def forward(self, hidden_states: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
-        """Pool the residues of each row, then the head."""
-        return self.head(self.pooler(hidden_states, residue_mask))
+        """Pool the residues of each row, then the head (or the head on every residue)."""
+        return _logits(self.model, hidden_states, residue_mask)
+
+
+def _logits(
+    model: SequenceClassifier, states: torch.Tensor, residues: torch.Tensor
+) -> torch.Tensor:
+    """The classifier's logits from residue states: per residue, or pooled per sequence."""
+    if isinstance(model, ResidueClassifier):
+        return model.residue_logits(states, residues)
+    return model.head(model.pooler(states, residues))
 
 
 @contextmanager

@@ -44,11 +44,13 @@ class OnnxClassifier:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int | None = None,
         pooling: Pooling = Pooling.MEAN,
+        per_residue: bool = False,
     ) -> None:
         """Open ``model.onnx`` (or ``model.int8.onnx`` with ``quantized``) and ``head.onnx``.
 
         ``threads``: onnxruntime's intra-op threads (default: torch's thread count, so both
         runtimes use the same cores). ``pooling``: the run's, for long sequences read in passes.
+        ``per_residue``: the graphs give logits per position (a per-residue task's export).
         """
         require_modules("onnxruntime")
         import onnxruntime
@@ -66,6 +68,7 @@ class OnnxClassifier:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path = path
         self.pooling = Pooling(pooling)
+        self.per_residue = per_residue
         self.runtime = Runtime.ONNX_INT8 if quantized else Runtime.ONNX
         self.session = onnxruntime.InferenceSession(str(path), options, providers=list(providers))
         head = folder / POOL_HEAD_FILE
@@ -83,7 +86,10 @@ class OnnxClassifier:
         window_start: torch.Tensor | None = None,
         residue_count: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``(sequences, num_outputs)`` for a padded batch of windows."""
+        """Logits ``(sequences, num_outputs)`` for a padded batch of windows.
+
+        Per residue: ``(sequences, positions, num_outputs)``, laid out as the stitched states.
+        """
         if window_owner is None:
             logits = self.session.run(["logits"], _feeds(input_ids, attention_mask))[0]
             return torch.from_numpy(logits)
@@ -119,7 +125,7 @@ class OnnxClassifier:
         sink keeps the sequence's stitched states (4 bytes x hidden size per residue).
         """
         self._require_head()
-        return _OnnxHeadSink(self)
+        return _OnnxResidueSink(self) if self.per_residue else _OnnxHeadSink(self)
 
     def _require_head(self) -> None:
         if self.head is None:
@@ -176,6 +182,25 @@ class _OnnxHeadSink:
         return self.model._pool_head(states, mask)
 
 
+class _OnnxResidueSink:
+    """A long sequence's stitched residue states, kept whole, then ``head.onnx`` on them all.
+
+    Gives ``(residues, outputs)``, as the torch model's per-residue sink does.
+    """
+
+    def __init__(self, model: OnnxClassifier) -> None:
+        self.model = model
+        self.pieces: list[torch.Tensor] = []
+
+    def add_residues(self, states: torch.Tensor) -> None:
+        self.pieces.append(states)
+
+    def close(self, cls_state: torch.Tensor) -> torch.Tensor:
+        states = torch.cat(self.pieces).unsqueeze(0)
+        mask = torch.ones(states.shape[:2], dtype=torch.bool)
+        return self.model._pool_head(states, mask)[0]
+
+
 def onnx_providers(device: str | None) -> tuple[str, ...]:
     """The execution providers of onnxruntime for a torch-style device name (None or cpu: CPU).
 
@@ -213,7 +238,8 @@ def load_onnx_export(
     config, task = read_export(folder)
     providers = onnx_providers(device)
     model = OnnxClassifier(
-        folder, quantized, providers, threads=threads, pooling=config.model.pooling
-    )
+        folder, quantized, providers, threads=threads, pooling=config.model.pooling,
+        per_residue=task.per_residue,
+    )  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return LoadedRun(folder, config, task, model, tokenizer)

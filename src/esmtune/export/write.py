@@ -79,13 +79,7 @@ def export_run(
             f"{out_dir} already exists and is not empty; export refuses to overwrite it: "
             "choose another --out folder, or delete this one first"
         )
-    _, task = read_run(Path(run_dir))  # a finished run? (cheap: before the folder is created)
-    if task.per_residue:
-        raise EsmtuneError(
-            f"{run_dir} predicts per residue ({task.task.value}); exporting per-residue models "
-            f"(hf, onnx) is not supported yet: predict from the run directory "
-            f"(`esmtune predict {run_dir} ...` or esmtune.Predictor.from_run)"
-        )
+    read_run(Path(run_dir))  # a finished run? (cheap: before the folder is created)
     # The export is written next to out_dir: find out now, not after tracing, if it cannot be.
     check_writable(out_dir.parent, "Choose another --out folder")
     loaded = load_run(run_dir)

@@ -36,6 +36,8 @@ __all__ = [
     "number",
     "positive_weights",
     "ranked_text",
+    "residue_difference",
+    "residue_rows",
 ]
 
 # The problem types transformers' sequence classifiers know.
@@ -77,6 +79,19 @@ def logistic_composition_model(one_per_label: bool = False) -> Any:
 
     model = LogisticRegression(max_iter=2000)
     return make_pipeline(StandardScaler(), OneVsRestClassifier(model) if one_per_label else model)
+
+
+def residue_rows(outputs: np.ndarray) -> np.ndarray:
+    """Per-residue outputs (one ``(residues, outputs)`` array per sequence) as one block."""
+    rows = [np.asarray(row, dtype=np.float64).reshape(len(row), -1) for row in outputs]
+    return np.concatenate(rows) if rows else np.zeros((0, 1))
+
+
+def residue_difference(reference: np.ndarray, other: np.ndarray) -> float:
+    """The largest absolute difference of two runtimes' per-residue outputs (unread: skipped)."""
+    difference = np.abs(residue_rows(other) - residue_rows(reference))
+    read = np.isfinite(difference)
+    return float(difference[read].max()) if read.any() else 0.0
 
 
 def metric_table(rows: dict[str, dict[str, Any]], columns: list[str], first: str) -> list[str]:
@@ -255,6 +270,10 @@ class TaskSpec:
             np.mean([a["label"] == b["label"] for a, b in zip(expected, got, strict=True)])
         )
 
+    def largest_difference(self, reference: np.ndarray, other: np.ndarray) -> float:
+        """The largest absolute difference between two runtimes' outputs (export check)."""
+        return float(np.abs(np.asarray(other) - np.asarray(reference)).max())
+
     def table_header(self) -> list[str]:
         """Columns of ``esmtune predict``'s TSV/CSV output."""
         raise NotImplementedError
@@ -277,9 +296,19 @@ class TaskSpec:
         ``chosen``: the decision (``field``, its ``title``, an optional ``detail`` number with a
         ``prefix``, and what to show when a list is ``empty``); ``bars``: the field of
         (label, probability) pairs or a label -> probability mapping; ``values``: a field of
-        name -> number; ``noun`` / ``list_title``: how the outputs are named.
+        name -> number; ``noun`` / ``list_title``: how the outputs are named; ``residues``
+        (per-residue tasks): the sequence drawn residue by residue, from the fields named by
+        ``letters`` (the sequence), and either ``chosen`` / ``classes`` / ``probabilities``
+        (coloured by class, probabilities on hover) or ``values`` (a colour scale).
         """
         raise NotImplementedError
+
+    def prediction_schema(self) -> dict[str, Any]:
+        """JSON Schema of the fields :meth:`predictions` gives one sequence (the served answer).
+
+        The default describes any object; per-residue tasks state theirs exactly.
+        """
+        return {"type": "object"}
 
     # --- evaluation ------------------------------------------------------------------------
 

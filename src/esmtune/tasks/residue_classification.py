@@ -23,7 +23,14 @@ from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.report import DataReport, align_table, residue_counts, residue_footer
 from esmtune.metrics import residue_classification_metrics
 from esmtune.plots import plot_confusion_matrix, plot_residue_tracks
-from esmtune.tasks.base import HfProblemType, TaskSpec, metric_table, number
+from esmtune.tasks.base import (
+    HfProblemType,
+    TaskSpec,
+    metric_table,
+    number,
+    residue_difference,
+    residue_rows,
+)
 
 __all__ = ["ResidueClassificationTask", "aligned_lines"]
 
@@ -244,6 +251,18 @@ class ResidueClassificationTask(TaskSpec):
             )
         return results
 
+    def agreement(self, reference: np.ndarray, other: np.ndarray) -> float:
+        """Share of residues (read by both) given the same class by two runtimes' outputs."""
+        expected, got = residue_rows(reference), residue_rows(other)
+        read = np.isfinite(expected).all(axis=1) & np.isfinite(got).all(axis=1)
+        if not read.any():
+            return 1.0
+        return float(np.mean(expected[read].argmax(axis=1) == got[read].argmax(axis=1)))
+
+    def largest_difference(self, reference: np.ndarray, other: np.ndarray) -> float:
+        """The largest probability difference of any residue."""
+        return residue_difference(reference, other)
+
     def table_header(self) -> list[str]:
         """id, then the class string."""
         return ["id", "prediction"]
@@ -264,8 +283,40 @@ class ResidueClassificationTask(TaskSpec):
         return {"prediction": result["prediction"]}
 
     def display(self) -> dict[str, Any]:
-        """Per-residue predictions are not drawn by the serve page yet."""
-        return {"noun": "residue classes", "list_title": "classes"}
+        """The sequence coloured by predicted class, each residue's probabilities on hover."""
+        return {
+            "noun": "residue classes",
+            "list_title": "classes",
+            "residues": {
+                "letters": "sequence",
+                "chosen": "prediction",
+                "classes": "classes",
+                "probabilities": "probabilities",
+            },
+        }
+
+    def prediction_schema(self) -> dict[str, Any]:
+        """The class string, the classes and each residue's probabilities (null: not read)."""
+        probabilities = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}}
+        return {
+            "type": "object",
+            "required": ["sequence", "prediction", "classes", "probabilities", "unread"],
+            "properties": {
+                "sequence": {"type": "string", "description": "the residues read"},
+                "prediction": {
+                    "type": "string",
+                    "description": f"the predicted class of each residue ({UNREAD}: not read)",
+                },
+                "classes": {"type": "array", "items": {"type": "string"}},
+                "probabilities": {
+                    "type": "array",
+                    "items": {"anyOf": [probabilities, {"type": "null"}]},
+                    "description": "per residue, the probability of each class in the order "
+                    "of classes; null where the residue was not read",
+                },
+                "unread": {"type": "integer", "minimum": 0},
+            },
+        }
 
     # --- evaluation ------------------------------------------------------------------------
 

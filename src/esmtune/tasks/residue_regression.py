@@ -24,7 +24,14 @@ from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.report import DataReport, align_table, residue_counts, residue_footer
 from esmtune.metrics import protein_spearman, residue_regression_metrics
 from esmtune.plots import plot_scatter
-from esmtune.tasks.base import HfProblemType, TaskSpec, metric_table, number
+from esmtune.tasks.base import (
+    HfProblemType,
+    TaskSpec,
+    metric_table,
+    number,
+    residue_difference,
+    residue_rows,
+)
 
 __all__ = ["ResidueRegressionTask"]
 
@@ -36,6 +43,9 @@ _MISSING = frozenset({"", "nan", "na"})
 _OUTPUT = "value"
 # Characters of a bad value shown in a message (a label string read as numbers is long).
 _SHOWN = 24
+
+# Export check: a residue's value agrees within this share of the values' spread.
+_VALUE_TOLERANCE = 0.01
 
 
 def _used_values(records: list[SequenceRecord]) -> list[float]:
@@ -229,6 +239,28 @@ class ResidueRegressionTask(TaskSpec):
         """No target is chosen: the only one."""
         return 0
 
+    def agreement(self, reference: np.ndarray, other: np.ndarray) -> float:
+        """Share of residues whose value is within 1% of the values' spread (as regression's)."""
+        expected, got = residue_rows(reference), residue_rows(other)
+        read = np.isfinite(expected).all(axis=1) & np.isfinite(got).all(axis=1)
+        if not read.any():
+            return 1.0
+        spread = np.maximum(expected[read].std(axis=0), 1e-6)
+        close = np.abs(got[read] - expected[read]) <= _VALUE_TOLERANCE * spread
+        return float(close.all(axis=1).mean())
+
+    def largest_difference(self, reference: np.ndarray, other: np.ndarray) -> float:
+        """The largest value difference of any residue."""
+        return residue_difference(reference, other)
+
+    def hf_output_layer(
+        self, weight: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The standardisation folded into the linear layer: logits are values in target units."""
+        mean = torch.as_tensor(self.target_mean or [0.0], dtype=weight.dtype)
+        std = torch.as_tensor(self.target_std or [1.0], dtype=weight.dtype)
+        return weight * std.unsqueeze(1), bias * std + mean
+
     def table_header(self) -> list[str]:
         """id, then the values joined by ';' (biotrainer's way), nan where not read."""
         return ["id", "values"]
@@ -253,8 +285,28 @@ class ResidueRegressionTask(TaskSpec):
         return {"values": _joined(result["values"])}
 
     def display(self) -> dict[str, Any]:
-        """Per-residue predictions are not drawn by the serve page yet."""
-        return {"noun": "value per residue", "list_title": "values"}
+        """The sequence on a colour scale of each residue's value, the value on hover."""
+        return {
+            "noun": "value per residue",
+            "list_title": "values",
+            "residues": {"letters": "sequence", "values": "values"},
+        }
+
+    def prediction_schema(self) -> dict[str, Any]:
+        """One value per residue (null: not read)."""
+        return {
+            "type": "object",
+            "required": ["sequence", "values", "unread"],
+            "properties": {
+                "sequence": {"type": "string", "description": "the residues read"},
+                "values": {
+                    "type": "array",
+                    "items": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+                    "description": "the predicted value of each residue; null where not read",
+                },
+                "unread": {"type": "integer", "minimum": 0},
+            },
+        }
 
     # --- evaluation ------------------------------------------------------------------------
 
