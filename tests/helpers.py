@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,6 +65,54 @@ def make_learnable_dataset(root: Path, per_class: dict[str, int], seed: int = 0)
                 sequence = "M" + "".join(rng.choice(residues) for _ in range(length))
                 records.append((f"{label}_{split}_{i}", sequence))
             write_fasta(root / split / f"{label}.fasta", records)
+    return root
+
+
+# FLIP's split headers on labels.fasta (see esmtune.data.residue_layouts).
+FLIP_SPLITS = {"train": "SET=train VALIDATION=False", "validation": "SET=train VALIDATION=True",
+               "test": "SET=test"}  # fmt: skip
+FLIP_LETTERS = "ADEKLRSVGN"
+
+
+def write_flip(
+    root: Path,
+    counts: dict[str, int],
+    target: Callable[[str, int], str | float],
+    regression: bool,
+    seed: int = 0,
+    garbage: int = 0,
+) -> Path:
+    """A FLIP folder of random chains with per-residue targets and ~10% of residues masked.
+
+    ``target(sequence, i)`` gives residue ``i``'s class (or value, with ``regression``). Masked
+    residues carry garbage drawn with ``garbage`` as the seed: the chains and masks are the same
+    whatever ``garbage`` is, and only the masked targets differ.
+    """
+    rng, junk = random.Random(seed), random.Random(1000 + garbage)
+    sequences, labels, masks = [], [], []
+    for split, count in counts.items():
+        for n in range(count):
+            name = f"{split}{n}"
+            sequence = "".join(rng.choice(FLIP_LETTERS) for _ in range(rng.randint(20, 45)))
+            mask = "".join("0" if rng.random() < 0.1 else "1" for _ in sequence)
+            if regression:
+                values = [
+                    float(target(sequence, i)) if flag == "1" else junk.uniform(-9, 9)
+                    for i, flag in enumerate(mask)
+                ]
+                text = ",".join(f"{v:.4f}" for v in values)
+            else:
+                text = "".join(
+                    str(target(sequence, i)) if flag == "1" else junk.choice("CHE")
+                    for i, flag in enumerate(mask)
+                )
+            sequences.append(f">{name}\n{sequence}\n")
+            labels.append(f">{name} {FLIP_SPLITS[split]}\n{text}\n")
+            masks.append(f">{name}\n{mask}\n")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sequences.fasta").write_text("".join(sequences))
+    (root / "labels.fasta").write_text("".join(labels))
+    (root / "mask.fasta").write_text("".join(masks))
     return root
 
 

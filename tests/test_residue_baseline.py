@@ -7,20 +7,17 @@ residues never reach the fit, and `esmtune baseline` prints it beside the trivia
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.helpers import write_flip as flip_folder
 
 from esmtune.baseline import composition_baseline, window_baseline, window_features
 from esmtune.cli import main
 from esmtune.config import DataConfig
 from esmtune.errors import EsmtuneError
 
-LETTERS = "ADEKLRSVGN"
-SPLITS = {"train": "SET=train VALIDATION=False", "validation": "SET=train VALIDATION=True",
-          "test": "SET=test"}  # fmt: skip
 COUNTS = {"train": 150, "validation": 20, "test": 40}
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,36 +37,9 @@ def residue_value(sequence: str, i: int) -> float:
 
 
 def write_flip(root: Path, regression: bool, garbage: int = 0) -> Path:
-    """A FLIP folder of random chains, ~10% of residues masked with targets drawn from ``garbage``.
-
-    The chains and masks are the same whatever ``garbage`` is; only the masked targets differ.
-    """
-    rng, junk = random.Random(0), random.Random(1000 + garbage)
-    sequences, labels, masks = [], [], []
-    for split, count in COUNTS.items():
-        for n in range(count):
-            name = f"{split}{n}"
-            sequence = "".join(rng.choice(LETTERS) for _ in range(rng.randint(20, 45)))
-            mask = "".join("0" if rng.random() < 0.1 else "1" for _ in sequence)
-            if regression:
-                values = [
-                    residue_value(sequence, i) if flag == "1" else junk.uniform(-9, 9)
-                    for i, flag in enumerate(mask)
-                ]
-                target = ",".join(f"{v:.4f}" for v in values)
-            else:
-                target = "".join(
-                    residue_class(sequence, i) if flag == "1" else junk.choice("CHE")
-                    for i, flag in enumerate(mask)
-                )
-            sequences.append(f">{name}\n{sequence}\n")
-            labels.append(f">{name} {SPLITS[split]}\n{target}\n")
-            masks.append(f">{name}\n{mask}\n")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "sequences.fasta").write_text("".join(sequences))
-    (root / "labels.fasta").write_text("".join(labels))
-    (root / "mask.fasta").write_text("".join(masks))
-    return root
+    """A FLIP folder of :data:`COUNTS` random chains whose targets follow this file's rules."""
+    rule = residue_value if regression else residue_class
+    return flip_folder(root, COUNTS, rule, regression, garbage=garbage)
 
 
 def test_window_features_one_hot_each_position() -> None:

@@ -27,7 +27,9 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     r2_score,
 )
+from tests.helpers import FLIP_LETTERS as LETTERS
 from tests.helpers import tiny_overrides
+from tests.helpers import write_flip as flip_folder
 
 from esmtune.cli import main
 from esmtune.config import load_config
@@ -36,11 +38,8 @@ from esmtune.errors import ConfigError, EsmtuneError
 from esmtune.metrics import residue_classification_metrics, residue_regression_metrics
 from esmtune.predict import Predictor
 
-LETTERS = "ADEKLRSVGN"
 HYDROPHOBIC = set("LV")
 ACIDIC = set("DE")
-SPLITS = {"train": "SET=train VALIDATION=False", "validation": "SET=train VALIDATION=True",
-          "test": "SET=test"}  # fmt: skip
 
 
 def residue_class(sequence: str, i: int) -> str:
@@ -61,37 +60,11 @@ def residue_value(sequence: str, i: int) -> float:
 def write_flip(
     root: Path, counts: dict[str, int], regression: bool, seed: int = 0, garbage: int = 0
 ) -> Path:
-    """A FLIP folder of random chains with their per-residue targets and ~10% masked residues.
-
-    Masked residues carry garbage targets drawn with ``garbage`` as the seed, and the target
-    rule never depends on them being right.
+    """A FLIP folder of random chains whose targets follow :func:`residue_class` (or
+    :func:`residue_value`), ~10% of residues masked with garbage drawn from ``garbage``.
     """
-    rng, junk = random.Random(seed), random.Random(1000 + garbage)
-    sequences, labels, masks = [], [], []
-    for split, count in counts.items():
-        for n in range(count):
-            name = f"{split}{n}"
-            sequence = "".join(rng.choice(LETTERS) for _ in range(rng.randint(20, 45)))
-            mask = "".join("0" if rng.random() < 0.1 else "1" for _ in sequence)
-            if regression:
-                values = [
-                    residue_value(sequence, i) if flag == "1" else junk.uniform(-9, 9)
-                    for i, flag in enumerate(mask)
-                ]
-                target = ",".join(f"{v:.4f}" for v in values)
-            else:
-                target = "".join(
-                    residue_class(sequence, i) if flag == "1" else junk.choice("CHE")
-                    for i, flag in enumerate(mask)
-                )
-            sequences.append(f">{name}\n{sequence}\n")
-            labels.append(f">{name} {SPLITS[split]}\n{target}\n")
-            masks.append(f">{name}\n{mask}\n")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "sequences.fasta").write_text("".join(sequences))
-    (root / "labels.fasta").write_text("".join(labels))
-    (root / "mask.fasta").write_text("".join(masks))
-    return root
+    rule = residue_value if regression else residue_class
+    return flip_folder(root, counts, rule, regression, seed, garbage)
 
 
 COUNTS = {"train": 96, "validation": 24, "test": 24}

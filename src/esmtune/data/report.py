@@ -135,6 +135,12 @@ def residue_counts(records: list[SequenceRecord]) -> tuple[int, int]:
     return used, sum(len(record.sequence) for record in records) - used
 
 
+def residue_summary(records: list[SequenceRecord]) -> dict[str, int]:
+    """Chains, residues that count and masked residues of one split, for the run's manifest."""
+    used, masked = residue_counts(records)
+    return {"chains": len(records), "residues": used, "masked": masked}
+
+
 def residue_footer(report: DataReport) -> list[list[str]]:
     """The last rows of per-residue tables, by split.
 

@@ -348,7 +348,7 @@ class ProteinEncoder(nn.Module):
         """One embedding per sequence ``(len(sequences), embedding_dim)``, in their order.
 
         Sequences are batched by length to a token budget, on the encoder's device, in its
-        current mode (``train()`` or ``eval()``). Gradients flow when they are enabled; under
+        current mode (training or evaluation). Gradients flow when they are enabled; under
         ``torch.no_grad()`` or ``torch.inference_mode()`` a sequence whose windows exceed the
         budget is read a few windows per pass, so memory does not grow with its length.
 

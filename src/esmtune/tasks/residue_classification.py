@@ -20,7 +20,13 @@ from torch import nn
 from esmtune.config import DataConfig, Task
 from esmtune.data.batching import IGNORED_CLASS
 from esmtune.data.fasta import SequenceRecord, Target
-from esmtune.data.report import DataReport, align_table, residue_counts, residue_footer
+from esmtune.data.report import (
+    DataReport,
+    align_table,
+    residue_counts,
+    residue_footer,
+    residue_summary,
+)
 from esmtune.metrics import residue_classification_metrics
 from esmtune.plots import plot_confusion_matrix, plot_residue_tracks
 from esmtune.tasks.base import (
@@ -148,12 +154,9 @@ class ResidueClassificationTask(TaskSpec):
         """Per split: chains, unmasked and masked residues, and unmasked residues per class."""
         summary: dict[str, object] = {}
         for split, records in report.splits.items():
-            used, masked = residue_counts(records)
             counts = _class_counts(records)
             summary[split] = {
-                "chains": len(records),
-                "residues": used,
-                "masked": masked,
+                **residue_summary(records),
                 "classes": {label: counts[label] for label in report.labels},
             }
         return summary

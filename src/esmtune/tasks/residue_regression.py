@@ -21,7 +21,7 @@ import torch
 
 from esmtune.config import DataConfig, Task
 from esmtune.data.fasta import SequenceRecord, Target
-from esmtune.data.report import DataReport, align_table, residue_counts, residue_footer
+from esmtune.data.report import DataReport, align_table, residue_footer, residue_summary
 from esmtune.metrics import protein_spearman, residue_regression_metrics
 from esmtune.plots import plot_scatter
 from esmtune.tasks.base import (
@@ -130,12 +130,9 @@ class ResidueRegressionTask(TaskSpec):
         """Per split: chains, unmasked and masked residues, and their values' statistics."""
         summary: dict[str, object] = {}
         for split, records in report.splits.items():
-            used, masked = residue_counts(records)
             values = _used_values(records)
             summary[split] = {
-                "chains": len(records),
-                "residues": used,
-                "masked": masked,
+                **residue_summary(records),
                 **(
                     {
                         "mean": statistics.mean(values),

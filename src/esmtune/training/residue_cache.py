@@ -45,9 +45,12 @@ def cache_residue_states(
     """
     keys = [sequence_key(s) for s in sequences]
     stored = cache.stored()
-    missing = list({key: index for index, key in reversed(list(enumerate(keys)))
-                    if key not in stored}.values())  # fmt: skip
-    missing.sort()
+    missing: list[int] = []
+    seen: set[str] = set()
+    for index, key in enumerate(keys):
+        if key not in stored and key not in seen:  # each new sequence computed once
+            seen.add(key)
+            missing.append(index)
     for first in range(0, len(missing), CHUNK):
         chunk = missing[first : first + CHUNK]
         states = compute(chunk)
