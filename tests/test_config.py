@@ -201,7 +201,8 @@ def test_task_rules_are_reported_with_the_field_errors() -> None:
     )
     assert message.startswith("defaults: 4 problem(s) in the configuration:")
     assert "training.epochs: Input should be greater than or equal to 1" in message
-    assert "objective.class_weights applies to task=multiclass, not task=binary" in message
+    applies = "applies to task=multiclass or residue_classification"
+    assert f"objective.class_weights {applies}, not task=binary" in message
     assert "'fmax' is not a binary metric" in message
     assert "task=binary reads one label column" in message
 
@@ -209,7 +210,10 @@ def test_task_rules_are_reported_with_the_field_errors() -> None:
 def test_task_rules_alone_are_reported_once() -> None:
     message = config_error(["task=regression", "objective.class_weights={A: 2}"])
     assert message.startswith("defaults: 1 problem(s) in the configuration:")
-    assert message.count("applies to task=multiclass, not task=regression") == 1
+    assert (
+        message.count("applies to task=multiclass or residue_classification, not task=regression")
+        == 1
+    )
 
 
 def test_class_weights_given_per_label_are_one_setting() -> None:

@@ -315,7 +315,8 @@ def test_config_mistakes_are_listed_at_once_naming_the_call() -> None:
     message = str(raised.value)
     assert message.startswith("esmtune.fit: 2 problem(s) in the configuration:")
     assert "training.epoch: unknown key; did you mean 'epochs'?" in message
-    assert "objective.class_weights applies to task=multiclass, not task=regression" in message
+    applies = "applies to task=multiclass or residue_classification"
+    assert f"objective.class_weights {applies}, not task=regression" in message
 
     with pytest.raises(ConfigError) as raised:
         fit_config(None, None, {"training.epochs": 3, "data__path": "data"})

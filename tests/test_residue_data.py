@@ -510,7 +510,7 @@ def test_records_in_memory_keep_their_masks(tmp_path: Path) -> None:
 
 def test_the_residue_tasks_are_config_literals_with_their_metrics() -> None:
     config = load_config(None, ["task=residue_classification", "data.path=examples/ss3"])
-    assert config.selection_metric == "accuracy"
+    assert config.selection_metric == "mcc"  # balanced for two classes and for many
     assert load_config(None, ["task=residue_regression"]).selection_metric == "spearman"
 
 

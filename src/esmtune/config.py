@@ -84,6 +84,13 @@ class TaskOptions:
     per_residue: bool = False  # one prediction per residue (a head on every residue state)
 
 
+# Residue classes: mcc first (fair to rare sites and to three states alike); the positive class's
+# metrics (f1 ... pr_auc) exist with two classes only.
+_RESIDUE_CLASS_METRICS = (
+    "mcc", "accuracy", "macro_f1", "protein_accuracy",
+    "f1", "precision", "recall", "roc_auc", "pr_auc", "loss",
+)  # fmt: skip
+
 # A task's config literal: adding a task adds a Task member and its row here.
 TASK_OPTIONS: dict[Task, TaskOptions] = {
     Task.MULTICLASS: TaskOptions(
@@ -110,19 +117,22 @@ TASK_OPTIONS: dict[Task, TaskOptions] = {
         several_targets=True,
         options=frozenset({"objective.regression_loss"}),
     ),
-    # Per residue: metrics over every unmasked residue of a split.
+    # Per residue: metrics over every unmasked residue of a split. Two-class
+    # residue_classification (site / not site) is decided like binary.
     Task.RESIDUE_CLASSIFICATION: TaskOptions(
-        ("accuracy", "macro_f1", "mcc", "loss"),
+        _RESIDUE_CLASS_METRICS,
         "label",
         several_targets=False,
-        options=frozenset(),
+        options=frozenset(
+            {"data.positive_label", "objective.class_weights", "objective.pos_weight"}
+        ),
         per_residue=True,
     ),
     Task.RESIDUE_REGRESSION: TaskOptions(
-        ("spearman", "pearson", "rmse", "mae", "r2", "loss"),
+        ("spearman", "pearson", "rmse", "mae", "r2", "protein_spearman", "loss"),
         "target",
         several_targets=False,
-        options=frozenset(),
+        options=frozenset({"objective.regression_loss"}),
         per_residue=True,
     ),
 }
@@ -292,8 +302,9 @@ class DataConfig(_Section):
     )
     positive_label: str | None = Field(
         None,
-        description="binary: the positive class. [default: the label named 1/true/yes/positive "
-        "if there is one, else the rarer label in train]",
+        description="binary, two-class residue_classification: the positive class. [default: "
+        "the label named 1/true/yes/positive if there is one, else the rarer label in train "
+        "(per residue: the rarer class of train's unmasked residues)]",
     )
 
     @model_validator(mode="after")
@@ -582,29 +593,40 @@ class ObjectiveConfig(_Section):
 
     class_weights: Literal["balanced"] | dict[str, float] | None = Field(
         None,
-        description="multiclass: loss weight per class: balanced (n / (classes * count)) or "
-        "{label: weight}; for imbalanced data.",
+        description="multiclass, residue_classification: loss weight per class: balanced "
+        "(n / (classes * count), residues for residue_classification) or {label: weight}; for "
+        "imbalanced data.",
     )
     pos_weight: Literal["balanced"] | float | None = Field(
         None,
-        description="binary, multilabel: weight of positives in the BCE loss: a number, or "
-        "balanced (negatives / positives, per label).",
+        description="binary, multilabel, two-class residue_classification: weight of "
+        "positives in the loss: a number, or balanced (negatives / positives, per label; per "
+        "residue: over train's unmasked residues).",
     )
     regression_loss: Literal["mse", "huber"] = Field(
-        "mse", description="regression: mse, or huber (robust to outliers)."
+        "mse",
+        description="regression, residue_regression: mse, or huber (robust to outliers).",
     )
     huber_delta: float = Field(
-        1.0, gt=0, description="regression: huber transition point, in standard deviations."
+        1.0,
+        gt=0,
+        description="regression, residue_regression: huber transition point, in standard "
+        "deviations.",
     )
     standardize_targets: bool = Field(
-        True, description="regression: learn on (y - mean) / std of train; undone at prediction."
+        True,
+        description="regression, residue_regression: learn on (y - mean) / std of train; undone "
+        "at prediction.",
     )
     threshold_metric: Literal["f1", "mcc"] = Field(
         "f1",
-        description="binary, multilabel: decision thresholds are tuned on validation for this.",
+        description="binary, multilabel, two-class residue_classification: decision thresholds "
+        "are tuned on validation for this.",
     )
     tune_thresholds: bool = Field(
-        True, description="binary, multilabel: tune thresholds (false: 0.5)."
+        True,
+        description="binary, multilabel, two-class residue_classification: tune thresholds "
+        "(false: 0.5).",
     )
     ontology_consistent: bool = Field(
         True,

@@ -77,7 +77,10 @@ def is_improvement(
 
 
 def multiclass_metrics(
-    targets: np.ndarray, probabilities: np.ndarray, labels: list[str]
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    labels: list[str],
+    predicted: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, MCC, per-class report, one-vs-rest ROC-AUC and confusion matrix.
 
@@ -85,12 +88,14 @@ def multiclass_metrics(
         targets: Integer class indices, shape ``(n,)``.
         probabilities: Class probabilities, shape ``(n, num_classes)``.
         labels: Class names in index order.
+        predicted: The decided class indices when they are not the likeliest class (two classes
+            decided at a tuned threshold); the argmax of ``probabilities`` by default.
 
     Returns:
         A JSON-serialisable dictionary.
     """
     classes = list(range(len(labels)))
-    predicted = probabilities.argmax(axis=1)
+    predicted = probabilities.argmax(axis=1) if predicted is None else predicted
     precision, recall, f1, support = precision_recall_fscore_support(
         targets, predicted, labels=classes, zero_division=0
     )
@@ -481,7 +486,11 @@ def _quartiles(values: list[float]) -> dict[str, float | None]:
 
 
 def residue_classification_metrics(
-    targets: np.ndarray, probabilities: np.ndarray, labels: list[str], ignored: int
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    labels: list[str],
+    ignored: int,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """:func:`multiclass_metrics` over every residue that counts, and per-protein accuracy.
 
@@ -493,11 +502,22 @@ def residue_classification_metrics(
             ``unread``.
         labels: Class names in index order.
         ignored: The class index of residues that do not count.
+        threshold: Two classes only: a residue is the positive class (index 1) when its
+            probability is at least this, and the positive-class metrics of
+            :func:`binary_metrics` are added. None: the likeliest class.
 
     Returns:
         :func:`multiclass_metrics`' keys (``n`` counts residues; ``accuracy`` is Q3 for three
-        states), plus ``proteins``, ``unread`` and ``per_protein_accuracy`` (mean, quartiles).
+        states), plus ``proteins``, ``unread``, ``per_protein_accuracy`` (mean, quartiles) and
+        ``protein_accuracy`` (its mean); with a threshold also ``precision``, ``recall``,
+        ``f1``, ``roc_auc``, ``pr_auc``, ``threshold`` and ``positives`` of the positive class.
     """
+
+    def decide(probability: np.ndarray) -> np.ndarray:
+        if threshold is None:
+            return probability.argmax(axis=1)
+        return (probability[:, 1] >= threshold).astype(np.int64)
+
     kept_targets, kept_probabilities, accuracies = [], [], []
     unread = 0
     for target, probability in zip(targets, probabilities, strict=True):
@@ -509,15 +529,23 @@ def residue_classification_metrics(
             continue
         kept_targets.append(target[used])
         kept_probabilities.append(probability[used])
-        accuracies.append(float((probability[used].argmax(axis=1) == target[used]).mean()))
+        accuracies.append(float((decide(probability[used]) == target[used]).mean()))
+    flat_targets = np.concatenate(kept_targets)
+    flat_probabilities = np.concatenate(kept_probabilities)
     metrics = multiclass_metrics(
-        np.concatenate(kept_targets), np.concatenate(kept_probabilities), labels
+        flat_targets, flat_probabilities, labels, predicted=decide(flat_probabilities)
     )
+    if threshold is not None:
+        positive = binary_metrics(flat_targets, flat_probabilities[:, 1], labels, threshold)
+        keys = ("precision", "recall", "f1", "roc_auc", "pr_auc", "threshold", "positives")
+        metrics.update({key: positive[key] for key in keys})
+    spread = _quartiles(accuracies)
     return {
         **metrics,
         "proteins": len(targets),
         "unread": unread,
-        "per_protein_accuracy": _quartiles(accuracies),
+        "per_protein_accuracy": spread,
+        "protein_accuracy": spread["mean"],
     }
 
 
@@ -546,8 +574,9 @@ def residue_regression_metrics(
 
     Returns:
         :func:`regression_metrics`' keys (``n`` counts residues), plus ``proteins``,
-        ``unread`` and ``per_protein_spearman`` (mean and quartiles over proteins whose
-        correlation is defined: two or more residues, neither side constant).
+        ``unread``, ``per_protein_spearman`` (mean and quartiles over proteins whose
+        correlation is defined: two or more residues, neither side constant) and
+        ``protein_spearman`` (its mean).
     """
     kept_targets, kept_predictions, spearmans = [], [], []
     unread = 0
@@ -565,9 +594,11 @@ def residue_regression_metrics(
     metrics = regression_metrics(
         np.concatenate(kept_targets), np.concatenate(kept_predictions), [name]
     )
+    spread = _quartiles(spearmans)
     return {
         **metrics,
         "proteins": len(targets),
         "unread": unread,
-        "per_protein_spearman": _quartiles(spearmans),
+        "per_protein_spearman": spread,
+        "protein_spearman": spread["mean"],
     }

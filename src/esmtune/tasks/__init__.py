@@ -12,6 +12,7 @@ from typing import Any
 
 from esmtune.config import ObjectiveConfig, Task, TrainConfig
 from esmtune.data.fasta import SequenceRecord
+from esmtune.errors import ConfigError
 from esmtune.tasks.base import TaskSpec
 from esmtune.tasks.binary import BinaryTask
 from esmtune.tasks.multiclass import MulticlassTask
@@ -62,7 +63,8 @@ def build_task(
     """The task of ``config``, fitted on the training records.
 
     Raises:
-        ConfigError: When objective settings name labels the data does not have.
+        ConfigError: When objective settings name labels the data does not have, or the
+            selection metric does not exist for this data.
     """
     spec = task_class(config.task)(
         labels=list(labels),
@@ -70,6 +72,9 @@ def build_task(
         label_names=dict(label_names or {}),
         ancestors=dict(ancestors or {}),
     )
+    problem = spec.selection_problem(config.selection_metric)
+    if problem:
+        raise ConfigError(f"training.early_stopping.metric: {problem}")
     spec.fit(spec.encode_targets(train_records))
     return spec
 

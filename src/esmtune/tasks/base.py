@@ -233,6 +233,13 @@ class TaskSpec:
         """Thresholds that maximise the configured metric on these (validation) outputs."""
         return None
 
+    def selection_problem(self, metric: str) -> str | None:
+        """Why ``metric`` cannot select checkpoints for these labels (None: it can).
+
+        The config allows the task's metrics; some exist only for some data (a positive class).
+        """
+        return None
+
     def metrics(
         self, targets: np.ndarray, outputs: np.ndarray, thresholds: list[float] | None = None
     ) -> dict[str, Any]:

@@ -6,6 +6,7 @@ configured, conventionally named (yes, true, 1 ...) or the rarer one in train.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,11 +23,20 @@ from esmtune.plots import plot_roc_pr
 from esmtune.tasks.base import HfProblemType, number, positive_weights
 from esmtune.tasks.single_label import SingleLabelTask
 
-__all__ = ["BinaryTask"]
+__all__ = ["BinaryTask", "choose_positive_label"]
 
 
-def _positive_label(labels: list[str], train: list[SequenceRecord], chosen: str | None) -> str:
-    """The positive class: as configured, a conventional name, or the rarer one in train."""
+def choose_positive_label(labels: list[str], counts: Mapping[str, int], chosen: str | None) -> str:
+    """The positive class: as configured, a conventional name, or the rarer one in train.
+
+    Args:
+        labels: The two labels found.
+        counts: Train's examples of each label (sequences, or residues per residue).
+        chosen: The configured positive label (data.positive_label), or None.
+
+    Raises:
+        ValueError: When ``chosen`` is not one of ``labels``.
+    """
     if chosen is not None:
         matches = [label for label in labels if label.lower() == chosen.lower()]
         if not matches and chosen in ("true", "false"):  # YAML turned yes/no into a boolean
@@ -40,8 +50,7 @@ def _positive_label(labels: list[str], train: list[SequenceRecord], chosen: str 
     conventional = [label for label in labels if label.lower() in TRUE_WORDS]
     if len(conventional) == 1:
         return conventional[0]
-    counts = {label: sum(r.target == label for r in train) for label in labels}
-    return min(labels, key=lambda label: (counts[label], labels.index(label) == 0))
+    return min(labels, key=lambda label: (counts.get(label, 0), labels.index(label) == 0))
 
 
 class BinaryTask(SingleLabelTask):
@@ -63,8 +72,10 @@ class BinaryTask(SingleLabelTask):
             )
         if len(labels) != 2:
             return labels
+        train = report.splits.get("train", [])
+        counts = {label: sum(r.target == label for r in train) for label in labels}
         try:
-            positive = _positive_label(labels, report.splits.get("train", []), data.positive_label)
+            positive = choose_positive_label(labels, counts, data.positive_label)
         except ValueError as problem:
             report.errors.append(str(problem))
             return []

@@ -5,6 +5,13 @@ biotrainer's ``TARGET=CCHHE``); its mask says which residues count. The classes 
 characters found on the train split's unmasked residues, sorted; a class that only validation or
 test has is an error, since the model could never predict it. Masked residues are never read as
 classes: their label may be a placeholder.
+
+Two classes (site / not site, usually rare positives) are decided like the binary task: a
+positive class (data.positive_label, a conventional name, or the rarer class of train's residues)
+is the second label, a residue is positive when its probability reaches a threshold tuned on
+validation, objective.pos_weight weighs positive residues, and the metrics add the positive
+class's precision, recall, F1, ROC-AUC and PR-AUC. The head still gives two logits (softmax), so
+every export and runtime treats both cases alike.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from esmtune.data.report import (
     residue_footer,
     residue_summary,
 )
-from esmtune.metrics import residue_classification_metrics
-from esmtune.plots import plot_confusion_matrix, plot_residue_tracks
+from esmtune.errors import ConfigError
+from esmtune.metrics import residue_classification_metrics, tune_threshold
+from esmtune.plots import plot_confusion_matrix, plot_residue_tracks, plot_roc_pr
 from esmtune.tasks.base import (
     HfProblemType,
     TaskSpec,
@@ -37,6 +45,7 @@ from esmtune.tasks.base import (
     residue_difference,
     residue_rows,
 )
+from esmtune.tasks.binary import choose_positive_label
 
 __all__ = ["ResidueClassificationTask", "aligned_lines"]
 
@@ -79,6 +88,17 @@ def aligned_lines(sequence: str, rows: list[tuple[str, str]]) -> list[str]:
 
 # Chains drawn in the track plot of an evaluation.
 TRACKED_CHAINS = 4
+
+# Metrics of the positive class: defined with two classes only.
+_POSITIVE_CLASS_METRICS = frozenset({"f1", "precision", "recall", "roc_auc", "pr_auc"})
+
+
+def _positive_scores(targets: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes: 0/1 targets and P(positive) of every residue that counts and was read."""
+    rows = residue_rows(outputs)
+    flat = np.concatenate([*targets, np.zeros(0, dtype=np.int64)])
+    used = (flat != IGNORED_CLASS) & np.isfinite(rows).all(axis=1)
+    return (flat[used] == 1).astype(np.int64), rows[used, 1]
 
 
 class ResidueClassificationTask(TaskSpec):
@@ -134,7 +154,30 @@ class ResidueClassificationTask(TaskSpec):
                 f"add training examples of each, mask those residues (0), or remove the records "
                 f"from {split}"
             )
-        report.labels = labels
+        report.labels = cls._ordered(report, data, labels)
+
+    @classmethod
+    def _ordered(cls, report: DataReport, data: DataConfig, labels: list[str]) -> list[str]:
+        """Two classes: the negative first, the positive second; more: sorted, as found."""
+        if len(labels) != 2:
+            if data.positive_label is not None and len(labels) > 2:
+                report.errors.append(
+                    f"data.positive_label applies to two classes; train's residues have "
+                    f"{len(labels)} ({', '.join(labels)}): unset it"
+                )
+            return labels
+        try:
+            positive = choose_positive_label(
+                labels, _class_counts(report.splits.get("train", [])), data.positive_label
+            )
+        except ValueError as problem:
+            report.errors.append(str(problem))
+            return []
+        report.notes.append(
+            f"residue_classification with two classes: positive class '{positive}' "
+            "(data.positive_label), decided at a threshold tuned on validation"
+        )
+        return [next(label for label in labels if label != positive), positive]
 
     @classmethod
     def target_table(cls, report: DataReport) -> str:
@@ -188,17 +231,66 @@ class ResidueClassificationTask(TaskSpec):
             )
         return rows
 
+    @property
+    def two_classes(self) -> bool:
+        """Whether residues are decided like binary (positive = ``labels[1]``, a threshold)."""
+        return len(self.labels) == 2
+
+    @property
+    def threshold(self) -> float | None:
+        """The positive class's decision threshold (two classes), else None (the likeliest)."""
+        if not self.two_classes:
+            return None
+        return self.thresholds[0] if self.thresholds else 0.5
+
+    def fit(self, targets: np.ndarray) -> None:
+        """Loss weight per class from objective.class_weights or (two classes) pos_weight.
+
+        Raises:
+            ConfigError: When the weights name classes that do not exist, both are set, or
+                pos_weight is set for more than two classes.
+        """
+        classes, pos_weight = self.objective.class_weights, self.objective.pos_weight
+        if classes is not None and pos_weight is not None:
+            raise ConfigError(
+                "objective.class_weights and objective.pos_weight both weigh residue classes; "
+                "set one of them"
+            )
+        counted = np.concatenate([*targets, np.zeros(0, dtype=np.int64)])
+        counts = np.bincount(counted[counted != IGNORED_CLASS], minlength=len(self.labels))
+        if pos_weight is not None:
+            if not self.two_classes:
+                raise ConfigError(
+                    f"objective.pos_weight weighs the positive class of two; these residues "
+                    f"have {len(self.labels)} classes ({', '.join(self.labels)}): use "
+                    "objective.class_weights"
+                )
+            ratio = counts[0] / max(counts[1], 1) if pos_weight == "balanced" else pos_weight
+            self.weights = [1.0, float(np.clip(ratio, 1e-3, 1e3))]
+        elif classes == "balanced":
+            total = counts.sum()
+            self.weights = (total / (len(self.labels) * np.maximum(counts, 1))).tolist()
+        elif isinstance(classes, dict):
+            unknown = sorted(set(classes) - set(self.labels))
+            if unknown:
+                raise ConfigError(
+                    f"objective.class_weights names {', '.join(unknown)}, which are not residue "
+                    f"classes ({', '.join(self.labels)})"
+                )
+            self.weights = [float(classes.get(label, 1.0)) for label in self.labels]
+
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy averaged over the batch's residues that count.
+        """Cross-entropy (class-weighted when configured) averaged over residues that count.
 
         Ignored positions (masked residues, ``<cls>``, ``<eos>``, padding) add exactly zero to
-        the loss and its gradient; the mean is over counted residues (a batch without any gives
-        0, not NaN), summed and divided so that no step waits on a device-to-host sync.
+        the loss and its gradient; the weighted sum is divided by the number of counted
+        residues (a batch without any gives 0, not NaN), as binary's pos_weight does, summed
+        and divided so that no step waits on a device-to-host sync.
         """
         flat = targets.reshape(-1)
         total = nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), flat, ignore_index=IGNORED_CLASS,
-            reduction="sum",
+            logits.reshape(-1, logits.shape[-1]), flat, weight=self._weight_tensor(logits),
+            ignore_index=IGNORED_CLASS, reduction="sum",
         )  # fmt: skip
         return total / (flat != IGNORED_CLASS).sum().clamp(min=1)
 
@@ -206,11 +298,45 @@ class ResidueClassificationTask(TaskSpec):
         """Softmax over classes, per residue."""
         return torch.softmax(logits.float(), dim=-1)
 
+    def tune(self, targets: np.ndarray, outputs: np.ndarray) -> list[float] | None:
+        """Two classes: the threshold that maximises objective.threshold_metric on validation."""
+        if not self.two_classes or not self.objective.tune_thresholds:
+            return None
+        positive, scores = _positive_scores(targets, outputs)
+        return [tune_threshold(positive, scores, self.objective.threshold_metric)]
+
     def metrics(
         self, targets: np.ndarray, outputs: np.ndarray, thresholds: list[float] | None = None
     ) -> dict[str, Any]:
-        """Per-residue accuracy (Q3), F1s, MCC, per-class report, confusion matrix, per protein."""
-        return residue_classification_metrics(targets, outputs, self.labels, IGNORED_CLASS)
+        """Per-residue accuracy (Q3), F1s, MCC, per-class report, confusion matrix, per protein.
+
+        Two classes: decided at ``thresholds`` (or the saved threshold), with the positive
+        class's precision, recall, F1, ROC-AUC and PR-AUC.
+        """
+        threshold = thresholds[0] if thresholds and self.two_classes else self.threshold
+        return residue_classification_metrics(
+            targets, outputs, self.labels, IGNORED_CLASS, threshold
+        )
+
+    def selection_problem(self, metric: str) -> str | None:
+        """The positive-class metrics select checkpoints of two-class runs only."""
+        if metric in _POSITIVE_CLASS_METRICS and not self.two_classes:
+            return (
+                f"{metric} scores a positive class, which two-class residue_classification "
+                f"has; these residues have {len(self.labels)} classes "
+                f"({', '.join(self.labels)}): choose mcc, accuracy, macro_f1 or protein_accuracy"
+            )
+        return None
+
+    def decisions(self, row: np.ndarray) -> np.ndarray:
+        """Each residue's class index (-1 where unread): likeliest, or positive at threshold."""
+        read = np.isfinite(row).all(axis=1)
+        probabilities = np.nan_to_num(row)
+        if self.threshold is None:
+            chosen = probabilities.argmax(axis=1)
+        else:
+            chosen = (probabilities[:, 1] >= self.threshold).astype(np.int64)
+        return np.where(read, chosen, -1)
 
     # --- the one-hot window baseline ----------------------------------------------------------
 
@@ -239,28 +365,29 @@ class ResidueClassificationTask(TaskSpec):
         """Per sequence: the class string (``?`` where unread) and each residue's probabilities."""
         results = []
         for row in outputs:
-            read = np.isfinite(row).all(axis=1)
-            chosen = np.where(read, np.nan_to_num(row).argmax(axis=1), -1)
-            results.append(
-                {
-                    "prediction": "".join(self.labels[i] if i >= 0 else UNREAD for i in chosen),
-                    "classes": list(self.labels),
-                    "probabilities": [
-                        [round(float(p), 6) for p in probabilities] if ok else None
-                        for probabilities, ok in zip(row, read, strict=True)
-                    ],
-                    "unread": int((~read).sum()),
-                }
-            )
+            chosen = self.decisions(row)
+            result = {
+                "prediction": "".join(self.labels[i] if i >= 0 else UNREAD for i in chosen),
+                "classes": list(self.labels),
+                "probabilities": [
+                    [round(float(p), 6) for p in probabilities] if i >= 0 else None
+                    for probabilities, i in zip(row, chosen, strict=True)
+                ],
+                "unread": int((chosen < 0).sum()),
+            }
+            if self.threshold is not None:
+                result["threshold"] = self.threshold
+            results.append(result)
         return results
 
     def agreement(self, reference: np.ndarray, other: np.ndarray) -> float:
         """Share of residues (read by both) given the same class by two runtimes' outputs."""
-        expected, got = residue_rows(reference), residue_rows(other)
-        read = np.isfinite(expected).all(axis=1) & np.isfinite(got).all(axis=1)
+        expected = self.decisions(residue_rows(reference))
+        got = self.decisions(residue_rows(other))
+        read = (expected >= 0) & (got >= 0)
         if not read.any():
             return 1.0
-        return float(np.mean(expected[read].argmax(axis=1) == got[read].argmax(axis=1)))
+        return float(np.mean(expected[read] == got[read]))
 
     def largest_difference(self, reference: np.ndarray, other: np.ndarray) -> float:
         """The largest probability difference of any residue."""
@@ -277,6 +404,11 @@ class ResidueClassificationTask(TaskSpec):
     def text_lines(self, result: dict[str, Any]) -> list[str]:
         """The sequence with the predicted class under each residue."""
         lines = aligned_lines(result["sequence"], [(result["prediction"], "prediction")])
+        if "threshold" in result:
+            lines.append(
+                f"  {self.labels[1]} where P({self.labels[1]}) >= {result['threshold']:.3f} "
+                "(threshold tuned on validation)"
+            )
         if result["unread"]:
             lines.append(f"  {result['unread']} residue(s) not read ({UNREAD}): no prediction")
         return lines
@@ -318,6 +450,11 @@ class ResidueClassificationTask(TaskSpec):
                     "of classes; null where the residue was not read",
                 },
                 "unread": {"type": "integer", "minimum": 0},
+                "threshold": {
+                    "type": "number",
+                    "description": "two classes: a residue is the second class when its "
+                    "probability is at least this (tuned on validation)",
+                },
             },
         }
 
@@ -335,6 +472,14 @@ class ResidueClassificationTask(TaskSpec):
             f"(quartiles {number(spread['q1'])} / {number(spread['median'])} / "
             f"{number(spread['q3'])})"
         )
+        if metrics.get("threshold") is not None:
+            head += (
+                f"\npositive '{metrics['labels'][1]}' at threshold {metrics['threshold']:.3f} "
+                f"({metrics['positives']} positive residues): precision "
+                f"{number(metrics['precision'])}  recall {number(metrics['recall'])}  "
+                f"F1 {number(metrics['f1'])}  ROC-AUC {number(metrics['roc_auc'])}  "
+                f"PR-AUC {number(metrics['pr_auc'])}"
+            )
         if metrics["unread"]:
             head += f"  ({metrics['unread']} residues not read: cut sequences)"
         return head, metric_table(
@@ -357,7 +502,13 @@ class ResidueClassificationTask(TaskSpec):
         tracks = [(f"chain {i + 1} of {metrics['split']}", targets[i], outputs[i]) for i in chosen]
         plot_residue_tracks(tracks, self.labels, IGNORED_CLASS, tracks_path,
                             f"{metrics['split']}: per-residue predictions")  # fmt: skip
-        return [path, tracks_path]
+        if not self.two_classes:
+            return [path, tracks_path]
+        curves = out / "roc_pr_curves.png"
+        positive, scores = _positive_scores(targets, outputs)
+        plot_roc_pr(positive, scores, curves, f"{metrics['split']}: positive residues = "
+                    f"{self.labels[1]}", threshold=metrics["threshold"])  # fmt: skip
+        return [path, tracks_path, curves]
 
     def prediction_columns(self) -> list[str]:
         """Header of predictions.csv: one row per chain."""

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from esmtune.config import DataConfig, Task
 from esmtune.data.fasta import SequenceRecord, Target
@@ -178,7 +179,7 @@ class ResidueRegressionTask(TaskSpec):
         return mean, std
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """MSE against the standardised values, averaged over the residues that count.
+        """MSE (or Huber) against the standardised values, averaged over residues that count.
 
         NaN positions (masked residues, ``<cls>``, ``<eos>``, padding) are replaced before the
         difference and multiplied by zero after it, so they add exactly zero to the gradient.
@@ -186,8 +187,13 @@ class ResidueRegressionTask(TaskSpec):
         mean, std = self._scale(logits)
         counted = ~torch.isnan(targets)
         scaled = torch.where(counted, (targets.float() - mean) / std, 0.0)
-        squared = (logits[..., 0] - scaled) ** 2 * counted
-        return squared.sum() / counted.sum().clamp(min=1)
+        if self.objective.regression_loss == "huber":
+            per_residue = nn.functional.huber_loss(
+                logits[..., 0], scaled, reduction="none", delta=self.objective.huber_delta
+            )
+        else:
+            per_residue = (logits[..., 0] - scaled) ** 2
+        return (per_residue * counted).sum() / counted.sum().clamp(min=1)
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         """Outputs back on the targets' scale."""
