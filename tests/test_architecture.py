@@ -16,6 +16,7 @@ RANKS: dict[str, float] = {
     "config": 1,
     "data": 2,
     "metrics": 2,
+    "calibration": 2,
     "plots": 2,
     "tasks": 3,
     "rundir": 3,

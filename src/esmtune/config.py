@@ -628,6 +628,13 @@ class ObjectiveConfig(_Section):
         description="binary, multilabel, two-class residue_classification: tune thresholds "
         "(false: 0.5).",
     )
+    calibrate: bool = Field(
+        True,
+        description="classification tasks: fit a temperature (softmax outputs) or Platt "
+        "scaling (sigmoid outputs, per label for multilabel) on validation, saved with the "
+        "weights and applied by predict, serve and exports; decision thresholds are tuned on "
+        "the calibrated probabilities.",
+    )
     ontology_consistent: bool = Field(
         True,
         description="multilabel with data.ontology: raise each parent term's score to its best "

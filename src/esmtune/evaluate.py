@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from esmtune.calibration import reliability
 from esmtune.data.batching import EncodedDataset, encode
 from esmtune.data.check import check_dataset
 from esmtune.data.embedding_files import read_embeddings
@@ -17,6 +19,7 @@ from esmtune.embeddings import FileEmbeddings, load_embedding_run
 from esmtune.errors import DataError
 from esmtune.inference import eval_loader, iterate_outputs, place_residues, predict_outputs
 from esmtune.model.run_model import load_run
+from esmtune.plots import plot_reliability
 from esmtune.rundir import atomic_write_text, read_run
 from esmtune.storage import check_writable, storage_errors
 from esmtune.tasks import TaskSpec, task_class
@@ -27,7 +30,28 @@ __all__ = ["evaluate_run", "format_report"]
 def format_report(metrics: dict[str, Any]) -> str:
     """Summary metrics and a per-class (or per-label, per-target) table, as terminal text."""
     head, table = task_class(metrics["task"]).report_lines(metrics)
-    return "\n".join([f"{metrics['split']} (n={metrics['n']}): {head}", "", *table])
+    lines = [f"{metrics['split']} (n={metrics['n']}): {head}"]
+    calibration = metrics.get("calibration")
+    if calibration is not None and calibration["before"]["ece"] is not None:
+        before, after = calibration["before"]["ece"], calibration["after"]["ece"]
+        if calibration["method"] == "none":
+            lines.append(f"calibration: ECE {before:.3f} (no calibration fitted)")
+        else:
+            lines.append(
+                f"calibration: ECE {before:.3f} before, {after:.3f} after "
+                f"{_describe(calibration)} fitted on validation"
+            )
+    return "\n".join([*lines, "", *table])
+
+
+def _describe(calibration: dict[str, Any]) -> str:
+    fitted = calibration["fitted"]
+    if calibration["method"] == "temperature":
+        return f"temperature {fitted['temperature']:.2f}"
+    slopes = fitted["slope"]
+    if len(slopes) == 1:
+        return f"Platt scaling (slope {slopes[0]:.2f}, intercept {fitted['intercept'][0]:+.2f})"
+    return f"Platt scaling of {len(slopes)} labels"
 
 
 def _write_predictions(task: TaskSpec, records: list, outputs: np.ndarray, path: Path) -> None:
@@ -52,6 +76,32 @@ def _head_outputs(
         for index, row in zip(indices.tolist(), batch, strict=True)
     )
     return np.stack([rows[i] for i in range(len(records))])
+
+
+def _calibration_report(
+    task: TaskSpec, targets: np.ndarray, raw: np.ndarray, outputs: np.ndarray
+) -> dict[str, Any] | None:
+    """The ECE and reliability bins before and after the run's calibration (None: no probabilities).
+
+    Without a saved calibration (``objective.calibrate=false``, or a run trained before esmtune
+    calibrated) both sides are the same outputs.
+    """
+    before = task.reliability_pairs(targets, raw)
+    after = task.reliability_pairs(targets, outputs)
+    if before is None or after is None:
+        return None
+    return {
+        "method": _calibration_name(task.calibration),
+        "fitted": task.calibration,
+        "before": reliability(*before),
+        "after": reliability(*after),
+    }
+
+
+def _calibration_name(calibration: dict[str, Any] | None) -> str:
+    if not calibration:
+        return "none"
+    return "temperature" if "temperature" in calibration else "platt"
 
 
 def evaluate_run(
@@ -106,8 +156,9 @@ def evaluate_run(
         raise DataError(f"{data.path} ({split}): {problem}")
     report.raise_if_errors()
     targets = task.encode_targets(records)
+    # Outputs before calibration, so that the report shows what it changed.
     if data.embeddings is not None:  # a head trained on precomputed embeddings
-        outputs = _head_outputs(run_dir, data.embeddings, records, task)
+        raw = _head_outputs(run_dir, data.embeddings, records, replace(task, calibration=None))
     else:
         loaded = load_run(run_dir)
         task = loaded.task
@@ -115,28 +166,33 @@ def evaluate_run(
             loaded.tokenizer, [r.sequence for r in records], config.data.max_length,
             config.data.long_sequences, config.data.window_stride,
         )  # fmt: skip
-        outputs = predict_outputs(
+        raw = predict_outputs(
             loaded.model,
             EncodedDataset(windows, targets, residue_targets=task.per_residue),
-            task.outputs,
+            replace(task, calibration=None).outputs,
             max_tokens,
             loaded.tokenizer.pad_token_id,
             progress=progress,
         )
-        outputs = place_residues(
-            outputs, [w[0].start for w in windows], [len(r.sequence) for r in records]
-        )
+        raw = place_residues(raw, [w[0].start for w in windows], [len(r.sequence) for r in records])
+    outputs = task.calibrated(raw, task.calibration) if task.calibration else raw
     metrics = {
         "task": config.task.value,
         "split": split,
         "data": str(data.path),
         **task.metrics(targets, outputs),
     }
+    calibration = _calibration_report(task, targets, raw, outputs)
+    if calibration is not None:
+        metrics["calibration"] = calibration
     if task.label_names:
         metrics["label_names"] = task.label_names
     with storage_errors(out, lambda _: "Free space, then evaluate again"):
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         written = [out / "metrics.json", *task.plots(targets, outputs, metrics, out)]
+        if calibration is not None:
+            written.append(out / "reliability.png")
+            plot_reliability(calibration, out / "reliability.png", f"{split}: calibration")
         _write_predictions(task, records, outputs, out / "predictions.csv")
     written.append(out / "predictions.csv")
     return metrics, out, written

@@ -1,4 +1,4 @@
-"""Figures: confusion matrix, ROC/PR curves, scatter, training curves, residue-score tracks.
+"""Figures: confusion matrix, ROC/PR curves, scatter, training curves, residue tracks, reliability.
 
 Each function writes one figure (PNG unless its path says .svg or .pdf) and closes it, so that a
 long evaluation never piles up open figures. matplotlib is imported inside the functions (Agg
@@ -449,4 +449,43 @@ def plot_residue_tracks(
         axes.set_title(name, fontsize=10, loc="left")
     grid[0, 0].legend(loc="upper right", fontsize=8, ncol=len(labels))
     grid[-1, 0].set_xlabel("residue position (grey: masked or not read)")
+    _save(figure, path)
+
+
+def plot_reliability(calibration: dict[str, Any], path: Path, title: str) -> None:
+    """The reliability diagram: observed frequency against mean predicted probability per bin.
+
+    Before and after the run's calibration, each point sized by its bin's count; the diagonal is
+    perfect calibration, points below it are over-confident.
+
+    Args:
+        calibration: ``before`` and ``after`` from :func:`esmtune.calibration.reliability`
+            (``ece`` and ``bins``), and the ``method``.
+        path: Where to write the figure.
+        title: Figure title.
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(5.5, 5))
+    axes.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect")
+    sides = [("before", "tab:red", "uncalibrated")]
+    if calibration["method"] != "none":
+        sides.append(("after", "tab:blue", f"after {calibration['method']}"))
+    for key, colour, name in sides:
+        result = calibration[key]
+        bins = result["bins"]
+        if not bins:
+            continue
+        total = sum(b["count"] for b in bins)
+        confidence = [b["confidence"] for b in bins]
+        frequency = [b["frequency"] for b in bins]
+        sizes = [20 + 300 * b["count"] / total for b in bins]
+        axes.plot(confidence, frequency, color=colour, linewidth=1)
+        axes.scatter(confidence, frequency, s=sizes, color=colour, alpha=0.7,
+                     label=f"{name} (ECE {result['ece']:.3f})")  # fmt: skip
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.set_xlabel("predicted probability (bin mean)")
+    axes.set_ylabel("observed frequency")
+    axes.set_title(title)
+    axes.legend(loc="upper left")
     _save(figure, path)

@@ -43,6 +43,7 @@ __all__ = [
     "read_run",
     "save_run_files",
     "save_weights",
+    "saved_calibration",
     "saved_thresholds",
 ]
 
@@ -89,26 +90,42 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def save_weights(
-    tensors: dict[str, torch.Tensor], path: Path, thresholds: list[float] | None = None
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    thresholds: list[float] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> None:
-    """Save safetensors atomically; decision thresholds tuned with these weights go inside.
+    """Save safetensors atomically; thresholds and calibration fitted with them go inside.
 
-    Thresholds belong to the weights they were tuned with, so they share the file (safetensors
-    metadata) and can never be out of step with them after a crash. The file gets the mode the
-    umask implies, so other users (and the API container) can read it.
+    Decision thresholds and the probability calibration belong to the weights they were fitted
+    with, so they share the file (safetensors metadata) and can never be out of step with them
+    after a crash. The file gets the mode the umask implies, so other users (and the API
+    container) can read it.
 
     Raises:
         OSError: When the file cannot be written (full disk, read-only folder).
     """
-    metadata = {"thresholds": json.dumps(thresholds)} if thresholds is not None else None
-    save_tensors(tensors, path, metadata)
+    fitted = {"thresholds": thresholds, "calibration": calibration}
+    metadata = {key: json.dumps(value) for key, value in fitted.items() if value is not None}
+    save_tensors(tensors, path, metadata or None)
+
+
+def _saved(path: Path, key: str) -> Any:
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    return json.loads(metadata[key]) if key in metadata else None
 
 
 def saved_thresholds(path: Path) -> list[float] | None:
     """The thresholds stored with a weights file, if any."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    return json.loads(metadata["thresholds"]) if "thresholds" in metadata else None
+    thresholds: list[float] | None = _saved(path, "thresholds")
+    return thresholds
+
+
+def saved_calibration(path: Path) -> dict[str, Any] | None:
+    """The calibration stored with a weights file, if any."""
+    calibration: dict[str, Any] | None = _saved(path, "calibration")
+    return calibration
 
 
 def save_run_files(
@@ -151,6 +168,7 @@ def read_run(run_dir: Path) -> tuple[TrainConfig, TaskSpec]:
     config = load_config(run_dir / CONFIG_FILE)
     task = task_from_state(json.loads((run_dir / LABELS_FILE).read_text()))
     task.thresholds = saved_thresholds(run_dir / WEIGHTS_FILE)
+    task.calibration = saved_calibration(run_dir / WEIGHTS_FILE)
     if not config.model.pretrained:
         # The random-init architecture and tokenizer were saved with the run.
         config.model.name = str(run_dir / BACKBONE_DIR)

@@ -452,7 +452,7 @@ def _evaluate(run: _Run, state: TrainerState) -> None:
     """Validate; keep the best weights with their thresholds; decide on early stopping."""
     stopping = run.config.training.early_stopping
     name = run.config.selection_metric
-    metrics, thresholds = _validate(run)
+    metrics, thresholds, calibration = _validate(run)
     scalars = _scalars(run.config, metrics)
     train_loss = state.take_train_loss()
     state.history.append(
@@ -462,6 +462,7 @@ def _evaluate(run: _Run, state: TrainerState) -> None:
     if improved:
         state.best_value, state.best_epoch = metrics.get(name), state.epoch
         state.best_thresholds, state.evals_without_improvement = thresholds, 0
+        state.best_calibration = calibration
         _save_best(run, state, metrics)
     else:
         state.evals_without_improvement += 1
@@ -477,8 +478,14 @@ def _evaluate(run: _Run, state: TrainerState) -> None:
         )
 
 
-def _validate(run: _Run) -> tuple[dict[str, Any], list[float] | None]:
-    """Metrics on the validation split, with thresholds tuned on it; the same on every process."""
+def _validate(
+    run: _Run,
+) -> tuple[dict[str, Any], list[float] | None, dict[str, Any] | None]:
+    """Metrics on the validation split, calibrated and with thresholds tuned on it.
+
+    The calibration is fitted first and the thresholds on the calibrated probabilities, which
+    are what predictions will use. The same on every process.
+    """
     run.model.eval()
     pieces = list(iterate_outputs(run.model, run.val_loader, run.spec.outputs))
     gathered = gather_object(pieces)
@@ -494,8 +501,13 @@ def _validate(run: _Run) -> tuple[dict[str, Any], list[float] | None]:
         assert isinstance(dataset, EncodedDataset | CachedResidueStates)
         lengths = [len(target) for target in dataset.targets]
         outputs = place_residues(outputs, dataset.starts, lengths)
+    calibration = None
+    if run.config.objective.calibrate:
+        calibration = run.spec.fit_calibration(dataset.targets, outputs)
+    if calibration is not None:
+        outputs = run.spec.calibrated(outputs, calibration)
     thresholds = run.spec.tune(dataset.targets, outputs)
-    return run.spec.metrics(dataset.targets, outputs, thresholds), thresholds
+    return run.spec.metrics(dataset.targets, outputs, thresholds), thresholds, calibration
 
 
 def _scalars(config: TrainConfig, metrics: dict[str, Any]) -> dict[str, float]:
@@ -512,7 +524,7 @@ def _save_best(run: _Run, state: TrainerState, metrics: dict[str, Any]) -> None:
     if not run.accelerator.is_main_process:
         return
     weights = weights_to_save(run.unwrapped, run.config)
-    save_weights(weights, run.run_dir / WEIGHTS_FILE, state.best_thresholds)
+    save_weights(weights, run.run_dir / WEIGHTS_FILE, state.best_thresholds, state.best_calibration)
     atomic_write_text(
         run.run_dir / "model" / "best_validation_metrics.json",
         json.dumps({"epoch": state.epoch, **metrics}, indent=2) + "\n",
@@ -538,6 +550,7 @@ def _write_summary(run: _Run, state: TrainerState, seconds: float) -> None:
         "best_epoch": state.best_epoch,
         "best_value": state.best_value,
         "thresholds": state.best_thresholds,
+        "calibration": state.best_calibration,
         "epochs_run": state.epoch,
         "optimizer_steps": state.global_step,
         "stopped_early": state.stopped_early,

@@ -72,6 +72,8 @@ class TrainerState:
     best_epoch: int | None = None
     # Decision thresholds tuned with the best weights, so a resume needs nothing but the checkpoint.
     best_thresholds: list[float] | None = None
+    # The calibration fitted on validation for the best weights (temperature or Platt scaling).
+    best_calibration: dict[str, Any] | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)

@@ -72,7 +72,8 @@ class HfFormat:
             backbone.config.label2id = {label: i for i, label in enumerate(labels)}
             backbone.save_pretrained(folder, safe_serialization=True)
         loaded.tokenizer.save_pretrained(folder)
-        save_weights(_head_tensors(model), folder / HEAD_FILE, loaded.task.thresholds)
+        task = loaded.task
+        save_weights(_head_tensors(model), folder / HEAD_FILE, task.thresholds, task.calibration)
 
     def load(self, folder: Path, runtime: str, device: str | None) -> LoadedRun[SequenceClassifier]:
         """The export's classifier, on the CPU (the Predictor moves it to its device)."""

@@ -88,6 +88,7 @@ def task_from_state(state: dict[str, Any]) -> TaskSpec:
         ancestors=state.get("ancestors") or {},
         weights=state.get("weights"),
         thresholds=state.get("thresholds"),
+        calibration=state.get("calibration"),
         target_mean=state.get("target_mean"),
         target_std=state.get("target_std"),
     )

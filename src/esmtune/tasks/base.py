@@ -13,7 +13,7 @@ prediction rebuild exactly the same behaviour from the run directory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -119,6 +119,9 @@ class TaskSpec:
         ancestors: For each label, its ancestors within ``labels`` (ontology consistency).
         weights: Per-output loss weights fitted on train (class or positive weights), or None.
         thresholds: Decision thresholds (binary: one; multilabel: one per label), or None.
+        calibration: Fitted on validation with the weights: ``{"temperature": T}`` (softmax
+            logits divided by T) or ``{"slope": [...], "intercept": [...]}`` (Platt scaling of
+            each sigmoid logit); None leaves the logits as they are.
         target_mean: Regression: training mean of each target.
         target_std: Regression: training standard deviation of each target.
     """
@@ -146,6 +149,7 @@ class TaskSpec:
     ancestors: dict[str, list[str]] = field(default_factory=dict)
     weights: list[float] | None = None
     thresholds: list[float] | None = None
+    calibration: dict[str, Any] | None = None
     target_mean: list[float] | None = None
     target_std: list[float] | None = None
 
@@ -205,6 +209,7 @@ class TaskSpec:
             "ancestors": self.ancestors,
             "weights": self.weights,
             "thresholds": self.thresholds,
+            "calibration": self.calibration,
             "target_mean": self.target_mean,
             "target_std": self.target_std,
             "objective": self.objective.model_dump(mode="json"),
@@ -232,6 +237,47 @@ class TaskSpec:
     def tune(self, targets: np.ndarray, outputs: np.ndarray) -> list[float] | None:
         """Thresholds that maximise the configured metric on these (validation) outputs."""
         return None
+
+    def fit_calibration(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, Any] | None:
+        """A calibration fitted on these uncalibrated (validation) outputs; None: nothing to fit."""
+        return None
+
+    def calibrated(self, outputs: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+        """Uncalibrated outputs as ``calibration`` makes them (what :meth:`outputs` would give)."""
+        logits = torch.as_tensor(self.logits_of(outputs))
+        return replace(self, calibration=calibration).outputs(logits)
+
+    def logits_of(self, outputs: np.ndarray) -> np.ndarray:
+        """Logits that give ``outputs`` (up to what the activation ignores): its inverse."""
+        raise NotImplementedError
+
+    def reliability_pairs(
+        self, targets: np.ndarray, outputs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Predicted probabilities of events and whether each happened (ECE, reliability).
+
+        The top class's probability and whether it was right, or each label's probability and
+        whether the label applies; None for tasks without probabilities.
+        """
+        return None
+
+    def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits after the saved calibration: divided by the temperature, or Platt-scaled."""
+        factor, offset = self._calibration_terms(logits)
+        return logits * factor + offset
+
+    def _calibration_terms(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The calibration as ``logits * factor + offset`` (factor and offset per output)."""
+        calibration = self.calibration or {}
+
+        def tensor(value: Any) -> torch.Tensor:
+            return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+        if "temperature" in calibration:
+            return tensor(1.0 / float(calibration["temperature"])), tensor(0.0)
+        if "slope" in calibration:
+            return tensor(calibration["slope"]), tensor(calibration["intercept"])
+        return tensor(1.0), tensor(0.0)
 
     def selection_problem(self, metric: str) -> str | None:
         """Why ``metric`` cannot select checkpoints for these labels (None: it can).
@@ -369,8 +415,13 @@ class TaskSpec:
     def hf_output_layer(
         self, weight: torch.Tensor, bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """out_proj weights that give, through transformers' usual recipe, this task's outputs."""
-        return weight, bias
+        """out_proj weights that give, through transformers' usual recipe, this task's outputs.
+
+        The calibration is linear in the logits, so it is folded into the layer: plain
+        transformers then gives the calibrated probabilities that esmtune gives.
+        """
+        zero = self.calibrated_logits(torch.zeros_like(bias))
+        return (self.calibrated_logits(weight.T) - zero).T, self.calibrated_logits(bias)
 
     # --- shared helpers ------------------------------------------------------------------------
 

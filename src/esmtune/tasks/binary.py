@@ -12,8 +12,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from scipy.special import logit
 from torch import nn
 
+from esmtune.calibration import fit_platt
 from esmtune.config import DataConfig, Task
 from esmtune.data.fasta import SequenceRecord
 from esmtune.data.report import DataReport
@@ -107,8 +109,23 @@ class BinaryTask(SingleLabelTask):
         )
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        """P(positive), shape ``(batch,)``."""
-        return torch.sigmoid(logits.float()[:, 0])
+        """P(positive) (of the calibrated logit), shape ``(batch,)``."""
+        return torch.sigmoid(self.calibrated_logits(logits.float())[:, 0])
+
+    def fit_calibration(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, Any] | None:
+        """Platt scaling of the logit."""
+        slope, intercept = fit_platt(self.logits_of(outputs)[:, 0], targets)
+        return {"slope": [slope], "intercept": [intercept]}
+
+    def logits_of(self, outputs: np.ndarray) -> np.ndarray:
+        """The logit of P(positive), one column."""
+        return logit(np.clip(np.asarray(outputs, dtype=np.float64), 1e-12, 1 - 1e-12))[:, None]
+
+    def reliability_pairs(
+        self, targets: np.ndarray, outputs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """P(positive), and whether the sequence is positive."""
+        return np.asarray(outputs), np.asarray(targets)
 
     def label_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """P(negative) and P(positive): the one output stands for both labels."""
@@ -212,5 +229,6 @@ class BinaryTask(SingleLabelTask):
     def hf_output_layer(
         self, weight: torch.Tensor, bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One logit z becomes two, (0, z), whose softmax is (1 - σ(z), σ(z))."""
+        """One logit z (calibrated) becomes two, (0, z), whose softmax is (1 - σ(z), σ(z))."""
+        weight, bias = super().hf_output_layer(weight, bias)
         return torch.cat([torch.zeros_like(weight), weight]), torch.cat([bias.new_zeros(1), bias])

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from esmtune.calibration import fit_temperature
 from esmtune.config import Task
 from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import ConfigError
@@ -56,8 +57,22 @@ class MulticlassTask(SingleLabelTask):
         return nn.functional.cross_entropy(logits, targets, weight=self._weight_tensor(logits))
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        """Softmax over classes."""
-        return torch.softmax(logits.float(), dim=-1)
+        """Softmax over classes (of the calibrated logits)."""
+        return torch.softmax(self.calibrated_logits(logits.float()), dim=-1)
+
+    def fit_calibration(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, Any] | None:
+        """A temperature: the likeliest class stays the likeliest, confidence moves."""
+        return {"temperature": fit_temperature(self.logits_of(outputs), targets)}
+
+    def logits_of(self, outputs: np.ndarray) -> np.ndarray:
+        """Log-probabilities: softmax gives the probabilities back."""
+        return np.log(np.clip(outputs, 1e-12, 1.0))
+
+    def reliability_pairs(
+        self, targets: np.ndarray, outputs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The top class's probability, and whether it was the true class."""
+        return outputs.max(axis=1), outputs.argmax(axis=1) == targets
 
     def metrics(
         self, targets: np.ndarray, outputs: np.ndarray, thresholds: list[float] | None = None

@@ -16,8 +16,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from scipy.special import logit
 from torch import nn
 
+from esmtune.calibration import fit_platt
 from esmtune.config import DataConfig, Task
 from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.ontology import Ontology, consistent_scores, read_obo
@@ -37,6 +39,9 @@ from esmtune.tasks.base import (
 )
 
 __all__ = ["MultilabelTask"]
+
+# Positives and negatives on validation a label needs for a Platt fit of its own.
+_OWN_PLATT_FIT = 10
 
 
 def _labels_from_indicators(values: list[str], columns: list[str]) -> tuple[str, ...]:
@@ -207,8 +212,36 @@ class MultilabelTask(TaskSpec):
         )
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        """An independent probability per label."""
-        return torch.sigmoid(logits.float())
+        """An independent probability per label (of its calibrated logit)."""
+        return torch.sigmoid(self.calibrated_logits(logits.float()))
+
+    def fit_calibration(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, Any] | None:
+        """Platt scaling per label; labels with few examples on validation share one fit.
+
+        A slope and intercept from a handful of positives would be noise, so a label with fewer
+        than ``_OWN_PLATT_FIT`` positives or negatives takes the fit of all labels pooled.
+        """
+        logits = self.logits_of(outputs)
+        targets = np.asarray(targets)
+        shared = fit_platt(logits.ravel(), targets.ravel())
+        fits = []
+        for column in range(logits.shape[1]):
+            positives = int(targets[:, column].sum())
+            if min(positives, len(targets) - positives) >= _OWN_PLATT_FIT:
+                fits.append(fit_platt(logits[:, column], targets[:, column]))
+            else:
+                fits.append(shared)
+        return {"slope": [a for a, _ in fits], "intercept": [b for _, b in fits]}
+
+    def logits_of(self, outputs: np.ndarray) -> np.ndarray:
+        """Each label's logit."""
+        return logit(np.clip(np.asarray(outputs, dtype=np.float64), 1e-12, 1 - 1e-12))
+
+    def reliability_pairs(
+        self, targets: np.ndarray, outputs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every label's probability for every sequence, and whether the label applies."""
+        return np.asarray(outputs).ravel(), np.asarray(targets).ravel()
 
     def outputs(self, logits: torch.Tensor) -> np.ndarray:
         """Probabilities; with an ontology, each parent at least its best descendant."""

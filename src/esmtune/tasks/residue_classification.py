@@ -17,6 +17,7 @@ every export and runtime treats both cases alike.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from esmtune.calibration import fit_platt, fit_temperature
 from esmtune.config import DataConfig, Task
 from esmtune.data.batching import IGNORED_CLASS
 from esmtune.data.fasta import SequenceRecord, Target
@@ -93,12 +95,18 @@ TRACKED_CHAINS = 4
 _POSITIVE_CLASS_METRICS = frozenset({"f1", "precision", "recall", "roc_auc", "pr_auc"})
 
 
-def _positive_scores(targets: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two classes: 0/1 targets and P(positive) of every residue that counts and was read."""
+def _counted(targets: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The class and probabilities of every residue that counts and was read, flat."""
     rows = residue_rows(outputs)
     flat = np.concatenate([*targets, np.zeros(0, dtype=np.int64)])
     used = (flat != IGNORED_CLASS) & np.isfinite(rows).all(axis=1)
-    return (flat[used] == 1).astype(np.int64), rows[used, 1]
+    return flat[used], rows[used]
+
+
+def _positive_scores(targets: np.ndarray, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two classes: 0/1 targets and P(positive) of every residue that counts and was read."""
+    flat, rows = _counted(targets, outputs)
+    return (flat == 1).astype(np.int64), rows[:, 1]
 
 
 class ResidueClassificationTask(TaskSpec):
@@ -295,8 +303,43 @@ class ResidueClassificationTask(TaskSpec):
         return total / (flat != IGNORED_CLASS).sum().clamp(min=1)
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        """Softmax over classes, per residue."""
-        return torch.softmax(logits.float(), dim=-1)
+        """Softmax over classes (of the calibrated logits), per residue."""
+        return torch.softmax(self.calibrated_logits(logits.float()), dim=-1)
+
+    def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Two classes with Platt scaling: (0, slope x (z1 - z0) + intercept); else the base's."""
+        if not self.calibration or "slope" not in self.calibration:
+            return super().calibrated_logits(logits)
+        slope, intercept = self.calibration["slope"][0], self.calibration["intercept"][0]
+        difference = logits[..., 1] - logits[..., 0]
+        return torch.stack([torch.zeros_like(difference), slope * difference + intercept], -1)
+
+    def fit_calibration(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, Any] | None:
+        """A temperature; two classes: Platt scaling of the logit difference, as binary's."""
+        flat_targets, rows = _counted(targets, outputs)
+        logits = np.log(np.clip(rows, 1e-12, 1.0))
+        if not self.two_classes:
+            return {"temperature": fit_temperature(logits, flat_targets)}
+        slope, intercept = fit_platt(logits[:, 1] - logits[:, 0], flat_targets == 1)
+        return {"slope": [slope], "intercept": [intercept]}
+
+    def calibrated(self, outputs: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+        """Each chain's probabilities as ``calibration`` makes them (unread rows stay NaN)."""
+        task = replace(self, calibration=calibration)
+        chains = np.empty(len(outputs), dtype=object)
+        for i, row in enumerate(outputs):
+            logits = torch.as_tensor(np.log(np.clip(np.asarray(row, dtype=np.float64), 1e-12, 1)))
+            chains[i] = task.activation(logits).numpy()
+        return chains
+
+    def reliability_pairs(
+        self, targets: np.ndarray, outputs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per counted residue: P(positive) or the top class's probability, and if it happened."""
+        flat_targets, rows = _counted(targets, outputs)
+        if self.two_classes:
+            return rows[:, 1], flat_targets == 1
+        return rows.max(axis=1), rows.argmax(axis=1) == flat_targets
 
     def tune(self, targets: np.ndarray, outputs: np.ndarray) -> list[float] | None:
         """Two classes: the threshold that maximises objective.threshold_metric on validation."""
