@@ -17,6 +17,7 @@ RANKS: dict[str, float] = {
     "data": 2,
     "metrics": 2,
     "calibration": 2,
+    "report_page": 2,
     "plots": 2,
     "tasks": 3,
     "rundir": 3,

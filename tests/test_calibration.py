@@ -178,6 +178,8 @@ def test_a_run_saves_its_calibration_and_predicts_with_it(
     assert f"calibration: ECE {before:.3f} before, {after:.3f} after temperature" in printed
     assert sum(b["count"] for b in report["after"]["bins"]) == report["after"]["n"] > 0
     assert (run / "eval" / "test" / "reliability.png").stat().st_size > 5_000
+    page = (run / "eval" / "test" / "report.html").read_text()
+    assert f"{before:.3f} before" in page and "reliability.png" in page
 
 
 def test_calibration_can_be_switched_off(

@@ -20,6 +20,7 @@ from esmtune.errors import DataError
 from esmtune.inference import eval_loader, iterate_outputs, place_residues, predict_outputs
 from esmtune.model.run_model import load_run
 from esmtune.plots import plot_reliability
+from esmtune.report_page import write_report
 from esmtune.rundir import atomic_write_text, read_run
 from esmtune.storage import check_writable, storage_errors
 from esmtune.tasks import TaskSpec, task_class
@@ -194,5 +195,6 @@ def evaluate_run(
             written.append(out / "reliability.png")
             plot_reliability(calibration, out / "reliability.png", f"{split}: calibration")
         _write_predictions(task, records, outputs, out / "predictions.csv")
-    written.append(out / "predictions.csv")
+        written.append(out / "predictions.csv")
+        written.append(write_report(out, run_dir, metrics, task.headline_metrics))
     return metrics, out, written
