@@ -705,10 +705,9 @@ _METHOD_TITLES = {
     Method.ROLLOUT: "attention rollout: where the pooled representation comes from",
 }
 # Per-residue runs: the label is the explained residue's class (or value), rollout its token's.
-_RESIDUE_METHOD_TITLES = {
-    Method.IG: "integrated gradients: for the marked residue's class or value (up) or against "
-    "it (down)",
-    Method.ROLLOUT: "attention rollout: where the marked residue's representation comes from",
+_RESIDUE_METHOD_TITLES = {  # short enough for the narrowest figure (a chain of 20 residues)
+    Method.IG: "integrated gradients at the marked residue: for (up) or against (down)",
+    Method.ROLLOUT: "attention rollout: where the marked residue's state comes from",
 }
 
 
