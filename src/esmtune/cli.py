@@ -69,7 +69,8 @@ def _kind(annotation: Any) -> dict[str, Any]:
     if annotation is bool:
         return {"action": "store_true"}
     if typing.get_origin(annotation) is list:
-        return {"action": "append", "metavar": "NAME"}
+        (item,) = typing.get_args(annotation)
+        return {"action": "append", "metavar": _METAVARS.get(item, "NAME")}
     return {"type": annotation, "metavar": _METAVARS[annotation]}
 
 
@@ -586,7 +587,8 @@ def _explain_options(command: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE_OR_DIR",
         help=f"draw the scores along each sequence: a {', '.join(others)} or {last} file holds "
-        "one track per sequence; a folder gets one PNG per sequence, named by id",
+        "one track per sequence (per-residue runs: per sequence and position, the position "
+        "marked); a folder gets one PNG each, named by id (and -position)",
     )
     _add_fields(command, PredictOptions, _EXPLAIN_MODEL_OPTIONS)
 
@@ -596,24 +598,30 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     Why a run predicted what it did, one score per residue: integrated gradients on the input
     embeddings (--method ig, with Captum) for the predicted label or --label, or attention
-    rollout (--method rollout). Sequences come from FASTA files, --sequence or standard input
-    and are read as predict reads them. Writes a TSV (id, position from 1, residue, score,
-    method, label) to standard output unless --output is given; --plot draws the scores along
-    each sequence. Needs the model in torch (a run or an hf export) and, for ig, the explain
-    extra: pip install 'esmtune[explain]'.
+    rollout (--method rollout). A per-residue run predicts each residue: --position N says
+    whose prediction (its predicted class, or --label's; or its value) to explain. Sequences
+    come from FASTA files, --sequence or standard input and are read as predict reads them.
+    Writes a TSV (id, position from 1, residue, score, method, label; per-residue runs add
+    explained_position and explained_residue) to standard output unless --output is given;
+    --plot draws the scores along each sequence. Needs the model in torch (a run or an hf
+    export) and, for ig, the explain extra: pip install 'esmtune[explain]'.
     """
-    from esmtune.explain import plot_explanations, write_explanations
+    from esmtune.explain import loose_note, plot_explanations, write_explanations
     from esmtune.predict import Predictor
 
     records = _read_inputs(args, "explain")
-    if args.plot is not None:
-        one_figure(args.plot, len(records))  # a bad path stops before the model loads
+    asked = ExplainOptions.checked(
+        label=args.label, method=args.method, steps=args.steps, position=args.position
+    )  # bad positions stop before the model loads
+    if args.plot is not None:  # so does a bad path: a track per sequence and position
+        one_figure(args.plot, len(records) * len(asked.position or [None]))
     options = {name: getattr(args, name) for name in _EXPLAIN_MODEL_OPTIONS}
     predictor = Predictor.load(args.run, **options)
     explanations = predictor.explain(
-        records, args.label, args.method, args.steps, progress=len(records) > 10
-    )
-    cut = sum(item.unread > 0 for item in explanations)
+        records, asked.label, asked.method, asked.steps,
+        progress=len(records) > 10, position=asked.position,
+    )  # fmt: skip
+    cut = len({item.id for item in explanations if item.unread > 0})
     if cut:
         print(
             f"note: {cut} sequence(s) longer than the model's {predictor.max_length} residues "
@@ -621,6 +629,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             "score NaN",
             file=sys.stderr,
         )
+    if note := loose_note(explanations, asked.steps):
+        print(note, file=sys.stderr)
     if args.output is not None:
         with args.output.open("w", newline="") as handle:
             write_explanations(explanations, handle)

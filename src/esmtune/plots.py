@@ -354,7 +354,10 @@ RESIDUE_TICKS_UP_TO = 80
 
 
 def plot_residue_scores(
-    tracks: Sequence[tuple[str, str, np.ndarray]], path: Path, title: str
+    tracks: Sequence[tuple[str, str, np.ndarray]],
+    path: Path,
+    title: str,
+    marked: Sequence[int | None] | None = None,
 ) -> None:
     """Draw one track per sequence: a bar per residue, evidence for up, against down.
 
@@ -363,6 +366,9 @@ def plot_residue_scores(
             residues the model did not read, shaded grey.
         path: Where to write the figure; its suffix (.png, .svg, .pdf) sets the format.
         title: Figure title (what was explained, and how).
+        marked: Per track, a 1-based position to mark (the residue whose prediction was
+            explained), or None; a gold band behind it and a triangle over it, so that the
+            scores around it read as relative to it.
     """
     plt = _pyplot()
     longest = max((len(sequence) for _, sequence, _ in tracks), default=1)
@@ -372,7 +378,8 @@ def plot_residue_scores(
         len(tracks), 1, figsize=(width, 0.6 + 1.9 * len(tracks)), squeeze=False
     )
     figure.suptitle(title)
-    for axes, (name, sequence, scores) in zip(grid[:, 0], tracks, strict=True):
+    marks = list(marked) if marked is not None else [None] * len(tracks)
+    for axes, (name, sequence, scores), mark in zip(grid[:, 0], tracks, marks, strict=True):
         values = np.asarray(scores, dtype=float)
         positions = np.arange(1, len(values) + 1)
         read = np.isfinite(values)
@@ -382,6 +389,8 @@ def plot_residue_scores(
         for position in positions[~read]:
             axes.axvspan(position - 0.5, position + 0.5, color="0.9", linewidth=0)
         axes.axhline(0, color="0.4", linewidth=0.6)
+        if mark is not None:
+            _mark_position(axes, mark)
         axes.set_xlim(0.5, len(values) + 0.5)
         axes.set_title(name, fontsize=10, loc="left")
         axes.set_ylabel("score")
@@ -396,6 +405,15 @@ def plot_residue_scores(
             _note(axes, "no residue read")
     grid[-1, 0].set_xlabel("residue" if lettered else "residue position")
     _save(figure, path)
+
+
+def _mark_position(axes: Any, position: int) -> None:
+    """A gold band behind ``position`` and a triangle above it, pointing down at it."""
+    axes.axvspan(position - 0.5, position + 0.5, color="#fdd84b", alpha=0.6, linewidth=0, zorder=0)
+    axes.plot(
+        [position], [1.0], marker="v", color="#b8860b", markersize=7, clip_on=False,
+        transform=axes.get_xaxis_transform(), linestyle="none",
+    )  # fmt: skip
 
 
 def plot_residue_tracks(

@@ -417,39 +417,44 @@ class Predictor:
         method: Method | str = Method.IG,
         steps: int = DEFAULT_STEPS,
         progress: bool = False,
+        position: int | str | Iterable[int | str] | None = None,
     ) -> list[Explanation]:
         """Why the model predicted what it did: a score per residue (see :mod:`esmtune.explain`).
 
         Sequences are read as :meth:`predict` reads them (long ones in windows, by default), in
-        float32.
+        float32. A per-residue run (``residue_classification``, ``residue_regression``) predicts
+        each residue, so ``position`` says which residue's prediction to explain; there is no
+        default, since each position costs a whole explanation.
 
         Args:
             sequences: Plain sequences, ``{id: sequence}``, or records.
             label: The label (regression: the target) to explain; None: each sequence's
                 predicted label (multilabel: its most probable; regression: the first target).
+                Per-residue runs: the class at ``position`` (None: the one predicted there).
             method: ``ig`` (integrated gradients on the input embeddings, needs Captum:
                 ``pip install 'esmtune[explain]'``) or ``rollout`` (attention rollout, the same
                 for every label).
             steps: Integrated gradients' points along the path (more: closer to the integral).
             progress: Show a progress bar.
+            position: Per-residue runs only, and required there: the residue(s) whose
+                prediction to explain, numbered from 1 (as ``predict --format text``): ``42``,
+                ``"10-20"``, ``"10,42"`` or a list of these. Each sequence is explained at each.
 
         Returns:
-            One :class:`~esmtune.explain.Explanation` per input, in input order: ``id``,
-            ``sequence``, ``label``, ``method``, ``scores`` (a float32 array, one per residue,
-            no ``<cls>``/``<eos>``; NaN for residues a cut sequence left out), ``output`` and,
-            for ``ig``, ``baseline_output`` (the scores sum to the difference).
+            One :class:`~esmtune.explain.Explanation` per input (per-residue runs: per input
+            and position, positions ascending), in input order: ``id``, ``sequence``, ``label``,
+            ``method``, ``scores`` (a float32 array, one per residue, no ``<cls>``/``<eos>``;
+            NaN for residues a cut sequence left out), ``output``, for ``ig``,
+            ``baseline_output`` (the scores sum to the difference), and ``position``.
 
         Raises:
             DataError: On empty sequences or invalid residues, naming every record.
-            EsmtuneError: On an unknown label, method or step count, a missing Captum, or a
-                model not in torch (an ONNX export).
+            EsmtuneError: On an unknown label, method, step count or position, a missing
+                position (per-residue runs) or one given to a sequence-level run, positions
+                beyond a sequence or not read, a missing Captum, or a model not in torch (an
+                ONNX export).
         """
-        if self.task.per_residue:
-            raise EsmtuneError(
-                f"explain scores residues for one prediction per sequence; "
-                f"{self.task.task.value} predicts per residue, which explain does not support yet"
-            )
-        options = ExplainOptions.checked(label=label, method=method, steps=steps)
+        options = ExplainOptions.checked(label=label, method=method, steps=steps, position=position)
         records = as_records(sequences)
         self._validate(records)
         return self._explainer().explain(records, options, progress)

@@ -168,6 +168,20 @@ class ResidueClassifier(SequenceClassifier):
             return self.head(states, residue_mask)
         return self.head(states)
 
+    @property
+    def residue_reach(self) -> int | None:
+        """Residues either side whose states a residue's logits read through the head.
+
+        0 for the MLP head (each residue alone), the convolutions' half kernels for the CNN;
+        None for a head of another kind, which may read the whole chain. Windows that cover
+        none of these residues cannot move that residue's output (explain skips them).
+        """
+        if isinstance(self.head, ConvHead):
+            return self.head.reach
+        if isinstance(self.head, MLPHead):
+            return 0
+        return None
+
     def long_sequence_sink(self) -> ResidueSink:
         """Keeps one long sequence's stitched states; ``close`` gives ``(residues, outputs)``."""
         return _ResidueLogitsSink(self.residue_logits)

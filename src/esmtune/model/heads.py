@@ -104,6 +104,11 @@ class ConvHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.last = nn.Conv1d(channels, out_size, kernel_size, padding=padding)
 
+    @property
+    def reach(self) -> int:
+        """Residues either side whose states a residue's logits read: half a kernel per layer."""
+        return sum(conv.kernel_size[0] // 2 for conv in (self.first, self.last))
+
     def forward(self, states: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
         """Logits ``(sequences, positions, outputs)`` from their states ``(..., hidden)``."""
         keep = residue_mask.unsqueeze(1).to(states.dtype)  # (sequences, 1, positions)
