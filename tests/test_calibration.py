@@ -88,6 +88,9 @@ def test_platt_scaling_lowers_ece_and_keeps_the_ranking() -> None:
     )
     assert fit_platt(z, np.ones_like(z)) == (1.0, 0.0)  # one class: nothing to fit
     assert fit_platt(z, z < 0) == (1.0, 0.0)  # a reversed ranking is never learned
+    assert fit_platt(z, z > 0.5) == (1.0, 0.0)  # separable: no finite slope fits
+    separable = np.eye(3)[[0, 1, 2, 0]] * 4  # every validation prediction right
+    assert fit_temperature(separable, np.array([0, 1, 2, 0])) == 1.0
 
 
 def test_multilabel_labels_with_few_examples_share_one_fit() -> None:

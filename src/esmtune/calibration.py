@@ -29,6 +29,8 @@ __all__ = ["fit_platt", "fit_temperature", "reliability"]
 BINS = 15
 # The range a temperature is searched in: from very sharp to nearly uniform.
 _TEMPERATURE_RANGE = (0.05, 20.0)
+# A fitted log-temperature this close to the range's edge counts as having hit it.
+_EDGE = 0.01
 
 
 def reliability(
@@ -75,13 +77,17 @@ def fit_temperature(log_probabilities: np.ndarray, targets: np.ndarray) -> float
         targets: Class indices, shape ``(n,)``.
 
     Returns:
-        T within [0.05, 20]; 1.0 without examples.
+        T within [0.05, 20]; 1.0 without examples, when every example's likeliest class is its
+        own (the likelihood then only grows as T shrinks, and the data says nothing about the
+        right scale), or when the best T is at the edge of that range: the logits are kept.
     """
     logits = np.asarray(log_probabilities, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64)
     if not len(targets):
         return 1.0
     rows = np.arange(len(targets))
+    if (logits.argmax(axis=1) == targets).all():
+        return 1.0
 
     def loss(log_temperature: float) -> float:
         scaled = log_softmax(logits / math.exp(log_temperature), axis=1)
@@ -89,21 +95,26 @@ def fit_temperature(log_probabilities: np.ndarray, targets: np.ndarray) -> float
 
     low, high = (math.log(x) for x in _TEMPERATURE_RANGE)
     found = minimize_scalar(loss, bounds=(low, high), method="bounded")
+    if min(found.x - low, high - found.x) < _EDGE:
+        return 1.0
     return float(math.exp(found.x))
 
 
 def fit_platt(scores: np.ndarray, outcomes: np.ndarray) -> tuple[float, float]:
     """Slope and intercept of ``sigmoid(slope * score + intercept)`` fitted to the outcomes.
 
-    An unpenalised one-feature logistic regression (scikit-learn) on the logits. When the
-    outcomes hold one class, or the fit would reverse the ranking (slope <= 0), the identity
-    (1, 0) is kept: calibration must never turn a good ranking upside down.
+    An unpenalised one-feature logistic regression (scikit-learn) on the logits. The identity
+    (1, 0) is kept when the outcomes hold one class, when the scores separate them perfectly
+    (the fit's slope would grow without bound), or when the fit would reverse the ranking
+    (slope <= 0): calibration must never turn a good ranking upside down.
     """
     from sklearn.linear_model import LogisticRegression
 
     scores = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
     outcomes = np.asarray(outcomes, dtype=np.int64).ravel()
     if len(np.unique(outcomes)) < 2:
+        return 1.0, 0.0
+    if scores[outcomes == 1].min() > scores[outcomes == 0].max():
         return 1.0, 0.0
     model = LogisticRegression(C=np.inf, max_iter=1000).fit(scores, outcomes)
     slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
