@@ -37,6 +37,7 @@ from esmtune.tasks.base import (
     residue_difference,
     residue_rows,
 )
+from esmtune.weighted_metrics import residue_classification_scores
 
 __all__ = ["ResidueClassificationTask", "aligned_lines"]
 
@@ -211,6 +212,12 @@ class ResidueClassificationTask(TaskSpec):
     ) -> dict[str, Any]:
         """Per-residue accuracy (Q3), F1s, MCC, per-class report, confusion matrix, per protein."""
         return residue_classification_metrics(targets, outputs, self.labels, IGNORED_CLASS)
+
+    def resampled_scores(
+        self, targets: np.ndarray, outputs: np.ndarray, weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Per-residue accuracy, macro-F1 and MCC of each resample of whole chains."""
+        return residue_classification_scores(targets, outputs, IGNORED_CLASS, weights)
 
     # --- the one-hot window baseline ----------------------------------------------------------
 
