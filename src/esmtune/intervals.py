@@ -229,25 +229,21 @@ def interval_lines(metrics: dict[str, Any]) -> list[str]:
     """The intervals and the baseline comparison of an evaluation's metrics, as terminal lines.
 
     Reads only the ``intervals`` and ``baseline`` entries :func:`esmtune.evaluate.evaluate_run`
-    writes to metrics.json (nothing when neither is there).
+    writes to metrics.json (no lines when neither is there).
     """
-    bootstrap_info = metrics.get("intervals")
-    baseline = metrics.get("baseline")
-    if not bootstrap_info and not baseline:
-        return []
-    names = list((bootstrap_info or {}).get("metrics") or (baseline or {}).get("metrics") or {})
-    intervals = (bootstrap_info or {}).get("metrics", {})
-    compared = baseline is not None and "metrics" in baseline
-    lines = [""]
+    bootstrap_info: dict[str, Any] = metrics.get("intervals") or {}
+    baseline: dict[str, Any] = metrics.get("baseline") or {}
+    intervals: dict[str, Any] = bootstrap_info.get("metrics", {})
+    compared = "metrics" in baseline
+    names = list(intervals or baseline.get("metrics") or {})
+    lines = []
     if bootstrap_info:
         lines.append(
             f"{bootstrap_info['level']:.0%} intervals: {bootstrap_info['resamples']:,} bootstrap "
             f"resamples of the {bootstrap_info['proteins']:,} proteins "
             f"(seed {bootstrap_info['seed']})"
         )
-    header = ["metric", "model"]
-    if compared:
-        header += [baseline["name"], "model − baseline", ""]
+    header = ["metric", "model", *([baseline["name"], "model − baseline", ""] if compared else [])]
     rows = [header]
     for name in names:
         row = [_SHOWN.get(name, name), _with_interval(metrics.get(name), intervals.get(name))]
@@ -260,8 +256,9 @@ def interval_lines(metrics: dict[str, Any]) -> list[str]:
             ]
         rows.append(row)
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-              for row in rows]  # fmt: skip
+    if names:
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                  for row in rows]  # fmt: skip
     for name in names:
         undefined = intervals.get(name, {}).get("undefined", 0)
         if undefined:
@@ -273,9 +270,9 @@ def interval_lines(metrics: dict[str, Any]) -> list[str]:
     if compared:
         lines += _summary(names, baseline)
         lines += [f"note: {note}" for note in baseline.get("notes", [])]
-    elif baseline is not None:
+    elif "skipped" in baseline:
         lines.append(f"baseline: skipped ({baseline['skipped']})")
-    return lines
+    return ["", *lines] if lines else []
 
 
 def _summary(names: list[str], baseline: dict[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ so an interval describes the very number the evaluation reports.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -95,12 +96,41 @@ def confusion_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
 # --- ranking: one sort of the items, shared by every resample -------------------------------------
 
 
-def _tie_groups(values: np.ndarray, descending: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The sorting order of ``values`` and where each run of equal values starts in it."""
-    order = np.argsort(-values if descending else values, kind="stable")
-    ordered = values[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(values) else order
-    return order, starts
+@dataclass(frozen=True)
+class _Sorted:
+    """Items in the order of their values, and the runs of equal values (ties) in that order.
+
+    Sums over a run of ties come from a cumulative sum read at the run's last item: the
+    resamples' weights are counts, so those sums are exact, and no per-run loop is needed.
+    """
+
+    values: np.ndarray  # in sorted order
+    order: np.ndarray  # item indices, sorted
+    ends: np.ndarray  # the position of each run's last item
+    run_of: np.ndarray  # the run of each sorted position
+
+    @classmethod
+    def of(cls, values: np.ndarray, descending: bool = False) -> _Sorted:
+        values = np.asarray(values, dtype=np.float64)
+        order = np.argsort(-values if descending else values, kind="stable")
+        ordered = values[order]
+        last = np.r_[ordered[1:] != ordered[:-1], True] if len(values) else np.zeros(0, bool)
+        run_of = np.cumsum(np.r_[False, last[:-1]]) if len(values) else np.zeros(0, np.int64)
+        return cls(ordered, order, np.flatnonzero(last), run_of)
+
+    @property
+    def tied(self) -> bool:
+        return len(self.ends) < len(self.order)
+
+    def running(self, sorted_weights: np.ndarray) -> np.ndarray:
+        """Cumulative sums of ``(rows, items)`` sorted weights at the end of each run."""
+        total = np.cumsum(sorted_weights, axis=1)
+        return total[:, self.ends] if self.tied else total
+
+
+def _columns(order: np.ndarray, drawn_with: np.ndarray | None) -> np.ndarray:
+    """The weight column of each item in ``order``: its protein's."""
+    return order if drawn_with is None else np.asarray(drawn_with)[order]
 
 
 def roc_auc(
@@ -124,17 +154,21 @@ def roc_auc(
     Returns:
         ``(resamples,)``; NaN where a resample lacks positives or negatives.
     """
-    order, starts = _tie_groups(np.asarray(scores, dtype=np.float64))
-    is_positive = np.asarray(positive, dtype=np.float64)[order]
+    if not len(scores):
+        return np.full(len(weights), np.nan)
+    ranked = _Sorted.of(scores)
+    is_positive = np.asarray(positive, dtype=np.float64)[ranked.order]
+    columns = _columns(ranked.order, drawn_with)
     result = np.empty(len(weights))
-    for rows in chunk_rows(len(weights), len(order)):
-        drawn = weights[rows][:, _columns(order, drawn_with)]
-        positives = np.add.reduceat(drawn * is_positive, starts, axis=1)
-        negatives = np.add.reduceat(drawn * (1 - is_positive), starts, axis=1)
-        below = np.cumsum(negatives, axis=1) - negatives
-        pairs = positives.sum(axis=1) * negatives.sum(axis=1)
-        wins = (positives * (below + negatives / 2)).sum(axis=1)
-        result[rows] = _divide(wins, pairs, np.nan)
+    for rows in chunk_rows(len(weights), len(columns)):
+        drawn = weights[rows][:, columns]
+        positives_to = ranked.running(drawn * is_positive)
+        negatives_to = ranked.running(drawn * (1 - is_positive))
+        positives = np.diff(positives_to, axis=1, prepend=0.0)
+        negatives = np.diff(negatives_to, axis=1, prepend=0.0)
+        # Each positive beats the negatives of lower runs and ties half of its own run's.
+        wins = (positives * (negatives_to - negatives / 2)).sum(axis=1)
+        result[rows] = _divide(wins, positives_to[:, -1] * negatives_to[:, -1], np.nan)
     return result
 
 
@@ -147,6 +181,10 @@ def average_precision(
     """Average precision of each resample, as scikit-learn's ``average_precision_score``.
 
     The sum over distinct scores, highest first, of precision times the recall gained there.
+    Recall is gained only at scores held by a positive, so only those thresholds are visited:
+    the true positives gained at each, and the items predicted down to it, are matrix products
+    of the weights with per-protein counts. Many label cells of few proteins (multilabel
+    micro-AP) then cost proteins x positive thresholds per resample, not every cell.
 
     Args:
         scores: One score per item, ``(items,)``.
@@ -157,42 +195,52 @@ def average_precision(
     Returns:
         ``(resamples,)``; NaN where a resample has no positive.
     """
-    order, starts = _tie_groups(np.asarray(scores, dtype=np.float64), descending=True)
-    is_positive = np.asarray(positive, dtype=np.float64)[order]
-    result = np.empty(len(weights))
-    for rows in chunk_rows(len(weights), len(order)):
-        drawn = weights[rows][:, _columns(order, drawn_with)]
-        true_positives = np.cumsum(np.add.reduceat(drawn * is_positive, starts, axis=1), axis=1)
-        predicted = np.cumsum(np.add.reduceat(drawn, starts, axis=1), axis=1)
-        positives = true_positives[:, -1:] if len(order) else np.zeros((len(drawn), 1))
-        recall = _divide(true_positives, positives)
-        gained = np.diff(recall, axis=1, prepend=0.0)
-        area = (gained * _divide(true_positives, predicted)).sum(axis=1)
-        result[rows] = np.where(positives[:, 0] > 0, area, np.nan)
-    return result
+    weights = np.asarray(weights, dtype=np.float64)
+    proteins = weights.shape[1]
+    ranked = _Sorted.of(np.asarray(scores, dtype=np.float64), descending=True)
+    is_positive = np.asarray(positive, dtype=bool)[ranked.order]
+    protein = _columns(ranked.order, drawn_with)
+    # The runs of tied scores that hold a positive, highest first; each item's first such run
+    # at or below its own score (len(gaining): below every positive, never counted).
+    gaining = np.unique(ranked.run_of[is_positive])
+    reached = np.searchsorted(gaining, ranked.run_of)
+    true_positives = np.zeros(len(weights))
+    area = np.zeros(len(weights))
+    above = np.zeros(proteins)  # per protein: items above the runs of the current slice
+    for runs in chunk_rows(len(gaining), proteins):
+        width = runs.stop - runs.start
+        inside = (reached >= runs.start) & (reached < runs.stop)
+        cell = protein[inside] * width + reached[inside] - runs.start
+        counts = np.bincount(cell, minlength=proteins * width).reshape(proteins, width)
+        gains = np.bincount(cell, weights=is_positive[inside], minlength=proteins * width).reshape(
+            proteins, width
+        )
+        gained = weights @ gains
+        true_to = true_positives[:, None] + np.cumsum(gained, axis=1)
+        predicted_to = weights @ (above[:, None] + np.cumsum(counts, axis=1))
+        area += (gained * _divide(true_to, predicted_to)).sum(axis=1)
+        true_positives = true_to[:, -1]
+        above += counts.sum(axis=1)
+    return _divide(area, true_positives, np.nan)
 
 
-def _columns(order: np.ndarray, drawn_with: np.ndarray | None) -> np.ndarray:
-    """The weight column of each item in ``order``: its protein's."""
-    return order if drawn_with is None else np.asarray(drawn_with)[order]
-
-
-def _ranks(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _ranks(ranked: _Sorted, weights: np.ndarray) -> np.ndarray:
     """Each item's average rank within each resample's multiset of drawn values (1-based)."""
-    order, starts = _tie_groups(values)
-    group_weight = np.add.reduceat(weights[:, order], starts, axis=1)
-    group_rank = np.cumsum(group_weight, axis=1) - (group_weight - 1) / 2
-    group_of = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(values)]))
-    ranks = np.empty_like(weights, dtype=np.float64)
-    ranks[:, order] = group_rank[:, group_of]
+    drawn = weights[:, ranked.order]
+    to_end = ranked.running(drawn)
+    # A run of g tied draws ending at cumulative count c holds ranks c - g + 1 ... c.
+    run_rank = to_end - (np.diff(to_end, axis=1, prepend=0.0) - 1) / 2
+    ranks = np.empty_like(drawn)
+    ranks[:, ranked.order] = run_rank[:, ranked.run_of] if ranked.tied else run_rank
     return ranks
 
 
-def _constant(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _constant(ranked: _Sorted, weights: np.ndarray) -> np.ndarray:
     """Whether each resample drew one distinct value only (a correlation is undefined)."""
-    order, starts = _tie_groups(values)
-    drawn_groups = np.add.reduceat(weights[:, order], starts, axis=1) > 0
-    return drawn_groups.sum(axis=1) <= 1
+    drawn = weights[:, ranked.order] > 0
+    first = drawn.argmax(axis=1)
+    last = drawn.shape[1] - 1 - drawn[:, ::-1].argmax(axis=1)
+    return ranked.values[first] == ranked.values[last]
 
 
 def _pearson(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -227,21 +275,24 @@ def regression_scores(
     """
     targets = np.asarray(targets, dtype=np.float64)
     predictions = np.asarray(predictions, dtype=np.float64)
-    scores = {name: np.empty(len(weights)) for name in ("spearman", "pearson", "r2", "rmse")}
+    by_target, by_prediction = _Sorted.of(targets), _Sorted.of(predictions)
+    scores = {name: np.full(len(weights), np.nan) for name in ("spearman", "pearson", "r2", "rmse")}
+    if not len(targets):  # nothing counts (every residue masked): every metric is undefined
+        return scores
     for rows in chunk_rows(len(weights), len(targets)):
         drawn = np.asarray(weights[rows], dtype=np.float64)
         if drawn_with is not None:
             drawn = drawn[:, drawn_with]
         total = drawn.sum(axis=1)
         enough = total >= 2
-        constant_target = _constant(targets, drawn)
-        either_constant = constant_target | _constant(predictions, drawn)
+        constant_target = _constant(by_target, drawn)
+        either_constant = constant_target | _constant(by_prediction, drawn)
         correlated = enough & ~either_constant
         residual = (drawn * (targets - predictions) ** 2).sum(axis=1)
         mean = _divide((drawn * targets).sum(axis=1), total)
         spread = (drawn * (targets[None, :] - mean[:, None]) ** 2).sum(axis=1)
         r2 = np.where(constant_target, (residual == 0).astype(float), 1 - _divide(residual, spread))
-        spearman = _pearson(_ranks(targets, drawn), _ranks(predictions, drawn), drawn)
+        spearman = _pearson(_ranks(by_target, drawn), _ranks(by_prediction, drawn), drawn)
         scores["spearman"][rows] = np.where(correlated, spearman, np.nan)
         pearson = _pearson(targets, predictions, drawn)
         scores["pearson"][rows] = np.where(correlated, pearson, np.nan)
