@@ -2,8 +2,8 @@
 
 A bootstrap resample draws n proteins with replacement, so it is the evaluated set with each
 protein weighted by how often it was drawn (0, 1, 2 ...). Rebuilding every resample and calling
-:mod:`esmtune.metrics` a thousand times costs a minute on a few hundred proteins (scikit-learn's
-checks and per-class reports dominate); these functions take a ``(resamples, items)`` matrix of
+:mod:`esmtune.metrics` a thousand times costs some 50 s on a few hundred proteins (scikit-learn's
+checks and per-class reports dominate); these functions take a ``(resamples, proteins)`` matrix of
 such weights and compute one metric for every resample in a few array operations: confusion
 matrices are a matrix product, rank-based scores (ROC-AUC, average precision, Spearman) come
 from one sort of the items shared by all resamples. They follow :mod:`esmtune.metrics`'
