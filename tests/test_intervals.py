@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from sklearn.metrics import f1_score, matthews_corrcoef
 from tests.helpers import tiny_overrides, write_flip
 
@@ -253,3 +254,21 @@ def test_evaluate_per_residue_resamples_chains_beside_the_window_baseline(
     assert metrics["baseline"]["name"] == "one-hot window baseline"
     assert "one-hot windows of 15 residues" in metrics["baseline"]["model"]
     assert "resamples of the 10 proteins" in capsys.readouterr().out
+
+
+def test_evaluate_on_other_data_fits_the_baseline_on_the_runs_own_train_split(
+    lora_run: Path, learnable_data: Path, tmp_path: Path
+) -> None:
+    run = Path(shutil.copytree(lora_run, tmp_path / "run"))
+    assert main(["evaluate", str(run), "--data", str(learnable_data), "--resamples", "0"]) == 0
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["baseline"]["fitted_on"].startswith("the run's train split, 120 proteins")
+    assert metrics["baseline"]["difference"]["mcc"]["verdict"] is None  # no resamples
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["path"] = str(tmp_path / "moved")  # the training data is gone
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["evaluate", str(run), "--data", str(learnable_data), "--resamples", "0"]) == 0
+    skipped = json.loads((run / "eval" / "test" / "metrics.json").read_text())["baseline"]
+    assert skipped["skipped"].startswith("the run's train split could not be read (")
+    assert str(tmp_path / "moved") in skipped["skipped"]

@@ -5,12 +5,14 @@ were drawn; an interval says by how much. Each resample draws as many proteins a
 evaluated, with replacement (per-residue tasks: whole chains, since a chain's residues are not
 independent of each other), and the headline metrics are computed on it; the interval is the
 2.5th to 97.5th percentile of the resampled values (the percentile bootstrap). The model and the
-baseline are scored on the *same* resamples, so the interval of their difference is a paired
-one: it answers "does fine-tuning beat the baseline on data like this?" without counting the
-proteins that are hard for both twice.
+baseline are scored on the *same* resamples, so the interval of their difference is paired: a
+resample full of hard proteins lowers both scores together, and the difference's interval is
+narrower than the two intervals side by side suggest. It answers "does fine-tuning beat the
+baseline on data like this?".
 
 Resample ``r`` draws ``rng.integers(0, n, size=n)`` from ``numpy.random.default_rng(seed)``,
-one call per resample in order, so a seed gives the same intervals on every machine. A
+one call per resample in order, so a seed gives the same intervals again (numpy keeps its
+generators' streams stable). A
 resample where a metric is undefined (an AUC without positives, a correlation of constant
 values) is left out of that metric's interval and counted.
 """
