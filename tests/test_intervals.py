@@ -270,5 +270,5 @@ def test_evaluate_on_other_data_fits_the_baseline_on_the_runs_own_train_split(
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert main(["evaluate", str(run), "--data", str(learnable_data), "--resamples", "0"]) == 0
     skipped = json.loads((run / "eval" / "test" / "metrics.json").read_text())["baseline"]
-    assert skipped["skipped"].startswith("the run's train split could not be read (")
+    assert skipped["skipped"].startswith("the run's train split could not be read: ")
     assert str(tmp_path / "moved") in skipped["skipped"]

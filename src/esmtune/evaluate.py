@@ -232,10 +232,7 @@ def _baseline(
             report = check_dataset(config.data.model_copy(update={"embeddings": None}), config.task)
             report.raise_if_errors()
         except EsmtuneError as problem:
-            return (
-                f"the run's train split could not be read ({problem}); evaluate from the folder "
-                "the run was trained in if its data path is relative, or pass --skip-baseline"
-            )
+            return f"the run's train split could not be read: {problem}"
     train = report.splits.get("train", [])
     if not train:
         return f"{config.data.path} has no train split to fit it on"
