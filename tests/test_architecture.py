@@ -18,12 +18,16 @@ RANKS: dict[str, float] = {
     "metrics": 2,
     "calibration": 2,
     "report_page": 2,
+    # Headline metrics of many bootstrap resamples at once (each task's resampled_scores).
+    "weighted_metrics": 2,
     "plots": 2,
     "tasks": 3,
     "rundir": 3,
     # Checking a dataset applies its task's rules to what the readers found.
     "data.check": 3.5,
     "baseline": 4,
+    # Bootstrap intervals of a task's metrics and the paired difference from the baseline.
+    "intervals": 4,
     "model": 4,
     "inference": 5,
     "embeddings": 5,
@@ -31,6 +35,8 @@ RANKS: dict[str, float] = {
     "train": 6,
     "training": 6,
     "evaluate": 6,
+    # --resamples, --bootstrap-seed, --skip-baseline: torch-free, for the command line.
+    "evaluate_options": 1,
     # Training from Python objects: the data check and training on records held in memory.
     "fitting": 6,
     "predict": 7,

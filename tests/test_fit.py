@@ -367,6 +367,9 @@ def test_fit_on_records_trains_exactly_as_train_on_their_files(
     scored = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     assert capsys.readouterr().out.count(f"test (n={scored['n']}): accuracy") == 1
     from_files, _, _ = evaluate_run(run, learnable_data, "test", progress=False)
+    # The baseline is fitted on the run's own train split, which only fit() held in memory.
+    assert scored.pop("baseline")["fitted_on"].startswith("the run's train split, 120 proteins")
+    assert "this dataset was given in Python" in from_files.pop("baseline")["skipped"]
     assert {**scored, "data": ""} == {**from_files, "data": ""}
 
     # Later, without the records: evaluate says to give the data as a path.

@@ -10,6 +10,7 @@ functions as the fine-tuned model, beside a trivial predictor.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,16 @@ from esmtune.data.check import check_dataset
 from esmtune.data.embedding_files import read_embeddings
 from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import DataError, EsmtuneError
-from esmtune.tasks import task_class
+from esmtune.tasks import TaskSpec, task_class
 
 __all__ = [
     "DEFAULT_WINDOW",
     "MAX_WINDOW_RESIDUES",
+    "FittedBaseline",
     "composition_baseline",
     "composition_features",
     "embedding_baseline",
+    "fit_baseline",
     "task_baseline",
     "window_baseline",
     "window_features",
@@ -50,6 +53,66 @@ _OTHER, _BEYOND = 20, 21
 _CODES_PER_POSITION = 22
 _CODE = np.full(256, _OTHER, dtype=np.uint8)
 _CODE[np.frombuffer(_AMINO_ACIDS.encode(), dtype=np.uint8)] = np.arange(20, dtype=np.uint8)
+
+
+_COMPOSITION_NAME = "composition baseline"
+_COMPOSITION_FEATURES = "amino-acid + dipeptide composition"
+_WINDOW_NAME = "one-hot window baseline"
+
+
+def _window_description(window: int) -> str:
+    return f"one-hot windows of {window} residue{'' if window == 1 else 's'}"
+
+
+@dataclass(frozen=True)
+class FittedBaseline:
+    """The task's baseline fitted on train records, and what it predicts for other records.
+
+    Attributes:
+        outputs: Its outputs on the records asked about, in the task's output form.
+        name: What it is, as printed (``composition baseline``).
+        model: The model and its features, as printed.
+        notes: What a reader should know (a sample of train residues, for instance).
+    """
+
+    outputs: np.ndarray
+    name: str
+    model: str
+    notes: list[str]
+
+
+def fit_baseline(
+    spec: TaskSpec,
+    train: list[SequenceRecord],
+    records: list[SequenceRecord],
+    window: int = DEFAULT_WINDOW,
+    max_residues: int = MAX_WINDOW_RESIDUES,
+    seed: int = 0,
+) -> FittedBaseline:
+    """The task's baseline (as `esmtune baseline` fits it) on ``train``, predicting ``records``.
+
+    What :func:`esmtune.evaluate.evaluate_run` sets beside a fine-tuned model: the same model on
+    the same features as :func:`task_baseline`, but on records the caller has already read (a
+    run's own train split, and the split it evaluates, possibly from other data).
+
+    Args:
+        spec: The task, with the labels (and their order) the outputs must follow.
+        train: Records to fit on.
+        records: Records to predict.
+        window: Per-residue tasks: residues in the one-hot window (odd).
+        max_residues: Per-residue tasks: fit on a seeded sample of this many train residues.
+        seed: The sample's seed.
+
+    Returns:
+        The outputs on ``records`` and what the baseline is.
+    """
+    if spec.per_residue:
+        outputs, _, notes = _window_outputs(spec, train, records, window, max_residues, seed)
+        model = f"{spec.baseline_model_name} on {_window_description(window)}"
+        return FittedBaseline(outputs, _WINDOW_NAME, model, notes)
+    outputs = _fitted_outputs(spec, train, records, _composition)
+    model = f"{spec.baseline_model_name} on {_COMPOSITION_FEATURES}"
+    return FittedBaseline(outputs, _COMPOSITION_NAME, model, [])
 
 
 def composition_features(sequences: list[str]) -> np.ndarray:
@@ -169,8 +232,45 @@ def window_baseline(
             f"baseline: task={Task(task).value} predicts per sequence: use composition_baseline"
         )
     spec, train, test = _prepared(data, task, split)
-    used = np.concatenate([np.asarray(r.used_residues, dtype=bool) for r in train])
+    outputs, all_targets, notes = _window_outputs(spec, train, test, window, max_residues, seed)
+    test_targets = spec.encode_targets(test)
+    ends = np.cumsum([len(r.sequence) for r in test])[:-1]
     # The trivial predictor takes every unmasked train residue; the model a sample of them.
+    trivial, trivial_name = spec.trivial_outputs(
+        all_targets, int(sum(len(r.sequence) for r in test))
+    )
+    scores = spec.metrics(test_targets, outputs)
+    return {
+        "task": spec.task.value,
+        "split": split,
+        "n": scores["n"],
+        "where": f"{split} n={scores['n']} residues of {len(test)} chains",
+        "model": scores,
+        "trivial": spec.metrics(test_targets, _per_chain(trivial, ends)),
+        "model_name": spec.baseline_model_name,
+        "trivial_name": trivial_name,
+        "name": _WINDOW_NAME,
+        "features": _window_description(window),
+        "headline": list(spec.headline_metrics),
+        "notes": notes,
+    }
+
+
+def _window_outputs(
+    spec: TaskSpec,
+    train: list[SequenceRecord],
+    test: list[SequenceRecord],
+    window: int,
+    max_residues: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The window model fitted on train's unmasked residues (a sample beyond ``max_residues``).
+
+    Returns:
+        Its outputs on ``test``, one array per chain; the targets of every unmasked train
+        residue (for the trivial predictor); and notes (the sample, when one was taken).
+    """
+    used = np.concatenate([np.asarray(r.used_residues, dtype=bool) for r in train])
     all_targets = np.concatenate(list(spec.encode_targets(train)))[used]
     chosen, train_targets = np.flatnonzero(used), all_targets
     notes = []
@@ -184,26 +284,9 @@ def window_baseline(
     estimator = spec.baseline_estimator()
     sequences = [r.sequence for r in train]
     estimator.fit(_one_hot(_window_codes(sequences, window)[chosen]), train_targets)
-    test_targets = spec.encode_targets(test)
     ends = np.cumsum([len(r.sequence) for r in test])[:-1]
     features = window_features([r.sequence for r in test], window)
-    outputs = _per_chain(spec.baseline_outputs(estimator, features), ends)
-    trivial, trivial_name = spec.trivial_outputs(all_targets, features.shape[0])
-    scores = spec.metrics(test_targets, outputs)
-    return {
-        "task": spec.task.value,
-        "split": split,
-        "n": scores["n"],
-        "where": f"{split} n={scores['n']} residues of {len(test)} chains",
-        "model": scores,
-        "trivial": spec.metrics(test_targets, _per_chain(trivial, ends)),
-        "model_name": spec.baseline_model_name,
-        "trivial_name": trivial_name,
-        "name": "one-hot window baseline",
-        "features": f"one-hot windows of {window} residue{'' if window == 1 else 's'}",
-        "headline": list(spec.headline_metrics),
-        "notes": notes,
-    }
+    return _per_chain(spec.baseline_outputs(estimator, features), ends), all_targets, notes
 
 
 def _per_chain(outputs: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -233,13 +316,8 @@ def composition_baseline(
     Raises:
         DataError: When the data has blocking problems or lacks the split.
     """
-    result = _linear_baseline(
-        data, task, split, lambda records: composition_features([r.sequence for r in records])
-    )
-    return result | {
-        "name": "composition baseline",
-        "features": "amino-acid + dipeptide composition",
-    }
+    result = _linear_baseline(data, task, split, _composition)
+    return result | {"name": _COMPOSITION_NAME, "features": _COMPOSITION_FEATURES}
 
 
 def embedding_baseline(
@@ -292,9 +370,7 @@ def _linear_baseline(
         )
     spec, train, test = _prepared(data, task, split)
     train_targets, test_targets = spec.encode_targets(train), spec.encode_targets(test)
-    estimator = spec.baseline_estimator()
-    estimator.fit(features(train), train_targets)
-    outputs = spec.baseline_outputs(estimator, features(test))
+    outputs = _fitted_outputs(spec, train, test, features)
     trivial, trivial_name = spec.trivial_outputs(train_targets, len(test))
     return {
         "task": spec.task.value,
@@ -308,6 +384,22 @@ def _linear_baseline(
         "headline": list(spec.headline_metrics),
         "notes": [],
     }
+
+
+def _fitted_outputs(
+    spec: TaskSpec,
+    train: list[SequenceRecord],
+    test: list[SequenceRecord],
+    features: Callable[[list[SequenceRecord]], np.ndarray],
+) -> np.ndarray:
+    """The task's linear model fitted on ``features`` of train, its outputs on test's."""
+    estimator = spec.baseline_estimator()
+    estimator.fit(features(train), spec.encode_targets(train))
+    return spec.baseline_outputs(estimator, features(test))
+
+
+def _composition(records: list[SequenceRecord]) -> np.ndarray:
+    return composition_features([r.sequence for r in records])
 
 
 def _prepared(

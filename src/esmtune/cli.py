@@ -37,6 +37,7 @@ from esmtune.config import (
 )
 from esmtune.data.layout import SPLITS
 from esmtune.errors import EsmtuneError
+from esmtune.evaluate_options import EvaluateOptions
 from esmtune.explain_options import PLOT_SUFFIXES, ExplainOptions, one_figure
 from esmtune.export.names import AUTO, RUNTIMES, FormatName
 from esmtune.predict_options import PredictOptions
@@ -353,6 +354,7 @@ def _evaluate_options(command: argparse.ArgumentParser) -> None:
         "[the run's data.embeddings]",
     )
     _add_fields(command, PredictOptions, ["max_tokens"])
+    _add_fields(command, EvaluateOptions, list(EvaluateOptions.model_fields))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -362,13 +364,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     macro/weighted F1, MCC, ROC-AUC, per class; binary: + precision, recall, F1, PR-AUC;
     multilabel: Fmax and coverage, micro/macro F1 and AP, per label; regression: Spearman,
     Pearson, R², RMSE, MAE) and plots (confusion matrix, ROC/PR curves or predicted-vs-true
-    scatter), written to RUN/eval/SPLIT/ with predictions.csv.
+    scatter), written to RUN/eval/SPLIT/ with predictions.csv. Beside the headline metrics:
+    95% bootstrap intervals over proteins, and the task's baseline fitted on the run's own
+    train split and scored on the same proteins, with the interval of model - baseline.
     """
     from esmtune.evaluate import evaluate_run, format_report
 
-    metrics, _, written = evaluate_run(
-        args.run, args.data, args.split, args.max_tokens, embeddings=args.embeddings
+    options = EvaluateOptions.checked(
+        **{name: getattr(args, name) for name in EvaluateOptions.model_fields}
     )
+    metrics, _, written = evaluate_run(
+        args.run, args.data, args.split, args.max_tokens, embeddings=args.embeddings,
+        options=options,
+    )  # fmt: skip
     print(format_report(metrics))
     print(f"\nwritten: {', '.join(str(path) for path in written)}")
     return 0

@@ -292,6 +292,30 @@ class TaskSpec:
         """Every metric of the task (thresholded ones at ``thresholds`` or the saved ones)."""
         raise NotImplementedError
 
+    def resampled_scores(
+        self, targets: np.ndarray, outputs: np.ndarray, weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The headline metrics of bootstrap resamples, for their confidence intervals.
+
+        Args:
+            targets: As :meth:`metrics` takes them, one row (per-residue: chain) per protein.
+            outputs: As :meth:`metrics` takes them.
+            weights: ``(resamples, proteins)``: how often each resample drew each protein.
+
+        Returns:
+            One ``(resamples,)`` array per name of :attr:`headline_metrics`, NaN where
+            :meth:`metrics` would say None. This default rebuilds every resample and calls
+            :meth:`metrics` (exact, but tens of milliseconds a call); the tasks compute the same
+            numbers from weighted sums (:mod:`esmtune.weighted_metrics`) in milliseconds.
+        """
+        scores = {name: np.full(len(weights), np.nan) for name in self.headline_metrics}
+        for row, drawn in enumerate(np.asarray(weights, dtype=np.int64)):
+            picked = np.repeat(np.arange(len(drawn)), drawn)
+            found = self.metrics(targets[picked], outputs[picked])
+            for name, values in scores.items():
+                values[row] = np.nan if found.get(name) is None else found[name]
+        return scores
+
     # --- predictions -----------------------------------------------------------------------
 
     def predictions(self, outputs: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from esmtune.metrics import binary_metrics, tune_threshold
 from esmtune.plots import plot_roc_pr
 from esmtune.tasks.base import HfProblemType, number, positive_weights
 from esmtune.tasks.single_label import SingleLabelTask
+from esmtune.weighted_metrics import binary_scores
 
 __all__ = ["BinaryTask", "choose_positive_label"]
 
@@ -148,6 +149,12 @@ class BinaryTask(SingleLabelTask):
         """Accuracy, precision, recall, F1, MCC at the threshold; ROC-AUC and PR-AUC."""
         threshold = thresholds[0] if thresholds else self.threshold
         return binary_metrics(targets, outputs, self.labels, threshold)
+
+    def resampled_scores(
+        self, targets: np.ndarray, outputs: np.ndarray, weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """MCC and F1 at the threshold, ROC-AUC and PR-AUC of each resample."""
+        return binary_scores(targets, outputs, self.threshold, weights)
 
     def predictions(self, outputs: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:
         """The decided label, P(positive) and the threshold that decided it."""

@@ -19,6 +19,7 @@ from esmtune.errors import ConfigError
 from esmtune.metrics import multiclass_metrics
 from esmtune.tasks.base import HfProblemType, metric_table, number, ranked_text
 from esmtune.tasks.single_label import SingleLabelTask
+from esmtune.weighted_metrics import multiclass_scores
 
 __all__ = ["MulticlassTask"]
 
@@ -79,6 +80,12 @@ class MulticlassTask(SingleLabelTask):
     ) -> dict[str, Any]:
         """Accuracy, macro/weighted F1, MCC, per-class report, ROC-AUC, confusion matrix."""
         return multiclass_metrics(targets, outputs, self.labels)
+
+    def resampled_scores(
+        self, targets: np.ndarray, outputs: np.ndarray, weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Accuracy, macro-F1 and MCC of each resample, from weighted confusion matrices."""
+        return multiclass_scores(targets, outputs, weights)
 
     def predictions(self, outputs: np.ndarray, top_k: int | None) -> list[dict[str, Any]]:
         """The most probable label, every class probability and the top-k ranking."""

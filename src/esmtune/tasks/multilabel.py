@@ -37,6 +37,7 @@ from esmtune.tasks.base import (
     positive_weights,
     ranked_text,
 )
+from esmtune.weighted_metrics import multilabel_scores
 
 __all__ = ["MultilabelTask"]
 
@@ -264,6 +265,13 @@ class MultilabelTask(TaskSpec):
         return multilabel_metrics(
             targets, outputs, self.labels, None if chosen is None else np.asarray(chosen)
         )
+
+    def resampled_scores(
+        self, targets: np.ndarray, outputs: np.ndarray, weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Fmax, micro/macro-F1 at the saved thresholds and micro-AP of each resample."""
+        thresholds = np.asarray(self.thresholds or [0.5] * len(self.labels))
+        return multilabel_scores(targets, outputs, thresholds, weights)
 
     # --- predictions -----------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from esmtune.data.report import DataReport, align_table, length_stats
 from esmtune.metrics import regression_metrics
 from esmtune.plots import plot_scatter
 from esmtune.tasks.base import HfProblemType, TaskSpec, metric_table, number
+from esmtune.weighted_metrics import regression_means
 
 __all__ = ["RegressionTask"]
 
@@ -152,6 +153,12 @@ class RegressionTask(TaskSpec):
     ) -> dict[str, Any]:
         """Spearman, Pearson, RMSE, MAE, R² per target and averaged."""
         return regression_metrics(targets, outputs, self.labels)
+
+    def resampled_scores(
+        self, targets: np.ndarray, outputs: np.ndarray, weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Spearman, Pearson, R² and RMSE (means over targets) of each resample."""
+        return regression_means(targets, outputs, weights)
 
     # --- predictions -----------------------------------------------------------------------
 

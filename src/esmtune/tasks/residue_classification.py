@@ -48,6 +48,7 @@ from esmtune.tasks.base import (
     residue_rows,
 )
 from esmtune.tasks.binary import choose_positive_label
+from esmtune.weighted_metrics import residue_classification_scores
 
 __all__ = ["ResidueClassificationTask", "aligned_lines"]
 
@@ -380,6 +381,14 @@ class ResidueClassificationTask(TaskSpec):
         else:
             chosen = (probabilities[:, 1] >= self.threshold).astype(np.int64)
         return np.where(read, chosen, -1)
+
+    def resampled_scores(
+        self, targets: np.ndarray, outputs: np.ndarray, weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Per-residue accuracy, macro-F1 and MCC of each resample of whole chains."""
+        return residue_classification_scores(
+            targets, outputs, IGNORED_CLASS, weights, self.threshold
+        )
 
     # --- the one-hot window baseline ----------------------------------------------------------
 

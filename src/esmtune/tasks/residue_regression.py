@@ -33,6 +33,7 @@ from esmtune.tasks.base import (
     residue_difference,
     residue_rows,
 )
+from esmtune.weighted_metrics import residue_regression_scores
 
 __all__ = ["ResidueRegressionTask"]
 
@@ -205,6 +206,12 @@ class ResidueRegressionTask(TaskSpec):
     ) -> dict[str, Any]:
         """Per-residue Spearman, Pearson, RMSE, MAE, R², and the mean per-protein Spearman."""
         return residue_regression_metrics(targets, outputs, _OUTPUT)
+
+    def resampled_scores(
+        self, targets: np.ndarray, outputs: np.ndarray, weights: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Per-residue Spearman, Pearson, R² and RMSE of each resample of whole chains."""
+        return residue_regression_scores(targets, outputs, weights)
 
     # --- the one-hot window baseline ----------------------------------------------------------
 
