@@ -36,7 +36,7 @@ from esmtune.config import (
     length_percentile,
 )
 from esmtune.data.layout import SPLITS
-from esmtune.data.split_options import DEFAULT_FRACTIONS, SplitOptions
+from esmtune.data.split_options import SplitOptions
 from esmtune.errors import EsmtuneError
 from esmtune.explain_options import PLOT_SUFFIXES, ExplainOptions, one_figure
 from esmtune.export.names import AUTO, RUNTIMES, FormatName
@@ -299,7 +299,6 @@ def _data_split_options(command: argparse.ArgumentParser) -> None:
         type=float,
         nargs=3,
         metavar=("TRAIN", "VALIDATION", "TEST"),
-        default=DEFAULT_FRACTIONS,
         help=field_description(SplitOptions, "fractions"),
     )
 
@@ -322,9 +321,8 @@ def _cmd_data_split(args: argparse.Namespace) -> int:
     from esmtune.data.split import split_dataset
 
     task, data = _data_config(args)
-    options = SplitOptions.checked(
-        **{name: getattr(args, name) for name in SplitOptions.model_fields}
-    )
+    given = {name: getattr(args, name) for name in SplitOptions.model_fields}
+    options = SplitOptions.checked(**{k: v for k, v in given.items() if v is not None})
     result = split_dataset(data, task, options, args.out)
     print(result.text)
     return 0
