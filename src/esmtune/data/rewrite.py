@@ -137,16 +137,16 @@ def _set_field(description: str, key: str, value: str | None) -> str:
 def _with_split(description: str, split: str, split_key: str, style: str | None) -> str:
     """A header naming ``split`` the way it named its old one.
 
-    esmtune's own key (``split=``) if the header has it, biotrainer's ``SET=`` (with FLIP's
-    ``VALIDATION=`` if it had that) if it has those, else ``style``: ``SET``, ``FLIP`` or None
-    (esmtune's key).
+    esmtune's own key (``split=``) if the header has it; else FLIP's ``SET=`` and
+    ``VALIDATION=`` if it has ``VALIDATION=`` or ``style`` is ``FLIP`` (FLIP's folder);
+    biotrainer's ``SET=`` if it has that or ``style`` is ``SET``; else esmtune's key.
     """
     fields = header_fields(description)
     if split_key in fields:
         description = _set_field(description, split_key, split)
         if _SET not in fields:
             return description
-    if _VALIDATION in fields or (_SET not in fields and style == "FLIP"):
+    if _VALIDATION in fields or style == "FLIP":
         word, held_out = _FLIP_WORDS[split]
         return _set_field(_set_field(description, _SET, word), _VALIDATION, held_out)
     if _SET in fields or style == _SET:

@@ -298,35 +298,39 @@ def _shares(options: SplitOptions) -> dict[str, float]:
 
 
 def _place(state: _State, shares: dict[str, float], seed: int) -> None:
-    """Place every group, largest first, where it leaves sizes and label counts closest to target.
+    """Place every group, largest first, in the split furthest behind its target for it.
 
-    The cost of a split is the squared distance of its size from its target (relative to the
-    pool) plus, per label, of its label count from the label's target (relative to that label's
-    total), so that rare labels are spread as evenly as common ones. Groups of one size are
-    taken in an order the seed shuffles.
+    Behind for a group: the share of its labels' targets the split still misses (averaged over
+    the group's labels), then the share of its size target. Measured relative to the targets, so
+    every split fills at the same pace and gets its share of large clusters as well as small
+    ones: validation and test then hold proteins like the rest, not only those without relatives
+    (which filling the biggest gap first would leave them). Rare labels are spread like common
+    ones. Largest first, so that the small groups at the end even out what the large ones left.
+    Groups of one size are taken in an order the seed shuffles; ties go to train, then
+    validation.
     """
     groups = state.groups.members(state.alive)
     random.Random(seed).shuffle(groups)
     groups.sort(key=len, reverse=True)  # stable: the shuffle orders equal sizes
     alive = [i for i, living in enumerate(state.alive) if living]
-    total = len(alive)
     label_totals = Counter(label for i in alive for label in state.labels[i])
+    target = {split: share * len(alive) for split, share in shares.items()}
     size = dict.fromkeys(shares, 0)
     counts: dict[str, Counter[str]] = {split: Counter() for split in shares}
+    order = {split: index for index, split in enumerate(shares)}
     state.placed = [""] * len(state.records)
 
-    def cost(split: str, members: int, labels: Counter[str]) -> float:
-        target = shares[split] * total
-        change = ((size[split] + members - target) ** 2 - (size[split] - target) ** 2) / total**2
+    def behind(split: str, labels: Counter[str]) -> tuple[float, float, int]:
+        missing = 0.0
         for label, count in labels.items():
             aim = shares[split] * label_totals[label]
-            now = counts[split][label]
-            change += ((now + count - aim) ** 2 - (now - aim) ** 2) / label_totals[label] ** 2
-        return change
+            missing += count * (aim - counts[split][label]) / aim
+        of_labels = missing / sum(labels.values()) if labels else 0.0
+        return of_labels, (target[split] - size[split]) / target[split], -order[split]
 
     for group in groups:
         labels = Counter(label for i in group for label in state.labels[i])
-        split = min(shares, key=lambda s: cost(s, len(group), labels))  # ties: train first
+        split = max(shares, key=lambda s: behind(s, labels))
         size[split] += len(group)
         counts[split].update(labels)
         for i in group:

@@ -89,5 +89,7 @@ class SplitOptions(BaseModel):
             for problem in error.errors():
                 option = "--" + str(problem["loc"][0]).replace("_", "-")
                 message = problem["msg"].removeprefix("Value error, ")
-                lines.append(f"{option} {problem['input']!r}: {message}")
+                given = problem["input"]
+                shown = " ".join(map(str, given)) if isinstance(given, list | tuple) else given
+                lines.append(f"{option} {shown}: {message}")
             raise EsmtuneError("invalid data split options:\n  - " + "\n  - ".join(lines)) from None
