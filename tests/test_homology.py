@@ -11,6 +11,7 @@ from tests.helpers import STANDARD_RESIDUES, point_mutant, random_protein, requi
 from esmtune.data.homology import MMSEQS_ENV, THREADS_ENV, MissingMMseqsError, MMseqs, find_mmseqs
 from esmtune.errors import EsmtuneError
 
+_PROTEIN = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV"
 _INSTALL_WORDS = (
     "apt install mmseqs2",
     "conda install -c bioconda mmseqs2",
@@ -48,8 +49,8 @@ def test_a_failing_run_reports_what_mmseqs_said(
     tool = MMseqs()
     assert tool.binary == fake and tool.threads == 1
     with pytest.raises(EsmtuneError, match=r"(?s)exit status 3.*easy-search.*out of memory"):
-        tool.search(["MKV"], ["MKV"], coverage=0.8)
-    assert tool.search([], ["MKV"], coverage=0.8) == []  # nothing to run: mmseqs is not called
+        tool.search([_PROTEIN], [_PROTEIN], coverage=0.8)
+    assert tool.search([], [_PROTEIN], coverage=0.8) == []  # nothing to run: mmseqs is not called
 
 
 def test_threads_from_the_environment_must_be_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,3 +90,20 @@ def test_clusters_hold_sequences_within_the_identity_of_their_representative() -
     assert len({representative[2], representative[3], representative[4]}) == 3
     assert len(set(representative)) == 4
     assert all(representative[r] == r for r in representative)  # representatives head their own
+
+
+def test_sequences_too_short_to_search_are_never_handed_over(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """MMseqs2 stops on a database of peptides ("No k-mer could be extracted"): esmtune does not
+    ask it (here a stand-in that would fail), and reads that failure as nothing found."""
+    fake = tmp_path / "mmseqs"
+    fake.write_text("#!/bin/sh\necho 'No k-mer could be extracted for the database' \nexit 1\n")
+    fake.chmod(0o755)
+    tool = MMseqs(binary=fake, threads=1)
+    peptides = ["MKVLA", "ACDEFGHIKLMNP"]  # 5 and 13 residues
+    assert tool.search(peptides, peptides, coverage=0.8) == []
+    assert tool.cluster(peptides, identity=0.3, coverage=0.8) == [0, 1]
+    long = [random_protein(random.Random(0), 40, STANDARD_RESIDUES)]
+    assert tool.search(long, long, coverage=0.8) == []  # it ran, and found nothing
+    assert tool.cluster([*peptides, *long], identity=0.3, coverage=0.8) == [0, 1, 2]

@@ -26,8 +26,9 @@ from tests.helpers import (
 from esmtune.cli import main
 from esmtune.config import DataConfig, load_config
 from esmtune.data.check import check_dataset
+from esmtune.data.fasta import SequenceRecord
 from esmtune.data.homology import MMSEQS_ENV
-from esmtune.data.leakage import LEAKAGE_COLUMNS, identity_bin
+from esmtune.data.leakage import LEAKAGE_COLUMNS, identity_bin, measure_leakage
 from esmtune.errors import ConfigError
 from esmtune.rundir import LEAKAGE_FILE
 
@@ -165,3 +166,27 @@ def test_training_writes_each_sequences_nearest_training_sequence_into_the_run(
     counts = manifest["data"]["leakage_by_identity"]["counts"]
     assert counts["test"]["80–95%"] == 1 and counts["validation"]["no hit"] == 1
     assert "leakage by identity" in (run / "data_check.txt").read_text()
+
+
+class _FindsNothing:
+    """A stand-in for MMseqs2 that aligns nothing (as for sequences too short to search)."""
+
+    def search(self, *args: object, **kwargs: object) -> list[object]:
+        return []
+
+    def version(self) -> str:
+        return "stand-in"
+
+
+def test_peptides_too_short_to_search_are_still_found_as_copies() -> None:
+    train = [SequenceRecord("t1", "MKVLAGG"), SequenceRecord("t2", "WWPPKK")]
+    held = {"validation": [SequenceRecord("copy", "MKVLAGG")],
+            "test": [SequenceRecord("other", "MKVLAGA")]}  # fmt: skip
+    leakage = measure_leakage({"train": train, **held}, 0.8, _FindsNothing())  # type: ignore[arg-type]
+    rows = {row.record.id: row for row in leakage.rows}
+    assert rows["copy"].train is train[0] and rows["copy"].identity == 1.0
+    assert rows["other"].train is None and rows["other"].bin == "no hit"
+    assert leakage.unsearched == 1
+    assert "1 validation/test sequence(s) shorter than 14 residues" in "\n".join(
+        leakage.report_lines()
+    )

@@ -14,7 +14,9 @@ What the numbers mean, in MMseqs2's terms, everywhere in esmtune:
   so a short shared domain of two long proteins does not make them similar; neither does a
   fragment with the whole protein it came from (lower the coverage to count those);
 * alignments are kept when their E-value is at most 1e-3 (MMseqs2's default), so "no hit"
-  means no significant alignment over that coverage.
+  means no significant alignment over that coverage;
+* sequences shorter than :data:`SEARCHABLE_LENGTH` residues give MMseqs2's prefilter no k-mer
+  to start from: they are never handed over, align to nothing and form clusters of their own.
 
 Sequences are handed over under made-up names (``s0``, ``s1`` ...): ids in tables may hold
 spaces or repeat across splits, and MMseqs2 keeps only the first word of a header.
@@ -35,6 +37,7 @@ from esmtune.errors import EsmtuneError
 __all__ = [
     "INSTALL_HINT",
     "MMSEQS_ENV",
+    "SEARCHABLE_LENGTH",
     "THREADS_ENV",
     "Alignment",
     "MMseqs",
@@ -49,6 +52,10 @@ _INSTALL = (
     "mmseqs2` or `brew install mmseqs2` (macOS)"
 )
 INSTALL_HINT = f"{_INSTALL}, or set {MMSEQS_ENV} to an mmseqs program elsewhere"
+# MMseqs2's spaced k-mers span 14 residues: from a shorter sequence the prefilter draws none,
+# and a database of only such sequences stops it ("No k-mer could be extracted").
+SEARCHABLE_LENGTH = 14
+_NO_KMER = "No k-mer could be extracted"
 # Columns asked of easy-search, in this order (BLAST-tab without a header).
 _SEARCH_COLUMNS = ("query", "target", "fident", "qcov", "tcov", "evalue", "bits")
 # Lines of MMseqs2's own output kept in an error message: the end, where it says what failed.
@@ -128,7 +135,7 @@ class MMseqs:
 
     def version(self) -> str:
         """The version MMseqs2 reports (e.g. ``14-7e284``), for summaries."""
-        return self._run(["version"], Path.cwd()).strip()
+        return (self._run(["version"], Path.cwd()) or "").strip()
 
     def cluster(self, sequences: Sequence[str], identity: float, coverage: float) -> list[int]:
         """Cluster sequences with ``easy-cluster`` (cascaded, greedy set cover).
@@ -136,6 +143,7 @@ class MMseqs:
         Every member of a cluster aligns to the cluster's representative with at least
         ``identity`` over at least ``coverage`` of both sequences; members of different
         clusters may still be that similar to each other (set cover is not transitive).
+        Sequences too short to search are clusters of their own.
 
         Args:
             sequences: Residues, one string per sequence.
@@ -148,17 +156,20 @@ class MMseqs:
         Raises:
             EsmtuneError: When MMseqs2 fails; its own output is in the message.
         """
-        if not sequences:
-            return []
+        representative = list(range(len(sequences)))
+        searchable = _searchable(sequences)
+        if not searchable:
+            return representative
         with tempfile.TemporaryDirectory(prefix="esmtune-mmseqs-") as folder:
             work = Path(folder)
-            _write_fasta(work / "input.fasta", sequences)
-            self._run(
+            _write_fasta(work / "input.fasta", sequences, searchable)
+            ran = self._run(
                 ["easy-cluster", "input.fasta", "result", "tmp", "--min-seq-id", str(identity),
                  "-c", str(coverage), "--cov-mode", "0", *self._common()],
-                work,
+                work, _NO_KMER,
             )  # fmt: skip
-            representative = list(range(len(sequences)))
+            if ran is None:
+                return representative
             for line in (work / "result_cluster.tsv").read_text().splitlines():
                 if line.strip():
                     head, member = line.split("\t")
@@ -182,24 +193,28 @@ class MMseqs:
             min_identity: Least identity of an alignment reported (``--min-seq-id``).
 
         Returns:
-            Alignments of significant hits (E-value at most 1e-3), in no particular order.
+            Alignments of significant hits (E-value at most 1e-3), in no particular order;
+            sequences too short to search have none.
 
         Raises:
             EsmtuneError: When MMseqs2 fails; its own output is in the message.
         """
-        if not queries or not targets:
+        searched, searched_in = _searchable(queries), _searchable(targets)
+        if not searched or not searched_in:
             return []
         with tempfile.TemporaryDirectory(prefix="esmtune-mmseqs-") as folder:
             work = Path(folder)
-            _write_fasta(work / "queries.fasta", queries)
-            _write_fasta(work / "targets.fasta", targets)
-            self._run(
+            _write_fasta(work / "queries.fasta", queries, searched)
+            _write_fasta(work / "targets.fasta", targets, searched_in)
+            ran = self._run(
                 ["easy-search", "queries.fasta", "targets.fasta", "hits.tsv", "tmp",
                  "--min-seq-id", str(min_identity), "-c", str(coverage), "--cov-mode", "0",
                  "--format-mode", "0", "--format-output", ",".join(_SEARCH_COLUMNS),
                  *self._common()],
-                work,
+                work, _NO_KMER,
             )  # fmt: skip
+            if ran is None:
+                return []
             return [
                 _alignment(line)
                 for line in (work / "hits.tsv").read_text().splitlines()
@@ -210,17 +225,22 @@ class MMseqs:
         """Options of every run: its threads, and MMseqs2 saying only what went wrong."""
         return ["--threads", str(self.threads), "-v", "1"]
 
-    def _run(self, arguments: list[str], folder: Path) -> str:
+    def _run(self, arguments: list[str], folder: Path, found_nothing: str = "") -> str | None:
         """Run mmseqs in ``folder``; its standard output, or an error ending with its own words.
 
+        ``found_nothing``: words of a failure that only means nothing could be found (no k-mer
+        in the whole database: every sequence too short or masked); then None.
+
         Raises:
-            EsmtuneError: When it cannot start or exits with a failure.
+            EsmtuneError: When it cannot start or exits with another failure.
         """
         command = [str(self.binary), *arguments]
         try:
             done = subprocess.run(command, cwd=folder, capture_output=True, text=True, check=False)
         except OSError as error:
             raise EsmtuneError(f"cannot run {self.binary}: {error}; {INSTALL_HINT}") from None
+        if done.returncode != 0 and found_nothing and found_nothing in done.stdout + done.stderr:
+            return None
         if done.returncode != 0:
             said = (done.stderr.strip() + "\n" + done.stdout.strip()).strip().splitlines()
             tail = "\n".join(f"  {line}" for line in said[-_OUTPUT_TAIL:]) or "  (no output)"
@@ -231,11 +251,16 @@ class MMseqs:
         return done.stdout
 
 
-def _write_fasta(path: Path, sequences: Sequence[str]) -> None:
-    """Sequences under their positions as names (``>s0``), one line each."""
+def _searchable(sequences: Sequence[str]) -> list[int]:
+    """Positions of the sequences long enough for MMseqs2 to search."""
+    return [i for i, sequence in enumerate(sequences) if len(sequence) >= SEARCHABLE_LENGTH]
+
+
+def _write_fasta(path: Path, sequences: Sequence[str], chosen: list[int]) -> None:
+    """The ``chosen`` sequences under their positions as names (``>s0``), one line each."""
     with path.open("w") as handle:
-        for index, sequence in enumerate(sequences):
-            handle.write(f">s{index}\n{sequence}\n")
+        for index in chosen:
+            handle.write(f">s{index}\n{sequences[index]}\n")
 
 
 def _position(name: str) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from esmtune.data.fasta import SequenceRecord
-from esmtune.data.homology import Alignment, MMseqs
+from esmtune.data.homology import SEARCHABLE_LENGTH, Alignment, MMseqs
 from esmtune.data.report import align_table
 
 __all__ = [
@@ -78,12 +78,15 @@ class IdentityLeakage:
     """Every validation and test sequence's nearest training sequence, and tables of them.
 
     ``coverage``: the share of both sequences an alignment had to cover to count; ``tool``:
-    what measured it (MMseqs2 and its version), for the reader of a report.
+    what measured it (MMseqs2 and its version), for the reader of a report; ``unsearched``: the
+    held-out sequences too short for MMseqs2 to search and not copies of a training sequence,
+    whose "no hit" means "not measured".
     """
 
     coverage: float
     tool: str
     rows: list[Nearest]
+    unsearched: int = 0
 
     @property
     def splits(self) -> list[str]:
@@ -138,11 +141,22 @@ class IdentityLeakage:
         if worst:
             lines.append("closest to train:")
             lines += [f"  {row.describe()}" for row in worst]
+        if self.unsearched:
+            lines.append(
+                f"{self.unsearched} validation/test sequence(s) shorter than {SEARCHABLE_LENGTH} "
+                "residues are too short for MMseqs2 to search: their 'no hit' means not measured "
+                "(exact copies of training sequences are found)"
+            )
         return lines
 
     def summary(self) -> dict[str, object]:
         """Counts per split and bin, with how they were measured, for the run's manifest."""
-        return {"tool": self.tool, "coverage": self.coverage, "counts": self.counts()}
+        return {
+            "tool": self.tool,
+            "coverage": self.coverage,
+            "counts": self.counts(),
+            "unsearched": self.unsearched,
+        }
 
     def write(self, handle: IO[str]) -> None:
         """One tab-separated row per sequence (:data:`LEAKAGE_COLUMNS`); no hit: empty cells."""
@@ -187,7 +201,8 @@ def measure_leakage(
         mmseqs: The MMseqs2 to run.
 
     Returns:
-        One row per validation and test record, in split and file order.
+        One row per validation and test record, in split and file order. A record too short to
+        search is still found as an exact copy of a training record (identity and coverage 1).
 
     Raises:
         EsmtuneError: When MMseqs2 fails.
@@ -196,11 +211,17 @@ def measure_leakage(
     held = [(split, r) for split in HELD_OUT for r in splits.get(split, []) if r.sequence]
     found = mmseqs.search([r.sequence for _, r in held], [r.sequence for r in train], coverage)
     best = _closest(found)
-    rows = []
+    copied: dict[str, SequenceRecord] = {}
+    for record in train:
+        copied.setdefault(record.sequence, record)
+    rows, unsearched = [], 0
     for index, (split, record) in enumerate(held):
         hit = best.get(index)
-        if hit is None:
-            rows.append(Nearest(record, split, None, None, None))
-        else:
+        if hit is not None:
             rows.append(Nearest(record, split, train[hit.target], hit.identity, hit.coverage))
-    return IdentityLeakage(coverage, f"MMseqs2 {mmseqs.version()}", rows)
+        elif record.sequence in copied:
+            rows.append(Nearest(record, split, copied[record.sequence], 1.0, 1.0))
+        else:
+            rows.append(Nearest(record, split, None, None, None))
+            unsearched += len(record.sequence) < SEARCHABLE_LENGTH
+    return IdentityLeakage(coverage, f"MMseqs2 {mmseqs.version()}", rows, unsearched)

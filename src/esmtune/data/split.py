@@ -201,6 +201,10 @@ def split_dataset(
         hits = mmseqs.search([r.sequence for r in fixed], [r.sequence for r in pool],
                              options.coverage, options.identity)  # fmt: skip
         near = _nearest_by_target(hits)
+        kept_at = {r.sequence: position for position, r in enumerate(fixed)}
+        for i, record in enumerate(pool):  # copies too short to search
+            if i not in near and record.sequence in kept_at:
+                near[i] = Alignment(kept_at[record.sequence], i, 1.0, 1.0, 1.0, 0.0, 0.0)
         dropped = [
             _Dropped(r, origin[id(r)], fixed[near[i].query], near[i].identity, near[i].coverage)
             for i, r in enumerate(pool)
@@ -225,6 +229,10 @@ def split_dataset(
         _Groups.of(representative),
         [True] * len(pool),
     )
+    # Copies stay together even where MMseqs2 cannot look (sequences too short to search).
+    first_with: dict[str, int] = {}
+    for index, record in enumerate(pool):
+        state.groups.join(index, first_with.setdefault(record.sequence, index))
     shares = _shares(options)
     rounds, moved = _place_and_check(state, fixed, shares, options, mmseqs, dropped, origin, say)
     placed = {id(r): state.placed[i] for i, r in enumerate(pool) if state.alive[i]}
