@@ -42,7 +42,7 @@ from esmtune.data.rewrite import Placement, write_layout
 from esmtune.data.sources import SplitRecords, read_splits
 from esmtune.data.split_options import SplitOptions
 from esmtune.data.targets import TargetKind
-from esmtune.errors import DataError, RunDirError
+from esmtune.errors import DataError, EsmtuneError
 from esmtune.storage import check_writable, storage_errors
 from esmtune.tasks import task_class
 
@@ -96,13 +96,10 @@ class _Groups:
             item = self.parent[item]
         return item
 
-    def join(self, first: int, second: int) -> bool:
-        """Merge the groups of two members; False when they were one already."""
+    def join(self, first: int, second: int) -> None:
+        """Merge the groups of two members."""
         a, b = self.root(first), self.root(second)
-        if a == b:
-            return False
         self.parent[max(a, b)] = min(a, b)  # the root is the group's first member
-        return True
 
     def members(self, alive: list[bool]) -> list[list[int]]:
         """Every group's members (those still alive), by first member."""
@@ -162,7 +159,7 @@ def split_dataset(
         The folder, the dataset path to train on, and the summary.
 
     Raises:
-        RunDirError: When ``out`` exists and is not empty.
+        EsmtuneError: When ``out`` exists and is not empty.
         DataError: Listing every problem of the data (as the data check words them).
         MissingMMseqsError: When MMseqs2 is not installed.
         StorageError: When ``out`` cannot be written.
@@ -170,7 +167,7 @@ def split_dataset(
     started = time.perf_counter()
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RunDirError(
+        raise EsmtuneError(
             f"{out} already exists and is not empty; data split never overwrites: choose another "
             "--out, or delete this one first"
         )
@@ -198,19 +195,7 @@ def split_dataset(
     if fixed:
         say(f"searching for sequences within {options.identity:.0%} identity of the "
             f"{len(fixed):,} test sequences kept ...")  # fmt: skip
-        hits = mmseqs.search([r.sequence for r in fixed], [r.sequence for r in pool],
-                             options.coverage, options.identity)  # fmt: skip
-        near = _nearest_by_target(hits)
-        kept_at = {r.sequence: position for position, r in enumerate(fixed)}
-        for i, record in enumerate(pool):  # copies too short to search
-            if i not in near and record.sequence in kept_at:
-                near[i] = Alignment(kept_at[record.sequence], i, 1.0, 1.0, 1.0, 0.0, 0.0)
-        dropped = [
-            _Dropped(r, origin[id(r)], fixed[near[i].query], near[i].identity, near[i].coverage)
-            for i, r in enumerate(pool)
-            if i in near
-        ]
-        pool = [r for i, r in enumerate(pool) if i not in near]
+        pool, dropped = _leave_out_near(fixed, pool, origin, options, mmseqs)
         say(f"  {len(dropped):,} left out (listed in {DROPPED_FILE})")
     if not pool:
         raise DataError(f"{data.path}: no sequences left to split")
@@ -281,6 +266,33 @@ def _listed(items: list[str]) -> list[str]:
     return [*items[:_MAX_LISTED], f"... and {len(items) - _MAX_LISTED} more of the same kind"]
 
 
+def _leave_out_near(
+    fixed: list[SequenceRecord],
+    pool: list[SequenceRecord],
+    origin: dict[int, str],
+    options: SplitOptions,
+    mmseqs: MMseqs,
+) -> tuple[list[SequenceRecord], list[_Dropped]]:
+    """The pool less what is within the identity of a kept test sequence, and what that is.
+
+    One search of the test sequences against the pool, as the data check searches; copies of
+    test sequences too short to search are found by their residues.
+    """
+    hits = mmseqs.search([r.sequence for r in fixed], [r.sequence for r in pool],
+                         options.coverage, options.identity)  # fmt: skip
+    near = _nearest_by_target(hits)
+    kept_at = {record.sequence: position for position, record in enumerate(fixed)}
+    for i, record in enumerate(pool):
+        if i not in near and record.sequence in kept_at:
+            near[i] = Alignment(kept_at[record.sequence], i, 1.0, 1.0, 1.0, 0.0, 0.0)
+    dropped = [
+        _Dropped(r, origin[id(r)], fixed[near[i].query], near[i].identity, near[i].coverage)
+        for i, r in enumerate(pool)
+        if i in near
+    ]
+    return [r for i, r in enumerate(pool) if i not in near], dropped
+
+
 def _nearest_by_target(hits: list[Alignment]) -> dict[int, Alignment]:
     """Per target, its most identical query (ties: the higher score, then the first query)."""
     best: dict[int, Alignment] = {}
@@ -305,40 +317,55 @@ def _shares(options: SplitOptions) -> dict[str, float]:
     return {split: share / total for split, share in shares.items() if share > 0}
 
 
-def _place(state: _State, shares: dict[str, float], seed: int) -> None:
+def _place(
+    state: _State, shares: dict[str, float], seed: int, redo: set[int] | None = None
+) -> None:
     """Place every group, largest first, in the split furthest behind its target for it.
 
-    Behind for a group: the share of its labels' targets the split still misses (averaged over
-    the group's labels), then the share of its size target. Measured relative to the targets, so
-    every split fills at the same pace and gets its share of large clusters as well as small
-    ones: validation and test then hold proteins like the rest, not only those without relatives
-    (which filling the biggest gap first would leave them). Rare labels are spread like common
-    ones. Largest first, so that the small groups at the end even out what the large ones left.
+    Behind for a group: the share of its labels' targets the split would still miss with half
+    the group in it (averaged over the group's labels; Sainte-Laguë's rule for indivisible
+    seats), then the same for its size target. Measured relative to the targets, so that every
+    split fills at the same pace and gets its share of large clusters as well as small ones:
+    validation and test then hold proteins like the rest, not only those without relatives
+    (which filling the biggest gap first would leave them); with half the group counted, a group
+    does not overshoot a small split that misses less than it brings. Rare labels are spread like
+    common ones. Largest first, so that the small groups at the end even out what the large ones
+    left.
     Groups of one size are taken in an order the seed shuffles; ties go to train, then
-    validation.
+    validation. ``redo``: place only the groups with these roots again (merged after a check),
+    the others staying where they are, so that a check's repair does not unsettle the rest.
     """
     groups = state.groups.members(state.alive)
-    random.Random(seed).shuffle(groups)
-    groups.sort(key=len, reverse=True)  # stable: the shuffle orders equal sizes
     alive = [i for i, living in enumerate(state.alive) if living]
     label_totals = Counter(label for i in alive for label in state.labels[i])
     target = {split: share * len(alive) for split, share in shares.items()}
     size = dict.fromkeys(shares, 0)
     counts: dict[str, Counter[str]] = {split: Counter() for split in shares}
     order = {split: index for index, split in enumerate(shares)}
-    state.placed = [""] * len(state.records)
+    if redo is None:
+        state.placed = [""] * len(state.records)
+    else:
+        for group in groups:
+            if state.groups.root(group[0]) not in redo:  # stays: counts towards its split
+                split = state.placed[group[0]]
+                size[split] += len(group)
+                counts[split].update(label for i in group for label in state.labels[i])
+        groups = [group for group in groups if state.groups.root(group[0]) in redo]
+    random.Random(seed).shuffle(groups)
+    groups.sort(key=len, reverse=True)  # stable: the shuffle orders equal sizes
 
-    def behind(split: str, labels: Counter[str]) -> tuple[float, float, int]:
+    def behind(split: str, labels: Counter[str], members: int) -> tuple[float, float, int]:
         missing = 0.0
         for label, count in labels.items():
             aim = shares[split] * label_totals[label]
-            missing += count * (aim - counts[split][label]) / aim
+            missing += count * (aim - counts[split][label] - count / 2) / aim
         of_labels = missing / sum(labels.values()) if labels else 0.0
-        return of_labels, (target[split] - size[split]) / target[split], -order[split]
+        of_size = (target[split] - size[split] - members / 2) / target[split]
+        return of_labels, of_size, -order[split]
 
     for group in groups:
         labels = Counter(label for i in group for label in state.labels[i])
-        split = max(shares, key=lambda s: behind(s, labels))
+        split = max(shares, key=lambda s: behind(s, labels, len(group)))
         size[split] += len(group)
         counts[split].update(labels)
         for i in group:
@@ -358,18 +385,19 @@ def _place_and_check(
     """Place, check with easy-search, merge and place again until the check finds nothing.
 
     The check is the data check's search: validation and test (with the kept test set) against
-    train. A pair found joins the two groups for the next placement; after MAX_ROUNDS, the
-    held-out side's group moves into train instead. A kept test sequence's pair leaves the
-    training sequence out.
+    train. A pair found joins the two groups, which are placed again (the others stay); after
+    MAX_ROUNDS, the held-out side's group moves into train instead. A kept test sequence's pair
+    leaves the training sequence out.
 
     Returns:
         The rounds made, and the sequences moved into train.
     """
     rounds = moved = 0
+    redo: set[int] | None = None  # the first placement places every group
     while True:
         rounds += 1
         if rounds <= MAX_ROUNDS:
-            _place(state, shares, options.seed)
+            _place(state, shares, options.seed, redo)
         alive = [i for i, living in enumerate(state.alive) if living]
         train = [i for i in alive if state.placed[i] == "train"]
         held = [i for i in alive if state.placed[i] != "train"]
@@ -379,7 +407,7 @@ def _place_and_check(
         hits = mmseqs.search(queries, [state.records[i].sequence for i in train],
                              options.coverage, options.identity)  # fmt: skip
         if not hits:
-            say("  none is within the identity of a training sequence")
+            say("  none within the identity of a training sequence")
             return rounds, moved
         close = {held[h.query] for h in hits if h.query < len(held)}
         for hit in hits:
@@ -395,14 +423,15 @@ def _place_and_check(
             elif rounds < MAX_ROUNDS:
                 state.groups.join(held[hit.query], train[hit.target])
         if rounds < MAX_ROUNDS:
-            say(f"  {len(close):,} are; their clusters are merged and placed again")
+            redo = {state.groups.root(i) for i in close}
+            say(f"  {len(close):,} within it; their clusters are merged and placed again")
             continue
         roots = {state.groups.root(i) for i in close}
         movers = [i for i in alive if state.placed[i] != "train" and state.groups.root(i) in roots]
         for i in movers:
             state.placed[i] = "train"
         moved += len(movers)
-        say(f"  {len(close):,} are; their groups ({len(movers):,} sequences) move into train")
+        say(f"  {len(close):,} within it; their groups ({len(movers):,} sequences) move to train")
 
 
 # --- the summary -------------------------------------------------------------------------------
