@@ -11,6 +11,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import pytest
 
 from esmtune.config import Pooling, load_config
 
@@ -120,6 +123,42 @@ def random_protein(rng: random.Random, length: int, letters: str = RESIDUES) -> 
     return "".join(rng.choice(letters) for _ in range(length))
 
 
+# --- homology (MMseqs2) ------------------------------------------------------------------------
+
+STANDARD_RESIDUES = RESIDUES[:20]
+requires_mmseqs = pytest.mark.skipif(
+    shutil.which("mmseqs") is None,
+    reason="MMseqs2 is not installed (apt install mmseqs2; .ci/run installs it)",
+)
+
+
+def point_mutant(sequence: str, identity: float, rng: random.Random) -> str:
+    """``sequence`` with ``round((1 - identity) * length)`` residues replaced by other residues.
+
+    Substitutions only, so the alignment to the original is gapless and its identity is
+    ``identity`` (a little more where a local alignment trims a mutated end).
+    """
+    residues = list(sequence)
+    for position in rng.sample(range(len(residues)), round(len(residues) * (1 - identity))):
+        residues[position] = rng.choice(STANDARD_RESIDUES.replace(residues[position], ""))
+    return "".join(residues)
+
+
+def families(
+    rng: random.Random, count: int, members: int, identity: float, length: int = 150
+) -> list[list[str]]:
+    """``count`` families of ``members`` sequences, each a point mutant of its own ancestor.
+
+    Members of a family are about ``identity`` identical to the ancestor (less to each other);
+    different families are unrelated random sequences.
+    """
+    found = []
+    for _ in range(count):
+        ancestor = random_protein(rng, length, STANDARD_RESIDUES)
+        found.append([point_mutant(ancestor, identity, rng) for _ in range(members)])
+    return found
+
+
 # --- runs ------------------------------------------------------------------------------------
 
 
@@ -135,6 +174,8 @@ def tiny_overrides(model_dir: Path, data_dir: Path, out_dir: Path, name: str) ->
         "training.batch_size=8",
         "training.learning_rate=0.003",
         "training.warmup_ratio=0.0",
+        # MMseqs2's search costs seconds even on tiny data; tests/test_leakage.py trains with it.
+        "data.measure_identity=false",
     ]
 
 

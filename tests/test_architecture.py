@@ -25,6 +25,8 @@ RANKS: dict[str, float] = {
     "rundir": 3,
     # Checking a dataset applies its task's rules to what the readers found.
     "data.check": 3.5,
+    # Splitting by homology reads and checks records as the data check does.
+    "data.split": 3.5,
     "baseline": 4,
     # Bootstrap intervals of a task's metrics and the paired difference from the baseline.
     "intervals": 4,

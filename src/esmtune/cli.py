@@ -36,6 +36,7 @@ from esmtune.config import (
     length_percentile,
 )
 from esmtune.data.layout import SPLITS
+from esmtune.data.split_options import SplitOptions
 from esmtune.errors import EsmtuneError
 from esmtune.evaluate_options import EvaluateOptions
 from esmtune.explain_options import PLOT_SUFFIXES, ExplainOptions, one_figure
@@ -151,6 +152,8 @@ _DATA_OPTIONS = (
 _DATA_CHECK_OPTIONS = (
     ("--max-length", "data.max_length"),
     ("--fail-on-leakage", "data.fail_on_leakage"),
+    ("--max-identity", "data.max_identity"),
+    ("--drop-similar", "data.drop_similar"),
     ("--drop-conflicts", "data.drop_conflicts"),
     ("--drop-duplicates", "data.drop_duplicates"),
 )
@@ -226,6 +229,13 @@ def _data_config(args: argparse.Namespace) -> tuple[Task, DataConfig]:
 def _data_check_options(command: argparse.ArgumentParser) -> None:
     _add_data_options(command, (*_DATA_OPTIONS, *_DATA_CHECK_OPTIONS))
     command.add_argument("--require-test", action="store_true", help="fail when test/ is missing")
+    command.add_argument(
+        "--leakage-out",
+        type=Path,
+        metavar="FILE",
+        help="write each validation and test sequence's nearest training sequence to this TSV "
+        "(id, split, nearest_train_id, identity, coverage; empty when nothing aligns)",
+    )
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
@@ -236,15 +246,24 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     mask.fasta, biotrainer's TARGET=/SET=/MASK= headers) and print sequences per label and split
     (regression: target statistics; per-residue tasks: residues per class or value statistics,
     and masked residues) and lengths, with how many sequences exceed --max-length and how many
-    records the --drop-* options dropped; exit with status 2 and every problem listed (file,
-    line, record, fix) when the data cannot be trained on.
+    records the --drop-* options dropped. With MMseqs2 installed, each validation and test
+    sequence's highest identity to any training sequence, counted in identity bins with the
+    closest examples (leakage by identity; --max-identity makes it fatal). Exit with status 2
+    and every problem listed (file, line, record, fix) when the data cannot be trained on.
     """
     from esmtune.data.check import check_dataset
 
     task, data = _data_config(args)
-    report = check_dataset(data, task, require_test=args.require_test)
+    report = check_dataset(data, task, require_test=args.require_test, identity=True)
     print(f"{task.value} data, {report.layout}")
     print(report.table())
+    if report.leakage is not None:
+        print("\n".join(report.leakage.report_lines()))
+        if args.leakage_out is not None:
+            report.leakage.write_file(args.leakage_out)
+            print(f"nearest training sequence of each: {args.leakage_out}")
+    elif args.leakage_out is not None:
+        print(f"note: --leakage-out {args.leakage_out}: not written, nothing was measured")
     for line in report.warnings:
         print(f"warning: {line}")
     for line in report.notes:
@@ -254,6 +273,60 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
 
     noun = task_class(task).target_noun
     print(f"OK: {data.path} can be trained on ({len(report.labels)} {noun})")
+    return 0
+
+
+# data split reads a dataset as training does; ontology and embeddings play no part in it.
+_DATA_SPLIT_OPTIONS = tuple(
+    (option, key)
+    for option, key in _DATA_OPTIONS
+    if key not in ("data.ontology", "data.embeddings")
+)
+
+
+def _data_split_options(command: argparse.ArgumentParser) -> None:
+    _add_data_options(command, _DATA_SPLIT_OPTIONS)
+    command.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="new or empty folder for the split dataset (in the layout read), clusters.tsv, "
+        "summary.txt and summary.json",
+    )
+    split = SplitOptions.model_fields
+    _add_fields(command, SplitOptions, [name for name in split if name != "fractions"])
+    command.add_argument(
+        "--fractions",
+        type=float,
+        nargs=3,
+        metavar=("TRAIN", "VALIDATION", "TEST"),
+        help=field_description(SplitOptions, "fractions"),
+    )
+
+
+def _cmd_data_split(args: argparse.Namespace) -> int:
+    """Split a dataset by homology (MMseqs2 clusters).
+
+    Cluster every sequence with MMseqs2 (easy-cluster at --identity over --coverage of both
+    sequences) and place whole clusters in train, validation and test, largest first, so that
+    sizes meet --fractions and each split's label shares (classification tasks) come as close
+    to the whole dataset's as clusters allow. Every placement is checked with easy-search, as
+    the data check measures leakage: clusters still within --identity across splits are merged
+    and placed again, so no validation or test sequence is left within --identity of a training
+    sequence. Reads every layout training reads, and data not split yet (a folder of
+    <Label>.fasta files, a table without a split column, FASTA headers without split=), and
+    writes the same layout to --out with clusters.tsv (id, cluster, group, split) and a summary
+    of sizes and label shares against their targets (summary.txt, summary.json). Needs MMseqs2:
+    apt install mmseqs2, conda install -c bioconda mmseqs2, or brew install mmseqs2.
+    """
+    from esmtune.data.split import split_dataset
+
+    task, data = _data_config(args)
+    given = {name: getattr(args, name) for name in SplitOptions.model_fields}
+    options = SplitOptions.checked(**{k: v for k, v in given.items() if v is not None})
+    result = split_dataset(data, task, options, args.out)
+    print(result.text)
     return 0
 
 
@@ -880,6 +953,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], _Handler]] = {
     "train": (_train_options, _cmd_train),
     "data check": (_data_check_options, _cmd_data_check),
+    "data split": (_data_split_options, _cmd_data_split),
     "evaluate": (_evaluate_options, _cmd_evaluate),
     "predict": (_predict_options, _cmd_predict),
     "explain": (_explain_options, _cmd_explain),
@@ -888,7 +962,7 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], _Handler]]
     "baseline": (_baseline_options, _cmd_baseline),
     "serve": (_serve_options, _cmd_serve),
 }
-_GROUPS = {"data": "Inspect datasets."}
+_GROUPS = {"data": "Inspect and split datasets."}
 
 
 def _handler_help(handler: _Handler) -> str:

@@ -316,6 +316,19 @@ class DataConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _identity_settings(self) -> DataConfig:
+        if self.drop_similar and self.max_identity is None:
+            raise ValueError(
+                "data.drop_similar drops sequences above data.max_identity: set it (e.g. 0.5)"
+            )
+        if self.max_identity is not None and not self.measure_identity:
+            raise ValueError(
+                "data.max_identity needs the identity search that data.measure_identity=false "
+                "turns off: set one or the other"
+            )
+        return self
+
     @field_validator("positive_label", mode="before")
     @classmethod
     def _label_as_text(cls, value: Any) -> Any:
@@ -427,6 +440,32 @@ class DataConfig(_Section):
     )
     fail_on_leakage: bool = Field(
         False, description="Stop when a sequence occurs in both train and test (else warn)."
+    )
+    measure_identity: bool = Field(
+        True,
+        description="Data check and training: find each validation and test sequence's "
+        "highest identity to any training sequence with MMseqs2, when it is installed (one "
+        "search), and report them in identity bins; false skips the search.",
+    )
+    identity_coverage: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="Leakage by identity: an alignment counts when it covers at least this share "
+        "of both sequences (MMseqs2 -c with --cov-mode 0).",
+    )
+    max_identity: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Stop when a validation or test sequence is more identical than this "
+        "(0 to 1, e.g. 0.5) to a training sequence (or drop it: drop_similar); needs MMseqs2. "
+        "[default: none: report only]",
+    )
+    drop_similar: bool = Field(
+        False,
+        description="With max_identity: drop the validation and test sequences above it (and "
+        "count them) instead of stopping.",
     )
     drop_conflicts: bool = Field(
         False, description="Drop sequences found with two different targets instead of stopping."

@@ -34,6 +34,7 @@ __all__ = [
     "BACKBONE_DIR",
     "CONFIG_FILE",
     "LABELS_FILE",
+    "LEAKAGE_FILE",
     "MANIFEST_FILE",
     "METRICS_FILE",
     "WEIGHTS_FILE",
@@ -50,6 +51,8 @@ __all__ = [
 CONFIG_FILE = "config.yaml"
 LABELS_FILE = "labels.json"
 MANIFEST_FILE = "manifest.json"
+# Each validation and test sequence's nearest training sequence (MMseqs2), when measured.
+LEAKAGE_FILE = "leakage.tsv"
 METRICS_FILE = "metrics.json"
 WEIGHTS_FILE = "model/weights.safetensors"
 BACKBONE_DIR = "model/backbone"

@@ -10,6 +10,7 @@ precision and the number of processes come from the accelerate config.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -52,6 +53,7 @@ from esmtune.model.run_model import weights_to_save
 from esmtune.model.tuning import ProgressiveUnfreezing, count_parameters
 from esmtune.plots import plot_training_curves
 from esmtune.rundir import (
+    LEAKAGE_FILE,
     METRICS_FILE,
     WEIGHTS_FILE,
     atomic_write_text,
@@ -229,11 +231,13 @@ def _check_inputs(accelerator: Accelerator, config: TrainConfig) -> tuple[DataRe
     foreign = None
     if config.model.init_from is not None:
         foreign = check_initial_run(config.model.init_from, config.model)
-    report = check_dataset(config.data, config.task)
+    report = check_dataset(config.data, config.task, identity=True)
     if accelerator.is_main_process:
         if foreign:
             print(f"warning: {foreign}")
         print(report.table())
+        if report.leakage is not None:
+            print("\n".join(report.leakage.report_lines()))
         for line in report.warnings + report.notes:
             print(f"note: {line}")
     report.raise_if_errors()
@@ -435,6 +439,7 @@ def _write_run_files(
             "path": str(config.data.path),
             "layout": report.layout,
             "counts": report.summary(),
+            "leakage_by_identity": None if report.leakage is None else report.leakage.summary(),
         },
         "data_notes": report.warnings + report.notes,
         "parameters": {"trainable": trainable, "total": total},
@@ -442,7 +447,13 @@ def _write_run_files(
         "mixed_precision": accelerator.mixed_precision,
     }
     save_run_files(run_dir, config, spec, tokenizer, backbone_config, manifest)
-    atomic_write_text(run_dir / "data_check.txt", report.table() + "\n")
+    checked = [report.table()]
+    if report.leakage is not None:
+        checked += report.leakage.report_lines()
+        text = io.StringIO()
+        report.leakage.write(text)
+        atomic_write_text(run_dir / LEAKAGE_FILE, text.getvalue())
+    atomic_write_text(run_dir / "data_check.txt", "\n".join(checked) + "\n")
 
 
 # Evaluation, checkpoints and the summary.

@@ -14,7 +14,9 @@ from pathlib import Path
 from esmtune.config import DataConfig, LongSequences, Task
 from esmtune.data.embedding_files import read_embeddings
 from esmtune.data.fasta import SequenceRecord
+from esmtune.data.homology import MissingMMseqsError, MMseqs
 from esmtune.data.layout import SPLITS
+from esmtune.data.leakage import HELD_OUT, measure_leakage
 from esmtune.data.memory import is_in_memory, read_memory
 from esmtune.data.report import DataReport
 from esmtune.data.sources import read_splits
@@ -175,6 +177,50 @@ def _find_leakage(splits: dict[str, list[SequenceRecord]], fatal: bool) -> tuple
     return [], f"{message} (set data.fail_on_leakage=true to make this fatal)"
 
 
+def _measure_identity(report: DataReport, data: DataConfig) -> None:
+    """Leakage by identity: each validation and test sequence's nearest training sequence.
+
+    Without MMseqs2 the check still runs and says in one note what was not measured, unless
+    data.max_identity asks for the measurement (then it is an error). Sequences above
+    data.max_identity stop the check, or are dropped and counted (data.drop_similar).
+    """
+    if not report.splits.get("train") or not any(report.splits.get(s) for s in HELD_OUT):
+        return
+    try:
+        mmseqs = MMseqs()
+    except MissingMMseqsError as error:
+        if data.max_identity is None:
+            report.notes.append(f"leakage by identity not measured: {error}")
+        else:
+            report.errors.append(f"data.max_identity={data.max_identity:g} needs MMseqs2: {error}")
+        return
+    report.leakage = measure_leakage(report.splits, data.identity_coverage, mmseqs)
+    if data.max_identity is None:
+        return
+    above = report.leakage.above(data.max_identity)
+    if not above:
+        return
+    counts = ", ".join(
+        f"{n} in {split}" for split in HELD_OUT if (n := sum(r.split == split for r in above))
+    )
+    closer = f"more than {data.max_identity * 100:g}% identical to a training sequence"
+    if data.drop_similar:
+        gone = {id(row.record) for row in above}
+        for split in HELD_OUT:
+            if split in report.splits:
+                report.splits[split] = [r for r in report.splits[split] if id(r) not in gone]
+        report.notes.append(
+            f"dropped {len(above)} sequence(s) ({counts}) {closer} (data.max_identity, "
+            "data.drop_similar)"
+        )
+        return
+    report.errors += _listed([row.describe() for row in above])
+    report.errors.append(
+        f"{len(above)} sequence(s) ({counts}) are {closer} (data.max_identity); split the data "
+        "by homology (`esmtune data split`), or set data.drop_similar=true to drop them"
+    )
+
+
 def _drop_emptied_splits(report: DataReport, require_test: bool) -> None:
     """Splits whose every record was dropped (conflicts, rare labels) count as missing."""
     for split in SPLITS:
@@ -231,6 +277,7 @@ def check_dataset(
     data: DataConfig | Path | str,
     task: Task | str | TargetKind = Task.MULTICLASS,
     require_test: bool = False,
+    identity: bool = False,
 ) -> DataReport:
     """Read and check a dataset in any layout esmtune reads.
 
@@ -240,6 +287,9 @@ def check_dataset(
             percentile ``max_length`` (``p95``) is fixed on it from the training lengths.
         task: The task (or its class), which decides how targets are read and checked.
         require_test: Treat a missing test split as an error.
+        identity: Measure leakage by identity (MMseqs2; ``data check`` and training do) unless
+            data.measure_identity is false. With data.max_identity set, it is measured anyway:
+            that setting decides which records are used.
 
     Returns:
         A report; ``report.errors`` is empty when the data can be trained on.
@@ -285,6 +335,8 @@ def check_dataset(
     errors += leak_errors
     if leak_warning:
         report.warnings.append(leak_warning)
+    if (identity and data.measure_identity) or data.max_identity is not None:
+        _measure_identity(report, data)
 
     kind.find_labels(report, data)
     _drop_emptied_splits(report, require_test)

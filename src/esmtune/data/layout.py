@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 from esmtune.data.fasta import SequenceRecord, label_from_path, read_fasta
 from esmtune.errors import DataError
 
-__all__ = ["SPLITS", "SPLIT_NAMES", "find_label_files", "read_split"]
+__all__ = ["SPLITS", "SPLIT_NAMES", "UNSPLIT", "Layout", "find_label_files", "read_split"]
 
 SPLITS = ("train", "validation", "test")
+# Where records that name no split are filed when a reader is asked to take them (data split).
+UNSPLIT = "unsplit"
 # How datasets name their splits (a split column, a FASTA header key, a file name), by split.
 SPLIT_NAMES = {
     "train": "train",
@@ -21,6 +24,17 @@ SPLIT_NAMES = {
     "test": "test",
     "testing": "test",
 }
+
+
+class Layout(StrEnum):
+    """The shapes of dataset esmtune reads (``data split`` writes its output in the same one)."""
+
+    LABEL_FOLDERS = "label_folders"  # DIR/{train,validation,test}/<Label>.fasta
+    LABEL_FILES = "label_files"  # DIR/<Label>.fasta, no splits yet (data split's input only)
+    SPLIT_FILES = "split_files"  # DIR/train.csv, validation.csv, test.csv (or .tsv ... .fasta)
+    ONE_FILE = "one_file"  # a table or FASTA file whose split column or header key names splits
+    RESIDUE_FOLDER = "residue_folder"  # DIR/sequences.fasta + labels.fasta (+ mask.fasta), FLIP
+    MEMORY = "memory"  # records handed over in Python (esmtune.fit)
 
 
 def find_label_files(split_dir: Path) -> dict[str, Path]:

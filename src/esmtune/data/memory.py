@@ -26,7 +26,7 @@ from typing import Any
 
 from esmtune.config import DataConfig
 from esmtune.data.fasta import SequenceRecord, Target
-from esmtune.data.layout import SPLITS
+from esmtune.data.layout import SPLITS, Layout
 from esmtune.data.sources import Columns, SplitRecords, parse_record
 from esmtune.data.targets import TargetKind
 from esmtune.errors import DataError
@@ -93,6 +93,7 @@ def read_memory(data: DataConfig, kind: TargetKind, targets: list[str]) -> Split
         )
     columns = Columns.of(data, kind, targets)
     result = SplitRecords(
+        form=Layout.MEMORY,
         layout=f"in memory ({dataset.caller})",
         missing_split=f"{{split}}: no records; the {{split}} split is required: pass "
         f"{{split}}=[(sequence, target), ...] to {dataset.caller}",

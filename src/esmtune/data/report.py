@@ -17,6 +17,7 @@ from esmtune.errors import DataError
 
 if TYPE_CHECKING:
     from esmtune.config import Task
+    from esmtune.data.leakage import IdentityLeakage
     from esmtune.data.targets import TargetKind
 
 __all__ = [
@@ -36,7 +37,8 @@ class DataReport:
 
     ``labels`` are the class names (binary: negative first, positive second), the multilabel
     vocabulary, the regression target names, or per residue the classes of train's unmasked
-    residues (residue_regression: ``value``), in the order of the model's outputs.
+    residues (residue_regression: ``value``), in the order of the model's outputs. ``leakage``
+    holds each validation and test sequence's nearest training sequence when it was measured.
     """
 
     data_path: Path
@@ -49,6 +51,7 @@ class DataReport:
     layout: str = ""
     label_names: dict[str, str] = field(default_factory=dict)
     ancestors: dict[str, list[str]] = field(default_factory=dict)
+    leakage: IdentityLeakage | None = None
 
     @property
     def task(self) -> Task:

@@ -302,11 +302,11 @@ def read_residue_folder(folder: Path, columns: Columns, result: SplitRecords) ->
             continue
         label_at = _where(labels_path, label_entry)
         try:
-            split = _folder_split(entry, label_entry, columns.split)
+            split = _folder_split(entry, label_entry, columns.split, columns.unsplit)
         except ValueError as problem:
             result.record_errors.append(f"{label_at}: {problem}")
             continue
-        if split not in SPLITS:
+        if split not in (*SPLITS, columns.unsplit):
             reading.left_out[split] += 1
             continue
         try:
@@ -336,15 +336,22 @@ def read_residue_folder(folder: Path, columns: Columns, result: SplitRecords) ->
     reading.finish(folder)
 
 
-def _folder_split(sequence: FastaEntry, labels: FastaEntry, split_key: str) -> str:
+def _folder_split(
+    sequence: FastaEntry, labels: FastaEntry, split_key: str, unsplit: str | None
+) -> str:
     """The split of a folder record: its labels header's, else its sequences header's.
 
+    ``unsplit``: the split of a record whose headers name none (None: an error).
+
     Raises:
-        ValueError: When neither names one, or they name different ones.
+        ValueError: When neither names one (and ``unsplit`` is None), or they name different
+            ones.
     """
     from_labels = _split_of(header_fields(labels.description), split_key)
     from_sequence = _split_of(header_fields(sequence.description), split_key)
     if from_labels is None and from_sequence is None:
+        if unsplit is not None:
+            return unsplit
         raise ValueError(f"the header names no split; write {_SPLIT_HELP} after the id")
     if from_labels and from_sequence and from_labels != from_sequence:
         raise ValueError(
@@ -375,7 +382,7 @@ def read_residue_fasta(
         at = _where(path, entry)
         fields = header_fields(entry.description)
         try:
-            split = fixed_split or _split_of(fields, columns.split)
+            split = fixed_split or _split_of(fields, columns.split) or columns.unsplit
         except ValueError as problem:
             result.record_errors.append(f"{at}: {problem}")
             continue
@@ -385,7 +392,7 @@ def read_residue_fasta(
                 f"{columns.split}=train|validation|test) after the id"
             )
             continue
-        if split not in SPLITS:
+        if split not in (*SPLITS, columns.unsplit):
             reading.left_out[split] += 1
             continue
         key = next((key for key in target_keys if key in fields), None)

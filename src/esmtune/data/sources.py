@@ -28,7 +28,7 @@ from esmtune.data.fasta import (
     header_fields,
     read_fasta,
 )
-from esmtune.data.layout import SPLIT_NAMES, SPLITS, read_split
+from esmtune.data.layout import SPLIT_NAMES, SPLITS, Layout, find_label_files, read_split
 from esmtune.data.residue_layouts import (
     LABELS_FILE,
     SEQUENCES_FILE,
@@ -42,7 +42,14 @@ from esmtune.data.tables import TABLE_SUFFIXES, is_table, read_table
 from esmtune.data.targets import TargetKind
 from esmtune.errors import DataError
 
-__all__ = ["Columns", "SplitRecords", "clean_sequence", "parse_record", "read_splits"]
+__all__ = [
+    "Columns",
+    "SplitRecords",
+    "clean_sequence",
+    "parse_record",
+    "read_splits",
+    "split_files",
+]
 
 _FILE_SUFFIXES = (*TABLE_SUFFIXES, *FASTA_SUFFIXES)
 
@@ -53,11 +60,13 @@ class SplitRecords:
 
     ``errors`` are about whole files (a column missing); ``record_errors`` about single rows or
     records, which can be many. ``unread`` holds the splits whose file could not be read, so
-    that they are not also reported as missing.
+    that they are not also reported as missing. ``form`` is the layout's shape, which ``data
+    split`` writes back.
     """
 
     layout: str
     missing_split: str  # the error for a missing split, with how to add it; "{split}" filled in
+    form: Layout = Layout.ONE_FILE
     splits: dict[str, list[SequenceRecord]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     record_errors: list[str] = field(default_factory=list)
@@ -67,7 +76,11 @@ class SplitRecords:
 
 @dataclass(frozen=True)
 class Columns:
-    """The names to read, from the config and task."""
+    """The names to read, from the config and task.
+
+    ``unsplit``: the split of records that name none (no split column, no split key in their
+    header), for ``data split``, which reads data before it has splits; None makes that an error.
+    """
 
     kind: TargetKind
     id: str
@@ -75,13 +88,16 @@ class Columns:
     targets: list[str]
     split: str
     separator: str
+    unsplit: str | None = None
 
     @classmethod
-    def of(cls, data: DataConfig, kind: TargetKind, targets: list[str]) -> Columns:
+    def of(
+        cls, data: DataConfig, kind: TargetKind, targets: list[str], unsplit: str | None = None
+    ) -> Columns:
         """The config's column names, with the task that reads the targets."""
         return cls(
             kind, data.id_column, data.sequence_column, targets, data.split_column,
-            data.label_separator,
+            data.label_separator, unsplit,
         )  # fmt: skip
 
 
@@ -115,6 +131,8 @@ def _table_records(
 ) -> None:
     table = read_table(path, list_separator=columns.separator)
     result.record_errors += table.problems
+    if fixed_split is None and columns.unsplit and columns.split not in table.columns:
+        fixed_split = columns.unsplit  # data not split yet: every row waits for data split
     required = [
         ("sequence column", "sequence_column", [columns.sequence]),
         ("target column(s)", "target_columns", columns.targets),
@@ -143,9 +161,10 @@ def _table_records(
 def _fasta_records(
     path: Path, columns: Columns, fixed_split: str | None, result: SplitRecords
 ) -> None:
-    keys = columns.targets + ([] if fixed_split else [columns.split])
+    keys = columns.targets + ([] if fixed_split or columns.unsplit else [columns.split])
     for record in read_fasta(path):
         fields = header_fields(record.description)
+        named = fixed_split is None and columns.split in fields  # else fixed, or unsplit
         missing = [key for key in keys if key not in fields]
         if missing:
             example = " ".join(f"{key}=..." for key in keys)
@@ -155,9 +174,9 @@ def _fasta_records(
             )
             continue
         values = [fields[key] for key in columns.targets]
-        split = fixed_split or fields[columns.split]
+        split = fields[columns.split] if named else fixed_split or columns.unsplit or ""
         _add_record(result, record.id, record.sequence, values, split, str(path), record.line,
-                    columns, fixed_split is None)  # fmt: skip
+                    columns, named)  # fmt: skip
 
 
 def parse_record(
@@ -225,7 +244,7 @@ def _read_file(path: Path, columns: Columns, split: str | None, result: SplitRec
         _fasta_records(path, columns, split, result)
 
 
-def _split_files(folder: Path) -> dict[str, Path]:
+def split_files(folder: Path) -> dict[str, Path]:
     """``train.csv``, ``validation.tsv``, ``test.fasta.gz`` ... found in ``folder``."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
@@ -261,18 +280,23 @@ def _residue_folder(path: Path, kind: TargetKind, columns: Columns) -> SplitReco
             "residue_* task, or give this task one of the layouts it reads: "
             + _layout_help(path).removeprefix("expected one of: ")
         )
-    result = SplitRecords(layout="", missing_split="")
+    result = SplitRecords(layout="", missing_split="", form=Layout.RESIDUE_FOLDER)
     read_residue_folder(path, columns, result)
     return result
 
 
-def read_splits(data: DataConfig, kind: TargetKind, targets: list[str]) -> SplitRecords:
+def read_splits(
+    data: DataConfig, kind: TargetKind, targets: list[str], unsplit: str | None = None
+) -> SplitRecords:
     """Read every split of a dataset, in whichever layout ``data.path`` has.
 
     Args:
         data: The data section of the config (path and column names).
         kind: The task's way of reading targets (see :class:`TargetKind`).
         targets: The target column (or FASTA header key) names.
+        unsplit: Where to file records that name no split (``data split``'s input); it also
+            reads a folder of ``<Label>.fasta`` files without split folders. None: every record
+            must have a split.
 
     Returns:
         Records per split, with the problems met on the way.
@@ -281,7 +305,7 @@ def read_splits(data: DataConfig, kind: TargetKind, targets: list[str]) -> Split
         DataError: When the path is missing or no layout is recognised.
     """
     path = Path(data.path)
-    columns = Columns.of(data, kind, targets)
+    columns = Columns.of(data, kind, targets, unsplit)
     if path.is_file() and kind.per_residue and not is_table(path):
         result = SplitRecords(
             layout=f"one FASTA file with per-residue targets in its headers (biotrainer: "
@@ -319,6 +343,7 @@ def read_splits(data: DataConfig, kind: TargetKind, targets: list[str]) -> Split
             layout=f"one FASTA file per label: {path}/<split>/<Label>.fasta",
             missing_split=f"{path}/{{split}}: no FASTA files (.fasta, .fa, .faa, optionally "
             f".gz); add one file per label, e.g. {path}/{{split}}/<Label>.fasta",
+            form=Layout.LABEL_FOLDERS,
         )
         for split in SPLITS:
             files, records = read_split(path, split)
@@ -330,9 +355,13 @@ def read_splits(data: DataConfig, kind: TargetKind, targets: list[str]) -> Split
                         f"{file}: no sequences in this file; remove it or add records"
                     )
         return result
-    files = _split_files(path)
+    files = split_files(path)
     if not files and is_residue_folder(path):
         return _residue_folder(path, kind, columns)
+    if not files and unsplit is not None and kind.one_label_per_file:
+        label_files = find_label_files(path)
+        if label_files:
+            return _label_files(path, label_files, unsplit)
     if not files:
         raise DataError(f"{path}: no dataset found; {_layout_help(path)}")
     suffix = "".join(next(iter(files.values())).suffixes)
@@ -340,7 +369,24 @@ def read_splits(data: DataConfig, kind: TargetKind, targets: list[str]) -> Split
         layout=f"one file per split: {', '.join(str(f) for f in files.values())}",
         missing_split=f"{path}: no {{split}} file; the {{split}} split is required: add "
         f"{path}/{{split}}{suffix}",
+        form=Layout.SPLIT_FILES,
     )
     for split, file in files.items():
         _read_file(file, columns, split, result)
+    return result
+
+
+def _label_files(path: Path, files: dict[str, Path], unsplit: str) -> SplitRecords:
+    """A folder of ``<Label>.fasta`` files not yet split: every record under ``unsplit``."""
+    result = SplitRecords(
+        layout=f"one FASTA file per label, not split: {path}/<Label>.fasta",
+        missing_split="",
+        form=Layout.LABEL_FILES,
+    )
+    records = result.splits.setdefault(unsplit, [])
+    for label, file in files.items():
+        found = read_fasta(file, label=label)
+        if not found:
+            result.errors.append(f"{file}: no sequences in this file; remove it or add records")
+        records += found
     return result
