@@ -37,6 +37,7 @@ RANKS: dict[str, float] = {
     "train": 6,
     "training": 6,
     "evaluate": 6,
+    "identity_bins": 5.5,
     # --resamples, --bootstrap-seed, --skip-baseline: torch-free, for the command line.
     "evaluate_options": 1,
     # Training from Python objects: the data check and training on records held in memory.

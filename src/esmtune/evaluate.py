@@ -26,6 +26,7 @@ from esmtune.data.report import DataReport
 from esmtune.embeddings import FileEmbeddings, load_embedding_run
 from esmtune.errors import DataError, EsmtuneError
 from esmtune.evaluate_options import LEVEL, EvaluateOptions
+from esmtune.identity_bins import identity_bin_lines, metrics_by_identity
 from esmtune.inference import eval_loader, iterate_outputs, place_residues, predict_outputs
 from esmtune.intervals import Scored, compare, interval_lines
 from esmtune.model.run_model import load_run
@@ -52,7 +53,7 @@ def format_report(metrics: dict[str, Any]) -> str:
                 f"calibration: ECE {before:.3f} before, {after:.3f} after "
                 f"{_describe(calibration)} fitted on validation"
             )
-    return "\n".join([*lines, "", *table, *interval_lines(metrics)])
+    return "\n".join([*lines, "", *table, *interval_lines(metrics), *identity_bin_lines(metrics)])
 
 
 def _describe(calibration: dict[str, Any]) -> str:
@@ -205,10 +206,10 @@ def evaluate_run(
         metrics["calibration"] = calibration
     if task.label_names:
         metrics["label_names"] = task.label_names
-    metrics |= _beside(
-        config, task, records, targets, outputs, options or EvaluateOptions(),
-        report if data_path is None else None,
-    )  # fmt: skip
+    options = options or EvaluateOptions()
+    own = report if data_path is None else None
+    metrics |= _beside(config, task, records, targets, outputs, options, own)
+    metrics["by_identity"] = _by_identity(config, task, records, targets, outputs, options, own)
     with storage_errors(out, lambda _: "Free space, then evaluate again"):
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         written = [out / "metrics.json", *task.plots(targets, outputs, metrics, out)]
@@ -283,15 +284,9 @@ def _baseline(
     """
     if options.skip_baseline:
         return "asked not to (--skip-baseline)"
-    if report is None:  # other data: the run's own train split, as training read it
-        try:
-            report = check_dataset(config.data.model_copy(update={"embeddings": None}), config.task)
-            report.raise_if_errors()
-        except EsmtuneError as problem:
-            return f"the run's train split could not be read: {problem}"
-    train = report.splits.get("train", [])
-    if not train:
-        return f"{config.data.path} has no train split to fit it on"
+    train = _run_train(config, report)
+    if isinstance(train, str):
+        return train
     spec = replace(task, thresholds=None, calibration=None)
     fitted = fit_baseline(spec, train, records)
     baseline_outputs = fitted.outputs
@@ -304,6 +299,41 @@ def _baseline(
         "notes": fitted.notes,
     }
     return Scored(spec, baseline_outputs), described
+
+
+def _run_train(config: TrainConfig, report: DataReport | None) -> list[SequenceRecord] | str:
+    """The run's own train split (``report`` when it read the run's data), or why there is none.
+
+    With other data (``--data``) the run's data is read again, as training read it.
+    """
+    if report is None:
+        try:
+            report = check_dataset(config.data.model_copy(update={"embeddings": None}), config.task)
+            report.raise_if_errors()
+        except EsmtuneError as problem:
+            return f"the run's train split could not be read: {problem}"
+    train = report.splits.get("train", [])
+    return train or f"{config.data.path} has no train split"
+
+
+def _by_identity(
+    config: TrainConfig,
+    task: TaskSpec,
+    records: list[SequenceRecord],
+    targets: np.ndarray,
+    outputs: np.ndarray,
+    options: EvaluateOptions,
+    report: DataReport | None,
+) -> dict[str, Any]:
+    """The ``by_identity`` entry of metrics.json: headline metrics per identity bin to train."""
+    if options.skip_identity:
+        return {"skipped": "asked not to (--skip-identity)"}
+    train = _run_train(config, report)
+    if isinstance(train, str):
+        return {"skipped": train}
+    return metrics_by_identity(
+        task, records, targets, outputs, train, config.data.identity_coverage
+    )
 
 
 def _unread_where(model: np.ndarray, baseline: np.ndarray) -> np.ndarray:

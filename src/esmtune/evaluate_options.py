@@ -40,6 +40,11 @@ class EvaluateOptions(BaseModel):
         ge=0,
         description="seed of the resamples: the same seed gives the same intervals [0]",
     )
+    skip_identity: bool = Field(
+        False,
+        description="do not measure each evaluated sequence's highest identity to the run's "
+        "train split (MMseqs2) nor score the headline metrics per identity bin",
+    )
     skip_baseline: bool = Field(
         False,
         description="do not fit the task's baseline (composition or one-hot window logistic "
