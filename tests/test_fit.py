@@ -370,6 +370,9 @@ def test_fit_on_records_trains_exactly_as_train_on_their_files(
     # The baseline is fitted on the run's own train split, which only fit() held in memory.
     assert scored.pop("baseline")["fitted_on"].startswith("the run's train split, 120 proteins")
     assert "this dataset was given in Python" in from_files.pop("baseline")["skipped"]
+    # So are the metrics by identity to that train split.
+    assert "this dataset was given in Python" in from_files.pop("by_identity")["skipped"]
+    scored.pop("by_identity")
     assert {**scored, "data": ""} == {**from_files, "data": ""}
 
     # Later, without the records: evaluate says to give the data as a path.

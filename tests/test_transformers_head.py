@@ -99,7 +99,9 @@ def test_a_run_with_the_esm_head_exports_for_auto_model(
     batch = _batch(folder)
     with torch.no_grad():
         probabilities = plain(**batch).logits.softmax(-1).numpy()
-    expected = Predictor.from_run(run, device="cpu").outputs(SEQUENCES)
+    predictor = Predictor.from_run(run, device="cpu")
+    expected = predictor.outputs(SEQUENCES)
+    assert predictor.run.task.calibration is not None  # folded into the exported layer
     assert np.abs(probabilities - expected).max() < 1e-5
     # esmtune's own loader reads the same folder, and the card shows the plain recipe.
     assert np.abs(Predictor.from_export(folder).outputs(SEQUENCES) - expected).max() < 1e-5
