@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 from tests.helpers import tiny_overrides
 
+from esmtune.cli import main
 from esmtune.config import Tracker, load_config
 from esmtune.errors import ConfigError
 from esmtune.train import train
@@ -63,6 +65,33 @@ def test_mlflow_gets_config_curves_best_metrics_and_files(
     copied = Path(client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path)))
     assert json.loads(copied.read_text()) == summary
     assert any((run_dir / "tensorboard").iterdir()), "TensorBoard is still written beside it"
+
+
+def test_a_resumed_run_logs_into_the_same_mlflow_run(
+    tiny_model_dir: Path, learnable_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = _config(
+        tiny_model_dir, learnable_data, tmp_path / "runs", "resumed",
+        "training.trackers=[mlflow]", f"training.mlflow_tracking_uri={store}",
+    )  # fmt: skip
+    run_dir = train(config)
+    first = json.loads((run_dir / trackers.TRACKER_RUNS_FILE).read_text())["mlflow"]
+    # As if stopped after the first epoch's checkpoint.
+    (run_dir / "metrics.json").unlink()
+    shutil.rmtree(sorted((run_dir / "checkpoints").iterdir())[-1])
+    assert main(["train", "--resume", str(run_dir)]) == 0
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("esmtune").experiment_id])
+    assert run.info.run_id == first and run.info.status == "FINISHED"
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in losses) == sorted([*range(1, 31), *range(16, 31)])
+    assert "metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_wandb_offline_run_holds_config_and_metrics(

@@ -9,6 +9,7 @@ main process only: the other processes hold none, and ``accelerator.log`` skips 
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,12 @@ from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracke
 
 from esmtune.config import Tracker, TrainConfig
 from esmtune.errors import ConfigError
+from esmtune.rundir import atomic_write_text
 
-__all__ = ["check_trackers_installed", "finish_trackers", "start_trackers"]
+__all__ = ["TRACKER_RUNS_FILE", "check_trackers_installed", "finish_trackers", "start_trackers"]
+
+# The MLflow and W&B run ids of a run directory, for --resume.
+TRACKER_RUNS_FILE = "trackers.json"
 
 # The package each tracker imports, which its esmtune extra installs (TensorBoard is a dependency).
 _PACKAGES = {Tracker.MLFLOW: "mlflow", Tracker.WANDB: "wandb"}
@@ -62,11 +67,13 @@ def start_trackers(accelerator: Accelerator, config: TrainConfig, run_dir: Path)
 
     TensorBoard writes into ``run_dir/tensorboard`` as it always has, and is not given the config
     as hyperparameters: accelerate would write them as a second, timestamped TensorBoard run
-    beside the first, and ``config.yaml`` already holds them.
+    beside the first, and ``config.yaml`` already holds them. MLflow and W&B run ids are kept in
+    ``run_dir/trackers.json``, so that ``--resume`` goes on logging into the same tracker runs.
     """
     if not accelerator.is_main_process or not config.training.trackers:
         return
     training = config.training
+    earlier = _earlier_run_ids(run_dir)
     built: list[GeneralTracker] = []
     for tracker in training.trackers:
         if tracker is Tracker.TENSORBOARD:
@@ -76,18 +83,36 @@ def start_trackers(accelerator: Accelerator, config: TrainConfig, run_dir: Path)
                 import mlflow
 
                 mlflow.set_tracking_uri(training.mlflow_tracking_uri)
-            built.append(MLflowTracker(training.tracker_project, run_name=run_dir.name))
+            built.append(
+                MLflowTracker(
+                    training.tracker_project, run_id=earlier.get("mlflow"), run_name=run_dir.name
+                )
+            )
         elif tracker is Tracker.WANDB:
-            built.append(WandBTracker(training.tracker_project, name=run_dir.name))
+            again = {"id": earlier["wandb"], "resume": "allow"} if "wandb" in earlier else {}
+            built.append(WandBTracker(training.tracker_project, name=run_dir.name, **again))
     # Built here, not named in Accelerator(log_with=...): the run directory that TensorBoard and
     # the run names need is chosen after the accelerator exists. init_trackers starts prebuilt
     # trackers as it does the ones it builds.
     accelerator.log_with = built
     accelerator.init_trackers(training.tracker_project)
     parameters = flat_parameters(config.to_yaml_dict())
+    run_ids: dict[str, str] = {}
     for started in accelerator.trackers:
+        if started.name == Tracker.MLFLOW.value:
+            run_ids[started.name] = started.tracker.info.run_id
+        elif started.name == Tracker.WANDB.value:
+            run_ids[started.name] = started.tracker.id
         if started.name != Tracker.TENSORBOARD.value:
             started.store_init_configuration(parameters)
+    if run_ids:
+        atomic_write_text(run_dir / TRACKER_RUNS_FILE, json.dumps(run_ids, indent=2) + "\n")
+
+
+def _earlier_run_ids(run_dir: Path) -> dict[str, str]:
+    """The tracker runs an interrupted session of this run logged to (none for a fresh run)."""
+    path = run_dir / TRACKER_RUNS_FILE
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
 
 
 def flat_parameters(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
