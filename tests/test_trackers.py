@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import struct
@@ -64,7 +65,45 @@ def test_mlflow_gets_config_curves_best_metrics_and_files(
     assert model == {"model/best_validation_metrics.json"}
     copied = Path(client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path)))
     assert json.loads(copied.read_text()) == summary
-    assert any((run_dir / "tensorboard").iterdir()), "TensorBoard is still written beside it"
+    # TensorBoard beside it, as without trackers: one event file in tensorboard/, same tags.
+    (events,) = (run_dir / "tensorboard").iterdir()
+    assert events.name.startswith("events.out.tfevents.")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = EventAccumulator(str(events)).Reload()
+    assert set(scalars.Tags()["scalars"]) == {
+        "train/loss", "train/learning_rate", "train/grad_norm", "train/residues_per_second",
+        *(f"validation/{name}" for name in ("macro_f1", "accuracy", "weighted_f1", "mcc")),
+        "validation/roc_auc_ovr", "validation/loss",
+    }  # fmt: skip
+    assert [e.step for e in scalars.Scalars("train/loss")] == list(range(1, 31))
+
+
+def test_a_failed_run_ends_its_mlflow_run_as_failed(
+    tiny_model_dir: Path, learnable_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = _config(
+        tiny_model_dir, learnable_data, tmp_path / "runs", "failed",
+        "training.trackers=[mlflow]", f"training.mlflow_tracking_uri={store}",
+    )  # fmt: skip
+
+    def broken_fit(run, state) -> None:
+        raise RuntimeError("out of memory")
+
+    # The module, not esmtune.train (the package's lazy attribute may be the function).
+    monkeypatch.setattr(importlib.import_module("esmtune.train"), "_fit", broken_fit)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train(config)
+    client = mlflow.MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("esmtune").experiment_id])
+    assert run.info.status == "FAILED"
+    assert client.list_artifacts(run.info.run_id) == []
+    assert mlflow.active_run() is None
 
 
 def test_a_resumed_run_logs_into_the_same_mlflow_run(
