@@ -38,6 +38,7 @@ README_LINKS = {
     "#performance": "performance.md",
     "#security-and-limits": "security.md",
     "#batches-long-sequences-memory": "commands/train.md#batches-long-sequences-memory",
+    "#experiment-trackers": "commands/train.md#experiment-trackers",
 }
 
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```|~~~)")

@@ -49,6 +49,7 @@ __all__ = [
     "Pooling",
     "Task",
     "TaskOptions",
+    "Tracker",
     "TrainConfig",
     "TrainingConfig",
     "apply_overrides",
@@ -242,6 +243,14 @@ class FinetuneMode(StrEnum):
     FROZEN = "frozen"
     FULL = "full"
     PARTIAL = "partial"
+
+
+class Tracker(StrEnum):
+    """Where training's scalars go, through accelerate's trackers (mlflow, wandb: extras)."""
+
+    TENSORBOARD = "tensorboard"
+    MLFLOW = "mlflow"
+    WANDB = "wandb"
 
 
 class _Section(BaseModel):
@@ -746,6 +755,33 @@ class TrainingConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     seed: int = Field(42, ge=0, description="Seed for weights, shuffling and dropout.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    trackers: list[Tracker] = Field(
+        default_factory=lambda: [Tracker.TENSORBOARD],
+        description="Experiment trackers that receive the config, every logged scalar and, at "
+        "the end, the run's plots and metrics: any of tensorboard (run_dir/tensorboard), "
+        "mlflow, wandb ([] = none). mlflow and wandb are extras: pip install "
+        "'esmtune[mlflow]' or 'esmtune[wandb]'.",
+    )
+    tracker_project: str = Field(
+        "esmtune",
+        min_length=1,
+        description="MLflow experiment and W&B project the run is logged under (the run is "
+        "named after its run directory); MLFLOW_EXPERIMENT_NAME, when set, wins for MLflow.",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow store, e.g. file:/data/mlruns, sqlite:///mlflow.db or "
+        "http://host:5000. [default: $MLFLOW_TRACKING_URI, else MLflow's own default: "
+        "sqlite:///mlflow.db in the working folder, or ./mlruns where one exists]",
+    )
+
+    @field_validator("trackers")
+    @classmethod
+    def _trackers_once(cls, trackers: list[Tracker]) -> list[Tracker]:
+        repeated = sorted({t.value for t in trackers if trackers.count(t) > 1})
+        if repeated:
+            raise ValueError(f"trackers lists {', '.join(repeated)} more than once")
+        return trackers
 
 
 class OutputConfig(_Section):

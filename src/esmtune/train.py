@@ -65,6 +65,7 @@ from esmtune.tasks import TaskSpec, build_task
 from esmtune.training.loaders import encode_split, make_embedding_loaders, make_loaders
 from esmtune.training.log import TrainingLog, attach_run_log, detach_run_logs, say
 from esmtune.training.residue_cache import CachedResidueStates
+from esmtune.training.trackers import check_trackers_installed, finish_trackers, start_trackers
 
 __all__ = ["encode_split", "train"]
 
@@ -123,6 +124,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
         StorageError: When the run directory cannot be written (checked before the model is
             loaded) or the disk fills up on the way; the message says where to resume from.
     """
+    check_trackers_installed(config.training.trackers)  # before minutes of loading
     accelerator = _make_accelerator(config.training)
     set_seed(config.training.seed)
     detach_run_logs()
@@ -139,10 +141,16 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     checkpoint = plan.point.checkpoint if plan is not None else None
     with storage_errors(run_dir, partial(storage_failure_fix, run_dir)):
         run, state = _set_up(accelerator, config, report, spec, run_dir, checkpoint)
-        started = time.perf_counter()
-        _fit(run, state)
-        _write_summary(run, state, time.perf_counter() - started)
-        run.log.close()
+        finished = None  # a failed run's tracker runs are ended too, without its files
+        try:
+            started = time.perf_counter()
+            _fit(run, state)
+            _write_summary(run, state, time.perf_counter() - started)
+            finished = run_dir
+        finally:
+            # Not accelerator.end_training(): it also ends the process group, which a caller
+            # (fitting, notebooks, tests) may still use after train() returns.
+            finish_trackers(accelerator, finished, _best_scalars(state), state.global_step)
         accelerator.wait_for_everyone()
     return run_dir
 
@@ -357,7 +365,8 @@ def _set_up(
             where = f"epoch {state.epoch + 1}, step {state.global_step}"
             say(accelerator, f"resuming from {checkpoint} ({where})")
 
-    log = TrainingLog(accelerator, run_dir, epochs)
+    start_trackers(accelerator, config, run_dir)
+    log = TrainingLog(accelerator, epochs)
     trainable, total = parameters
     log.say(
         f"run directory: {run_dir}\nparameters: {trainable:,} trainable of {total:,} "
@@ -522,12 +531,25 @@ def _validate(
 
 
 def _scalars(config: TrainConfig, metrics: dict[str, Any]) -> dict[str, float]:
-    """The task's selectable metrics that are defined, for history, logs and TensorBoard."""
+    """The task's selectable metrics that are defined, for history, logs and trackers."""
     return {
         name: float(metrics[name])
         for name in TASK_METRICS[config.task]
         if metrics.get(name) is not None
     }
+
+
+def _best_scalars(state: TrainerState) -> dict[str, float]:
+    """The best evaluation's validation metrics as ``best/<name>``, with ``best/epoch``."""
+    best = next((entry for entry in state.history if entry["epoch"] == state.best_epoch), None)
+    if best is None:  # no evaluation has scored yet (or none defined the metric)
+        return {}
+    scalars = {
+        f"best/{name}": float(value)
+        for name, value in best.items()
+        if name not in {"epoch", "step", "train_loss"} and value is not None
+    }
+    return {**scalars, "best/epoch": float(best["epoch"])}
 
 
 def _save_best(run: _Run, state: TrainerState, metrics: dict[str, Any]) -> None:

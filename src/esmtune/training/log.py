@@ -1,7 +1,9 @@
-"""What a run reports while it trains: train.log, the progress bar, step metrics and TensorBoard.
+"""What a run reports while it trains: train.log, the progress bar and step metrics.
 
-Everything here writes on the main process only; the one collective call (the loss reduced over
-processes) happens on every process, which is why :meth:`TrainingLog.step` runs everywhere.
+Scalars go to the experiment trackers (:mod:`esmtune.training.trackers`: TensorBoard by default)
+through ``accelerator.log``. Everything here writes on the main process only; the one collective
+call (the loss reduced over processes) happens on every process, which is why
+:meth:`TrainingLog.step` runs everywhere.
 """
 
 from __future__ import annotations
@@ -62,21 +64,16 @@ def say(accelerator: Accelerator, message: str) -> None:
 
 
 class TrainingLog:
-    """The progress bar, step metrics and TensorBoard scalars of one training session.
+    """The progress bar, step metrics and tracker scalars of one training session.
 
     Loss and residue counts stay on the device between optimizer steps and are read once per
     step: reading them every batch would force a GPU sync each time.
     """
 
-    def __init__(self, accelerator: Accelerator, run_dir: Path, epochs: int) -> None:
-        """Open the TensorBoard writer (main process) in ``run_dir/tensorboard``."""
+    def __init__(self, accelerator: Accelerator, epochs: int) -> None:
+        """A log for ``epochs`` epochs; the trackers are started beforehand (``start_trackers``)."""
         self._accelerator = accelerator
         self._epochs = epochs
-        self._writer: Any = None
-        if accelerator.is_main_process:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         self._bar: Any = None
         self._loss = torch.zeros((), device=accelerator.device)
         self._residues = torch.zeros((), device=accelerator.device)
@@ -150,14 +147,9 @@ class TrainingLog:
         numbers = "  ".join(f"{k} {v:.4f}" for k, v in scalars.items())
         self.say(f"epoch {epoch} validation: {numbers}{marker}")
 
-    def close(self) -> None:
-        """Flush TensorBoard's event file."""
-        if self._writer is not None:
-            self._writer.close()
-
     def _scalars(
         self, section: str, values: Mapping[str, float | torch.Tensor], global_step: int
     ) -> None:
-        if self._writer is not None:  # float() inside: only the main process reads a tensor
-            for name, value in values.items():
-                self._writer.add_scalar(f"{section}/{name}", float(value), global_step)
+        if self._accelerator.is_main_process:  # float() inside: only it reads a tensor
+            scalars = {f"{section}/{name}": float(value) for name, value in values.items()}
+            self._accelerator.log(scalars, step=global_step)
