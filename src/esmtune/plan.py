@@ -34,6 +34,7 @@ Validated against peak memory of real CPU training steps on small ESM2 shapes
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -274,7 +275,7 @@ def _adapter_parameters(shape: ModelShape, setting: Setting) -> int:
 def _head_parameters(shape: ModelShape, setting: Setting) -> int:
     """The head's parameters, for two outputs (its size hardly depends on the task)."""
     sizes = [shape.hidden, *setting.head_hidden, 2]
-    return sum(size_in * size_out + size_out for size_in, size_out in zip(sizes, sizes[1:]))
+    return sum(size_in * size_out + size_out for size_in, size_out in itertools.pairwise(sizes))
 
 
 def _layer_activations(shape: ModelShape, setting: Setting, *, lora: bool) -> int:
