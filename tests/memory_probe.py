@@ -47,9 +47,12 @@ def _train(shape: dict, steps: int = 2) -> None:
     # A batch filled to the token budget with sequences of the longest length: the worst batch.
     ids = torch.randint(4, 24, (shape["max_tokens"] // shape["length"], shape["length"]))
     labels = torch.randint(0, 2, (ids.shape[0],))
+    # Mixed precision as accelerate applies it: autocast around the forward and the loss.
+    half = shape.get("precision", "no") != "no"
     for _ in range(steps):
-        states = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
-        loss = nn.functional.cross_entropy(head(states.mean(1)), labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+            states = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+            loss = nn.functional.cross_entropy(head(states.mean(1)), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

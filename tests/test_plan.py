@@ -31,6 +31,10 @@ SHAPES = [
      "checkpointing": True, "max_tokens": 2048, "length": 512},
     {"hidden": 192, "layers": 6, "heads": 12, "attention": "sdpa", "mode": "lora",
      "checkpointing": True, "max_tokens": 2048, "length": 256},
+    # bf16 under CPU autocast: only with sdpa, since CPU autocast keeps softmax in bf16 where
+    # CUDA's computes it in fp32 (the eager attention term follows CUDA's rule).
+    {"hidden": 320, "layers": 4, "heads": 20, "attention": "sdpa", "mode": "lora",
+     "checkpointing": False, "max_tokens": 2048, "length": 512, "precision": "bf16"},
 ]  # fmt: skip
 
 
@@ -43,7 +47,7 @@ def _setting(shape: dict, **changes: object) -> Setting:
         "lora_targets": ("query", "key", "value", "dense"),
         "cached_embeddings": False,
         "checkpointing": shape["checkpointing"],
-        "precision": "no",
+        "precision": shape.get("precision", "no"),
         "attention": shape["attention"],
         "max_tokens": shape["max_tokens"],
         "max_length": shape["length"] - 2,

@@ -293,7 +293,11 @@ def _layer_activations(shape: ModelShape, setting: Setting, *, lora: bool) -> in
         # reading the same tensor share it.
         read = inputs if mask else list(dict.fromkeys(inputs))
         widths = {"normed": hidden, "context": hidden, "normed_ffn": hidden, "gelu": wide}
-        per_token += sum(widths[name] * (size + mask) for name in read)
+        for name in read:
+            # Under autocast a layer norm's output stays fp32: its dropout saves an fp32 copy
+            # and the adapter the half-precision cast of that copy.
+            normed = half and mask and name != "context" and name != "gelu"
+            per_token += widths[name] * ((4 if normed else 0) + size + mask)
         per_token += len(inputs) * setting.lora_rank * size  # the adapters' rank-r outputs
     else:
         # Trainable linear layers save their inputs: both normalised inputs, the GELU output.
