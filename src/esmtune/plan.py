@@ -13,7 +13,7 @@ counted, per device, in bytes:
 - DDP buckets: with several GPUs, DistributedDataParallel's communication buckets hold a second
   copy of the gradients. FSDP (full sharding) instead divides weights, gradients and optimizer
   state by the number of GPUs and gathers two layers' parameters at a time (one computing, one
-  prefetched).
+  prefetched), in half precision under bf16/fp16, which leaves autocast nothing to cache.
 - activations: what autograd saves for backward, per ESM2 layer (transformers' modeling_esm),
   for a batch filled to the token budget ``training.max_tokens`` with sequences of the longest
   length ``L = min(data.max_length + 2, max_tokens)`` (the worst batch): per token, the fp32
@@ -234,6 +234,7 @@ class MemoryPlan:
     shape: ModelShape
     setting: Setting
     components: dict[str, int]
+    parameters: int
     trainable_parameters: int
 
     @property
@@ -348,7 +349,8 @@ def estimate(shape: ModelShape, setting: Setting) -> MemoryPlan:
         "weights": 4 * parameters // shards,
         "gradients": 4 * trainable // shards,
         "optimizer state": 8 * trainable // shards,
-        "autocast copies": 2 * linear_weights if half else 0,
+        # FSDP gathers layers already in half precision, so autocast has nothing to cache.
+        "autocast copies": 2 * linear_weights if half and shards == 1 else 0,
     }
     if setting.strategy == "ddp" and setting.gpus > 1:
         components["DDP gradient buckets"] = 4 * trainable
@@ -372,7 +374,7 @@ def estimate(shape: ModelShape, setting: Setting) -> MemoryPlan:
     components["activations"] = saved
     components["workspace"] = workspace
     components["GPU reserve"] = GPU_RESERVE
-    return MemoryPlan(shape, setting, components, trainable)
+    return MemoryPlan(shape, setting, components, parameters, trainable)
 
 
 def _describe(shape: ModelShape, setting: Setting) -> str:
@@ -447,10 +449,9 @@ def plan(shape: ModelShape, setting: Setting, gpu_memory: float) -> dict[str, An
     """
     capacity = gpu_memory * GIB
     result = estimate(shape, setting)
-    gpus = "one" if setting.gpus == 1 else f"each of {setting.gpus}"
-    where = f"{gpus} {gpu_memory:g} GiB GPU{'s' if setting.gpus > 1 else ''}"
+    where = f"one {gpu_memory:g} GiB GPU"
     if setting.gpus > 1:
-        where += f" ({setting.strategy.upper()})"
+        where = f"{setting.gpus} GPUs of {gpu_memory:g} GiB ({setting.strategy.upper()})"
     head = f"{_describe(shape, setting)}: {_gib(result.total)} per GPU"
     alternatives = [] if result.total <= capacity else _alternatives(shape, setting, capacity)
     if result.total <= capacity:
@@ -471,7 +472,7 @@ def plan(shape: ModelShape, setting: Setting, gpu_memory: float) -> dict[str, An
             "intermediate_size": shape.intermediate,
             "vocab_size": shape.vocab,
         },
-        "parameters": result.shape.parameters,
+        "parameters": result.parameters,
         "trainable_parameters": result.trainable_parameters,
         "setting": {
             "finetune_mode": setting.mode.value,
