@@ -451,7 +451,7 @@ def plan(shape: ModelShape, setting: Setting, gpu_memory: float) -> dict[str, An
     result = estimate(shape, setting)
     where = f"one {gpu_memory:g} GiB GPU"
     if setting.gpus > 1:
-        where = f"{setting.gpus} GPUs of {gpu_memory:g} GiB ({setting.strategy.upper()})"
+        where = f"{setting.gpus} GPUs of {gpu_memory:g} GiB with {setting.strategy.upper()}"
     head = f"{_describe(shape, setting)}: {_gib(result.total)} per GPU"
     alternatives = [] if result.total <= capacity else _alternatives(shape, setting, capacity)
     if result.total <= capacity:
