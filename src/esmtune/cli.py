@@ -965,7 +965,7 @@ def _plan_options(command: argparse.ArgumentParser) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    """Estimate per-GPU memory of a training config, and whether it fits.
+    """Estimate per-GPU training memory: will it fit?
 
     Weights, gradients, AdamW state, autocast copies, DDP buckets or FSDP shards, activations
     at the token budget (training.max_tokens, the longest sequence min(data.max_length + 2,
@@ -973,7 +973,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     sizes, or a local folder's config.json; nothing is downloaded). Says what fits on --gpus
     GPUs of --gpu-memory GiB and the cheapest changes that would make it fit (gradient
     checkpointing, a smaller token budget, bf16, LoRA, FSDP over more GPUs). The README's
-    "Will it fit?" section states the method and how it was validated.
+    "Memory planning" section states the method and how it was validated.
     """
     from esmtune.config import load_config
     from esmtune.plan import format_plan, model_shape, plan, setting_from_config

@@ -86,12 +86,12 @@ class PlanOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    gpus: int = Field(1, ge=1, description="GPUs the run trains on (one process each) [1]")
+    gpus: int = Field(1, ge=1, description="GPUs the run trains on (one process each)")
     gpu_memory: float = Field(
         80.0,
         gt=0,
-        description="memory of each GPU in GiB, as nvidia-smi reports it (an A100 or H100 sold "
-        "as 80 GB holds 80 GiB) [80]",
+        description="memory of each GPU in GiB, as nvidia-smi reports it (an A100 sold as "
+        "80 GB holds 80 GiB)",
     )
     strategy: Strategy = Field(
         "ddp",
