@@ -39,7 +39,8 @@ def _train(shape: dict, steps: int = 2) -> None:
         )
         if mode is FinetuneMode.LORA:
             backbone.enable_input_require_grads()
-    model = apply_finetuning(backbone, FinetuneConfig(mode=mode))
+    last = shape.get("trained_layers", 0) if mode is FinetuneMode.PARTIAL else 0
+    model = apply_finetuning(backbone, FinetuneConfig(mode=mode, unfreeze_last_layers=last))
     head = nn.Linear(shape["hidden"], 2)
     trained = [p for p in [*model.parameters(), *head.parameters()] if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=1e-4)

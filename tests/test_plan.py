@@ -18,8 +18,8 @@ PROBE = Path(__file__).with_name("memory_probe.py")
 SOURCE = Path(__file__).resolve().parents[1] / "src"
 
 # Shapes small enough to train on a shared CPU in seconds, big enough (100-500 MiB) that the
-# allocator's noise is small beside them: full and LoRA, eager and sdpa attention, with and
-# without gradient checkpointing.
+# allocator's noise is small beside them: full, LoRA, the last layer and frozen; eager and sdpa
+# attention; with and without gradient checkpointing.
 SHAPES = [
     {"hidden": 64, "layers": 2, "heads": 4, "attention": "eager", "mode": "full",
      "checkpointing": False, "max_tokens": 4096, "length": 512},
@@ -35,13 +35,18 @@ SHAPES = [
     # CUDA's computes it in fp32 (the eager attention term follows CUDA's rule).
     {"hidden": 320, "layers": 4, "heads": 20, "attention": "sdpa", "mode": "lora",
      "checkpointing": False, "max_tokens": 2048, "length": 512, "precision": "bf16"},
+    # The last layer only, and a frozen backbone (nothing kept for backward).
+    {"hidden": 320, "layers": 4, "heads": 20, "attention": "sdpa", "mode": "partial",
+     "trained_layers": 1, "checkpointing": False, "max_tokens": 4096, "length": 512},
+    {"hidden": 320, "layers": 4, "heads": 20, "attention": "eager", "mode": "frozen",
+     "checkpointing": False, "max_tokens": 2048, "length": 512},
 ]  # fmt: skip
 
 
 def _setting(shape: dict, **changes: object) -> Setting:
     values: dict = {
         "mode": FinetuneMode(shape["mode"]),
-        "trained_layers": 0,
+        "trained_layers": shape.get("trained_layers", 0),
         "lora_rank": 8,
         "lora_dropout": 0.05,
         "lora_targets": ("query", "key", "value", "dense"),

@@ -26,7 +26,8 @@ counted, per device, in bytes:
 - gradient checkpointing: each layer keeps only its input, and backward recomputes one layer
   at a time, so one layer's activations come back.
 - workspace: the temporaries of one layer's backward (gradients of its activations), about one
-  layer's activations again.
+  layer's activations again; with a frozen backbone, which keeps nothing for backward, the
+  temporaries of one layer's forward.
 
 Validated against peak memory of real CPU training steps on small ESM2 shapes
 (``tests/test_plan.py``); a GPU adds its CUDA context and allocator slack (``GPU_RESERVE``).
@@ -311,6 +312,20 @@ def _layer_activations(shape: ModelShape, setting: Setting, *, lora: bool) -> in
     return total
 
 
+def _forward_workspace(shape: ModelShape, setting: Setting) -> int:
+    """Peak temporaries of one layer's forward without grad, when nothing is kept for backward.
+
+    Erf's GELU holds about four feed-forward-width tensors at once beside the residual stream;
+    eager attention holds two heads x L x L score tensors (one op's input and output).
+    """
+    size = 2 if setting.precision != "no" else 4
+    per_token = 2 * shape.hidden * 4 + 4 * shape.intermediate * size
+    total = setting.max_tokens * per_token
+    if setting.attention == "eager":
+        total += 2 * shape.heads * setting.longest * setting.max_tokens * 4
+    return total
+
+
 def estimate(shape: ModelShape, setting: Setting) -> MemoryPlan:
     """Per-device memory of training ``shape`` with ``setting``, by component.
 
@@ -362,7 +377,7 @@ def estimate(shape: ModelShape, setting: Setting) -> MemoryPlan:
     if mode is FinetuneMode.FROZEN:
         # The backbone runs without grad (once, to cache embeddings, or every step): nothing is
         # saved, one layer's temporaries at a time.
-        saved, workspace = 0, one_layer // 2
+        saved, workspace = 0, _forward_workspace(shape, setting)
     else:
         graded_layers = shape.layers if lora else trained_layers
         stream = setting.max_tokens * shape.hidden * 4  # one fp32 layer input per token
