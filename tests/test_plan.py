@@ -147,3 +147,15 @@ def test_plan_command_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stderr.strip().endswith("False")
+
+
+def test_progressive_unfreezing_is_planned_for_its_last_epoch() -> None:
+    from esmtune.config import load_config
+    from esmtune.plan import PlanOptions, setting_from_config
+
+    keys = ["finetune.mode=partial", "finetune.unfreeze_last_layers=1"]
+    progressive = [*keys, "finetune.unfreeze_every_epochs=2", "training.epochs=5"]
+    options = PlanOptions()
+    assert setting_from_config(load_config(None, keys), options).trained_layers == 1
+    # Epochs 0-1: one layer, 2-3: two, 4: three.
+    assert setting_from_config(load_config(None, progressive), options).trained_layers == 3

@@ -208,9 +208,18 @@ def setting_from_config(config: TrainConfig, options: PlanOptions) -> Setting:
     """The memory-deciding choices of a validated config, on ``options``' hardware."""
     finetune, model = config.finetune, config.model
     frozen = finetune.mode is FinetuneMode.FROZEN
+    trained_layers = finetune.unfreeze_last_layers
+    if finetune.unfreeze_every_epochs:
+        # Progressive unfreezing: plan for the most layers the run reaches (every layer when
+        # max_steps leaves the number of epochs open); under DDP they all train from the start.
+        if config.training.max_steps is None:
+            steps = (config.training.epochs - 1) // finetune.unfreeze_every_epochs
+            trained_layers += finetune.unfreeze_step * steps
+        else:
+            trained_layers = 10**6
     return Setting(
         mode=finetune.mode,
-        trained_layers=finetune.unfreeze_last_layers,
+        trained_layers=trained_layers,
         lora_rank=finetune.lora.r,
         lora_dropout=finetune.lora.dropout,
         lora_targets=tuple(finetune.lora.target_modules),
