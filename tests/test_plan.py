@@ -159,3 +159,16 @@ def test_progressive_unfreezing_is_planned_for_its_last_epoch() -> None:
     assert setting_from_config(load_config(None, keys), options).trained_layers == 1
     # Epochs 0-1: one layer, 2-3: two, 4: three.
     assert setting_from_config(load_config(None, progressive), options).trained_layers == 3
+
+
+def test_when_no_single_change_fits_pairs_are_suggested() -> None:
+    from esmtune.plan import plan
+
+    shape = model_shape("facebook/esm2_t48_15B_UR50D")
+    full = _setting({**SHAPES[0], "mode": "full", "max_tokens": 4096, "length": 1024})
+    report = plan(shape, full, 80)
+    assert not report["fits"]
+    changes = [item["change"] for item in report["alternatives"]]
+    assert changes and all(" and " in change for change in changes)
+    assert len({frozenset(change.split(" and ")) for change in changes}) == len(changes)
+    assert all(item["total_bytes"] <= 80 * GIB for item in report["alternatives"])

@@ -972,8 +972,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     max_tokens)) and workspace, per GPU, from the model's architecture alone (the published ESM2
     sizes, or a local folder's config.json; nothing is downloaded). Says what fits on --gpus
     GPUs of --gpu-memory GiB and the cheapest changes that would make it fit (gradient
-    checkpointing, a smaller token budget, bf16, LoRA, FSDP over more GPUs). The README's
-    "Memory planning" section states the method and how it was validated.
+    checkpointing, bf16, LoRA, a smaller token budget, FSDP over more GPUs; pairs of them when
+    no single one does). The README's "Memory planning" section states the method and how it
+    was validated.
     """
     from esmtune.config import load_config
     from esmtune.plan import format_plan, model_shape, plan, setting_from_config

@@ -418,45 +418,72 @@ def _gib(size: int) -> str:
     return f"{size / GIB:.2f} GiB"
 
 
-def _alternatives(shape: ModelShape, setting: Setting, capacity: float) -> list[dict[str, Any]]:
-    """The cheapest changes that make the run fit, each alone first, then in pairs.
-
-    Cheapest means changing least about what is learned: gradient checkpointing only costs time
-    (~30%), a smaller token budget only makes steps smaller, bf16 changes numerics slightly, LoRA
-    changes what trains, and FSDP needs more GPUs.
-    """
+def _simple_changes(setting: Setting) -> list[tuple[str, dict[str, Any]]]:
+    """Changes with one value each, cheapest first, that the setting does not make already."""
     changes: list[tuple[str, dict[str, Any]]] = []
     if not setting.checkpointing:
         changes.append(("model.gradient_checkpointing=true", {"checkpointing": True}))
-    budget = setting.max_tokens // 2
-    while budget >= 64:
-        smaller = replace(setting, max_tokens=budget)
-        if estimate(shape, smaller).total <= capacity:
-            changes.append((f"training.max_tokens={budget}", {"max_tokens": budget}))
-            break
-        budget //= 2
     if setting.precision == "no":
         changes.append(("training.mixed_precision=bf16", {"precision": "bf16"}))
     if setting.mode in (FinetuneMode.FULL, FinetuneMode.PARTIAL):
         changes.append(("finetune.mode=lora", {"mode": FinetuneMode.LORA}))
-    for gpus in (2, 4, 8, 16, 32, 64):
-        if gpus > setting.gpus or setting.strategy == "ddp":
-            sharded = {"strategy": "fsdp", "gpus": max(gpus, setting.gpus)}
-            if estimate(shape, replace(setting, **sharded)).total <= capacity:  # type: ignore[arg-type]
-                changes.append((f"FSDP over {sharded['gpus']} GPUs", sharded))
-                break
-    found = []
-    for label, change in changes:
-        total = estimate(shape, replace(setting, **change)).total
-        if total <= capacity:
-            found.append({"change": label, "total_bytes": total})
-    if not found:
-        for first in range(len(changes)):
-            for second in range(first + 1, len(changes)):
-                (label1, change1), (label2, change2) = changes[first], changes[second]
-                total = estimate(shape, replace(setting, **change1, **change2)).total
-                if total <= capacity:
-                    found.append({"change": f"{label1} and {label2}", "total_bytes": total})
+    return changes
+
+
+def _fits_with(
+    shape: ModelShape, setting: Setting, capacity: float
+) -> list[tuple[str, dict[str, Any]]]:
+    """Single changes that make ``setting`` fit.
+
+    The simple ones, the largest token budget (in halvings) and the fewest GPUs under FSDP (in
+    doublings) that fit.
+    """
+    found = [
+        (label, change)
+        for label, change in _simple_changes(setting)
+        if estimate(shape, replace(setting, **change)).total <= capacity
+    ]
+    budget = setting.max_tokens // 2
+    while budget >= 64:
+        if estimate(shape, replace(setting, max_tokens=budget)).total <= capacity:
+            found.append((f"training.max_tokens={budget}", {"max_tokens": budget}))
+            break
+        budget //= 2
+    gpus = 2
+    while gpus <= 64:
+        sharded: dict[str, Any] = {"strategy": "fsdp", "gpus": max(gpus, setting.gpus)}
+        if estimate(shape, replace(setting, **sharded)).total <= capacity:
+            found.append((f"FSDP over {sharded['gpus']} GPUs", sharded))
+            break
+        gpus *= 2
+    return found
+
+
+def _alternatives(shape: ModelShape, setting: Setting, capacity: float) -> list[dict[str, Any]]:
+    """The cheapest changes that make the run fit: single ones if any do, else pairs.
+
+    Cheapest means changing least about what is learned: gradient checkpointing only costs time
+    (~30%), bf16 changes numerics slightly, LoRA changes what trains, a smaller token budget
+    makes steps smaller, and FSDP needs more GPUs.
+    """
+    pairs: list[tuple[str, dict[str, Any], list[tuple[str, dict[str, Any]]]]]
+    pairs = [("", {}, _fits_with(shape, setting, capacity))]
+    if not pairs[0][2]:
+        pairs = [
+            (label, change, _fits_with(shape, replace(setting, **change), capacity))
+            for label, change in _simple_changes(setting)
+        ]
+    found, seen = [], set()
+    for first_label, first, seconds in pairs:
+        for label, second in seconds:
+            labels = frozenset({first_label, label} - {""})
+            if labels in seen:  # checkpointing and LoRA = LoRA and checkpointing
+                continue
+            seen.add(labels)
+            total = estimate(shape, replace(setting, **first, **second)).total
+            found.append(
+                {"change": " and ".join(filter(None, [first_label, label])), "total_bytes": total}
+            )
     return found[:4]
 
 
