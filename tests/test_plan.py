@@ -25,20 +25,20 @@ SHAPES = [
      "checkpointing": False, "max_tokens": 4096, "length": 512},
     {"hidden": 128, "layers": 3, "heads": 8, "attention": "sdpa", "mode": "full",
      "checkpointing": False, "max_tokens": 4096, "length": 256},
-    {"hidden": 320, "layers": 4, "heads": 20, "attention": "sdpa", "mode": "lora",
+    {"hidden": 320, "layers": 3, "heads": 20, "attention": "sdpa", "mode": "lora",
      "checkpointing": False, "max_tokens": 2048, "length": 512},
-    {"hidden": 320, "layers": 4, "heads": 20, "attention": "eager", "mode": "full",
+    {"hidden": 320, "layers": 3, "heads": 20, "attention": "eager", "mode": "full",
      "checkpointing": True, "max_tokens": 2048, "length": 512},
     {"hidden": 192, "layers": 6, "heads": 12, "attention": "sdpa", "mode": "lora",
      "checkpointing": True, "max_tokens": 2048, "length": 256},
     # bf16 under CPU autocast: only with sdpa, since CPU autocast keeps softmax in bf16 where
     # CUDA's computes it in fp32 (the eager attention term follows CUDA's rule).
-    {"hidden": 320, "layers": 4, "heads": 20, "attention": "sdpa", "mode": "lora",
+    {"hidden": 320, "layers": 3, "heads": 20, "attention": "sdpa", "mode": "lora",
      "checkpointing": False, "max_tokens": 2048, "length": 512, "precision": "bf16"},
     # The last layer only, and a frozen backbone (nothing kept for backward).
-    {"hidden": 320, "layers": 4, "heads": 20, "attention": "sdpa", "mode": "partial",
+    {"hidden": 320, "layers": 3, "heads": 20, "attention": "sdpa", "mode": "partial",
      "trained_layers": 1, "checkpointing": False, "max_tokens": 4096, "length": 512},
-    {"hidden": 320, "layers": 4, "heads": 20, "attention": "eager", "mode": "frozen",
+    {"hidden": 320, "layers": 3, "heads": 20, "attention": "eager", "mode": "frozen",
      "checkpointing": False, "max_tokens": 2048, "length": 512},
 ]  # fmt: skip
 
