@@ -63,6 +63,10 @@ RANKS: dict[str, float] = {
     "export.card": 8,
     "export.check": 8,
     "export.write": 8,
+    # The published ESM2 shapes, torch-free: loading offline and planning memory read them.
+    "architectures": 0,
+    # esmtune plan: memory from a config and an architecture, torch-free.
+    "plan": 1.5,
     "cli": 9,
     "__init__": 9,
     "__main__": 9,

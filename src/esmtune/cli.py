@@ -41,6 +41,7 @@ from esmtune.errors import EsmtuneError
 from esmtune.evaluate_options import EvaluateOptions
 from esmtune.explain_options import PLOT_SUFFIXES, ExplainOptions, one_figure
 from esmtune.export.names import AUTO, RUNTIMES, FormatName
+from esmtune.plan import PlanOptions
 from esmtune.predict_options import PredictOptions
 from esmtune.serve import ServeSettings
 
@@ -947,6 +948,47 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- plan ------------------------------------------------------------------------------------
+
+
+def _plan_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", type=Path, help="YAML config file (e.g. configs/train.yaml)")
+    fields = [name for name in PlanOptions.model_fields if name != "json_output"]
+    _add_fields(command, PlanOptions, fields)
+    command.add_argument(
+        "--json",
+        dest="json_output",
+        action="store_true",
+        help=field_description(PlanOptions, "json_output"),
+    )
+    command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    """Estimate per-GPU training memory: will it fit?
+
+    Weights, gradients, AdamW state, autocast copies, DDP buckets or FSDP shards, activations
+    at the token budget (training.max_tokens, the longest sequence min(data.max_length + 2,
+    max_tokens)) and workspace, per GPU, from the model's architecture alone (the published ESM2
+    sizes, or a local folder's config.json; nothing is downloaded). Says what fits on --gpus
+    GPUs of --gpu-memory GiB and the cheapest changes that would make it fit (gradient
+    checkpointing, bf16, LoRA, a smaller token budget, FSDP over more GPUs; pairs of them when
+    no single one does). The README's "Memory planning" section states the method and how it
+    was validated.
+    """
+    from esmtune.config import load_config
+    from esmtune.plan import format_plan, model_shape, plan, setting_from_config
+
+    config = load_config(args.config, args.overrides)
+    options = PlanOptions.checked(
+        **{name: getattr(args, name) for name in PlanOptions.model_fields}
+    )
+    shape = model_shape(config.model.name)
+    report = plan(shape, setting_from_config(config, options), options.gpu_memory)
+    print(json.dumps(report, indent=2) if options.json_output else format_plan(report))
+    return 0
+
+
 # --- the command table -----------------------------------------------------------------------
 
 # Command -> (function adding its options, handler). A two-word name is a command inside a group.
@@ -960,6 +1002,7 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], _Handler]]
     "embed": (_embed_options, _cmd_embed),
     "export": (_export_options, _cmd_export),
     "baseline": (_baseline_options, _cmd_baseline),
+    "plan": (_plan_options, _cmd_plan),
     "serve": (_serve_options, _cmd_serve),
 }
 _GROUPS = {"data": "Inspect and split datasets."}

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from transformers import AutoTokenizer, EsmConfig, EsmModel, EsmTokenizer, PreTrainedTokenizerBase
 
+from esmtune.architectures import ESM2_ARCHITECTURES, known_architecture
 from esmtune.config import ModelConfig
 from esmtune.errors import ModelLoadError
 
@@ -26,16 +27,6 @@ __all__ = [
     "esm2_tokenizer",
     "load_backbone",
 ]
-
-# (layers, hidden size, attention heads) of the published ESM2 checkpoints.
-ESM2_ARCHITECTURES: dict[str, tuple[int, int, int]] = {
-    "esm2_t6_8M_UR50D": (6, 320, 20),
-    "esm2_t12_35M_UR50D": (12, 480, 20),
-    "esm2_t30_150M_UR50D": (30, 640, 20),
-    "esm2_t33_650M_UR50D": (33, 1280, 20),
-    "esm2_t36_3B_UR50D": (36, 2560, 40),
-    "esm2_t48_15B_UR50D": (48, 5120, 40),
-}
 
 # The ESM-1b/ESM2 alphabet, in token-id order.
 ESM2_VOCAB = [
@@ -104,10 +95,6 @@ def esm2_tokenizer() -> EsmTokenizer:
         vocab = Path(folder) / "vocab.txt"
         vocab.write_text("\n".join(ESM2_VOCAB) + "\n")
         return EsmTokenizer(str(vocab), model_max_length=1026)
-
-
-def _known_architecture(name: str) -> tuple[int, int, int] | None:
-    return ESM2_ARCHITECTURES.get(name.rstrip("/").split("/")[-1])
 
 
 def _offline_hint(name: str) -> str:
@@ -228,7 +215,7 @@ def _build_random(config: ModelConfig) -> tuple[EsmModel, PreTrainedTokenizerBas
         esm_config = EsmConfig.from_pretrained(local)
         has_tokenizer = (local / "vocab.txt").is_file()
         tokenizer = AutoTokenizer.from_pretrained(local) if has_tokenizer else esm2_tokenizer()
-    elif (shape := _known_architecture(config.name)) is not None:
+    elif (shape := known_architecture(config.name)) is not None:
         esm_config, tokenizer = build_esm2_config(*shape), esm2_tokenizer()
     else:
         known = ", ".join(f"facebook/{name}" for name in ESM2_ARCHITECTURES)
