@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "esmtune"
 # modules (and the package itself, its __init__) take the package's rank.
 RANKS: dict[str, float] = {
     "errors": 0,
+    "options": 0.5,
     "storage": 0,
     "config": 1,
     "data": 2,

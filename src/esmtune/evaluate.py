@@ -207,9 +207,15 @@ def evaluate_run(
     if task.label_names:
         metrics["label_names"] = task.label_names
     options = options or EvaluateOptions()
-    own = report if data_path is None else None
-    metrics |= _beside(config, task, records, targets, outputs, options, own)
-    metrics["by_identity"] = _by_identity(config, task, records, targets, outputs, options, own)
+    # The run's own train split, read once for the baseline and the identity bins (again from
+    # disk only with other data) and not at all when neither is wanted.
+    train: list[SequenceRecord] | str = "not needed"
+    if not (options.skip_baseline and options.skip_identity):
+        train = _run_train(config, report if data_path is None else None)
+    metrics |= _beside(config, task, records, targets, outputs, options, train)
+    metrics["by_identity"] = _by_identity(
+        task, records, targets, outputs, options, train, config.data.identity_coverage
+    )
     with storage_errors(out, lambda _: "Free space, then evaluate again"):
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         written = [out / "metrics.json", *task.plots(targets, outputs, metrics, out)]
@@ -229,7 +235,7 @@ def _beside(
     targets: np.ndarray,
     outputs: np.ndarray,
     options: EvaluateOptions,
-    report: DataReport | None,
+    train: list[SequenceRecord] | str,
 ) -> dict[str, Any]:
     """The ``intervals`` and ``baseline`` entries of metrics.json (see :func:`evaluate_run`).
 
@@ -240,10 +246,9 @@ def _beside(
         targets: The evaluated targets.
         outputs: The model's outputs.
         options: The evaluation's options.
-        report: The data check that read the evaluated split, when it is the run's own data
-            (its train split is the run's); None to read the run's data again.
+        train: The run's own train split, or why it could not be read.
     """
-    found = _baseline(config, task, records, outputs, options, report)
+    found = _baseline(config, task, records, outputs, options, train)
     baseline = None if isinstance(found, str) else found[0]
     model_intervals, compared = compare(
         targets, Scored(task, outputs), baseline, options.resamples, options.bootstrap_seed
@@ -270,7 +275,7 @@ def _baseline(
     records: list[SequenceRecord],
     outputs: np.ndarray,
     options: EvaluateOptions,
-    report: DataReport | None,
+    train: list[SequenceRecord] | str,
 ) -> tuple[Scored, dict[str, Any]] | str:
     """The task's baseline fitted on the run's train split, on ``records``; or why it is not.
 
@@ -284,7 +289,6 @@ def _baseline(
     """
     if options.skip_baseline:
         return "asked not to (--skip-baseline)"
-    train = _run_train(config, report)
     if isinstance(train, str):
         return train
     spec = replace(task, thresholds=None, calibration=None)
@@ -317,23 +321,20 @@ def _run_train(config: TrainConfig, report: DataReport | None) -> list[SequenceR
 
 
 def _by_identity(
-    config: TrainConfig,
     task: TaskSpec,
     records: list[SequenceRecord],
     targets: np.ndarray,
     outputs: np.ndarray,
     options: EvaluateOptions,
-    report: DataReport | None,
+    train: list[SequenceRecord] | str,
+    coverage: float,
 ) -> dict[str, Any]:
     """The ``by_identity`` entry of metrics.json: headline metrics per identity bin to train."""
     if options.skip_identity:
         return {"skipped": "asked not to (--skip-identity)"}
-    train = _run_train(config, report)
     if isinstance(train, str):
         return {"skipped": train}
-    return metrics_by_identity(
-        task, records, targets, outputs, train, config.data.identity_coverage
-    )
+    return metrics_by_identity(task, records, targets, outputs, train, coverage)
 
 
 def _unread_where(model: np.ndarray, baseline: np.ndarray) -> np.ndarray:

@@ -7,11 +7,11 @@ object, so the command line and Python cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 
-from esmtune.errors import EsmtuneError
+from esmtune.options import CheckedOptions
 
 __all__ = ["DEFAULT_RESAMPLES", "LEVEL", "EvaluateOptions"]
 
@@ -22,10 +22,11 @@ DEFAULT_RESAMPLES = 1000
 LEVEL = 0.95
 
 
-class EvaluateOptions(BaseModel):
+class EvaluateOptions(CheckedOptions):
     """How much an evaluation says about its numbers' uncertainty; each default suits most uses."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    command: ClassVar[str] = "evaluate"
 
     resamples: int = Field(
         DEFAULT_RESAMPLES,
@@ -50,20 +51,3 @@ class EvaluateOptions(BaseModel):
         description="do not fit the task's baseline (composition or one-hot window logistic "
         "regression, ridge for regression) on the run's train split to score beside the model",
     )
-
-    @classmethod
-    def checked(cls, **values: Any) -> EvaluateOptions:
-        """The options from keywords, every bad one reported at once.
-
-        Raises:
-            EsmtuneError: Naming each bad option and what it accepts.
-        """
-        try:
-            return cls.model_validate(values)
-        except ValidationError as error:
-            lines = []
-            for problem in error.errors():
-                name = str(problem["loc"][0])
-                message = problem["msg"].removeprefix("Value error, ")
-                lines.append(f"{name}={problem['input']!r}: {message}")
-            raise EsmtuneError("invalid evaluate options:\n  - " + "\n  - ".join(lines)) from None

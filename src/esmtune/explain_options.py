@@ -13,11 +13,12 @@ import re
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from esmtune.errors import EsmtuneError
+from esmtune.options import CheckedOptions
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -53,10 +54,11 @@ class Method(StrEnum):
     ROLLOUT = "rollout"
 
 
-class ExplainOptions(BaseModel):
+class ExplainOptions(CheckedOptions):
     """One explanation request; each default suits most uses."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    command: ClassVar[str] = "explain"
 
     label: str | None = Field(
         None,
@@ -90,23 +92,6 @@ class ExplainOptions(BaseModel):
     @classmethod
     def _positions(cls, value: Any) -> list[int] | None:
         return None if value is None else parse_positions(value)
-
-    @classmethod
-    def checked(cls, **values: Any) -> ExplainOptions:
-        """The options from keywords, every bad one reported at once.
-
-        Raises:
-            EsmtuneError: Naming each bad option and what it accepts.
-        """
-        try:
-            return cls.model_validate(values)
-        except ValidationError as error:
-            lines = []
-            for problem in error.errors():
-                name = str(problem["loc"][0])
-                message = problem["msg"].removeprefix("Value error, ")
-                lines.append(f"{name}={problem['input']!r}: {message}")
-            raise EsmtuneError("invalid explain options:\n  - " + "\n  - ".join(lines)) from None
 
 
 def one_figure(path: Path, tracks: int) -> bool:

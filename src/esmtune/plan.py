@@ -39,13 +39,14 @@ import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 
 from esmtune.architectures import ESM2_VOCAB_SIZE, known_architecture
 from esmtune.config import FinetuneMode, Pooling, TrainConfig
 from esmtune.errors import EsmtuneError
+from esmtune.options import CheckedOptions
 
 __all__ = [
     "GIB",
@@ -82,10 +83,11 @@ Precision = Literal["no", "bf16", "fp16"]
 Attention = Literal["sdpa", "eager"]
 
 
-class PlanOptions(BaseModel):
+class PlanOptions(CheckedOptions):
     """The hardware a configuration is planned for; the config file describes the run."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    command: ClassVar[str] = "plan"
 
     gpus: int = Field(1, ge=1, description="GPUs the run trains on (one process each)")
     gpu_memory: float = Field(
@@ -102,22 +104,6 @@ class PlanOptions(BaseModel):
     json_output: bool = Field(
         False, description="print the estimate, alternatives and verdict as JSON (for scripts)"
     )
-
-    @classmethod
-    def checked(cls, **values: Any) -> PlanOptions:
-        """The options from keywords, every bad one reported at once.
-
-        Raises:
-            EsmtuneError: Naming each bad option and what it accepts.
-        """
-        try:
-            return cls.model_validate(values)
-        except ValidationError as error:
-            lines = [
-                f"{problem['loc'][0]}={problem['input']!r}: {problem['msg']}"
-                for problem in error.errors()
-            ]
-            raise EsmtuneError("invalid plan options:\n  - " + "\n  - ".join(lines)) from None
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from esmtune.errors import EsmtuneError
 
@@ -42,6 +43,7 @@ __all__ = [
     "Alignment",
     "MMseqs",
     "MissingMMseqsError",
+    "closest_alignments",
     "find_mmseqs",
 ]
 
@@ -85,6 +87,26 @@ class Alignment:
     def coverage(self) -> float:
         """The smaller coverage: what ``-c`` with ``--cov-mode 0`` holds to the threshold."""
         return min(self.query_coverage, self.target_coverage)
+
+
+def closest_alignments(
+    alignments: Iterable[Alignment], per: Literal["query", "target"] = "query"
+) -> dict[int, Alignment]:
+    """Per query (or per target), its most identical alignment.
+
+    Ties go to the higher score, then to the first sequence on the other side, so the choice
+    does not depend on the order MMseqs2 wrote the lines in.
+    """
+    other = "target" if per == "query" else "query"
+    best: dict[int, Alignment] = {}
+    for found in alignments:
+        key = getattr(found, per)
+        held = best.get(key)
+        if held is None or (found.identity, found.bits, -getattr(found, other)) > (
+            held.identity, held.bits, -getattr(held, other),
+        ):  # fmt: skip
+            best[key] = found
+    return best
 
 
 def _default_threads() -> int:

@@ -11,13 +11,12 @@ the data check reports them in identity bins, with the worst examples, and can w
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from esmtune.data.fasta import SequenceRecord
-from esmtune.data.homology import SEARCHABLE_LENGTH, Alignment, MMseqs
+from esmtune.data.homology import SEARCHABLE_LENGTH, MMseqs, closest_alignments
 from esmtune.data.report import align_table
 
 __all__ = [
@@ -178,18 +177,6 @@ class IdentityLeakage:
             self.write(handle)
 
 
-def _closest(alignments: Iterable[Alignment]) -> dict[int, Alignment]:
-    """Per query, its most identical alignment (ties: the higher score, then the first target)."""
-    best: dict[int, Alignment] = {}
-    for found in alignments:
-        held = best.get(found.query)
-        if held is None or (found.identity, found.bits, -found.target) > (
-            held.identity, held.bits, -held.target,
-        ):  # fmt: skip
-            best[found.query] = found
-    return best
-
-
 def measure_leakage(
     splits: dict[str, list[SequenceRecord]], coverage: float, mmseqs: MMseqs
 ) -> IdentityLeakage:
@@ -210,7 +197,7 @@ def measure_leakage(
     train = [record for record in splits.get("train", []) if record.sequence]
     held = [(split, r) for split in HELD_OUT for r in splits.get(split, []) if r.sequence]
     found = mmseqs.search([r.sequence for _, r in held], [r.sequence for r in train], coverage)
-    best = _closest(found)
+    best = closest_alignments(found)
     copied: dict[str, SequenceRecord] = {}
     for record in train:
         copied.setdefault(record.sequence, record)

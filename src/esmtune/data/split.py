@@ -34,7 +34,7 @@ from typing import Any
 from esmtune.config import DataConfig, Task
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
-from esmtune.data.homology import Alignment, MMseqs
+from esmtune.data.homology import Alignment, MMseqs, closest_alignments
 from esmtune.data.layout import SPLITS, UNSPLIT
 from esmtune.data.memory import is_in_memory
 from esmtune.data.report import DataReport, align_table
@@ -280,7 +280,7 @@ def _leave_out_near(
     """
     hits = mmseqs.search([r.sequence for r in fixed], [r.sequence for r in pool],
                          options.coverage, options.identity)  # fmt: skip
-    near = _nearest_by_target(hits)
+    near = closest_alignments(hits, per="target")
     kept_at = {record.sequence: position for position, record in enumerate(fixed)}
     for i, record in enumerate(pool):
         if i not in near and record.sequence in kept_at:
@@ -291,18 +291,6 @@ def _leave_out_near(
         if i in near
     ]
     return [r for i, r in enumerate(pool) if i not in near], dropped
-
-
-def _nearest_by_target(hits: list[Alignment]) -> dict[int, Alignment]:
-    """Per target, its most identical query (ties: the higher score, then the first query)."""
-    best: dict[int, Alignment] = {}
-    for hit in hits:
-        held = best.get(hit.target)
-        if held is None or (hit.identity, hit.bits, -hit.query) > (
-            held.identity, held.bits, -held.query,
-        ):  # fmt: skip
-            best[hit.target] = hit
-    return best
 
 
 # --- placing -----------------------------------------------------------------------------------

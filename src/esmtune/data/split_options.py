@@ -9,11 +9,12 @@ check's (``data.identity_coverage``): a split made with the defaults passes the 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from esmtune.config import DataConfig
-from esmtune.errors import EsmtuneError
+from esmtune.options import CheckedOptions
 
 __all__ = ["DEFAULT_FRACTIONS", "SplitOptions"]
 
@@ -21,10 +22,12 @@ DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 _COVERAGE = DataConfig.model_fields["identity_coverage"].default
 
 
-class SplitOptions(BaseModel):
+class SplitOptions(CheckedOptions):
     """How a dataset is split by homology."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    command: ClassVar[str] = "data split"
+    as_flags: ClassVar[bool] = True
 
     identity: float = Field(
         0.3,
@@ -74,22 +77,3 @@ class SplitOptions(BaseModel):
         if train <= 0 or validation <= 0:
             raise ValueError("train and validation need a share above 0")
         return value
-
-    @classmethod
-    def checked(cls, **values: object) -> SplitOptions:
-        """The options from keywords, every bad one reported at once.
-
-        Raises:
-            EsmtuneError: Naming each bad option and what it accepts.
-        """
-        try:
-            return cls.model_validate(values)
-        except ValidationError as error:
-            lines = []
-            for problem in error.errors():
-                option = "--" + str(problem["loc"][0]).replace("_", "-")
-                message = problem["msg"].removeprefix("Value error, ")
-                given = problem["input"]
-                shown = " ".join(map(str, given)) if isinstance(given, list | tuple) else given
-                lines.append(f"{option} {shown}: {message}")
-            raise EsmtuneError("invalid data split options:\n  - " + "\n  - ".join(lines)) from None

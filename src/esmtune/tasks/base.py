@@ -24,6 +24,7 @@ from esmtune.config import TASK_OPTIONS, DataConfig, ObjectiveConfig, Task
 from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.report import DataReport, label_summary, label_table
 from esmtune.data.targets import format_target
+from esmtune.errors import ConfigError
 
 if TYPE_CHECKING:
     from sklearn.base import BaseEstimator
@@ -68,6 +69,33 @@ def positive_weights(targets: np.ndarray, setting: float | str | None) -> list[f
         ratio = (len(columns) - positives) / np.maximum(positives, 1)
         return np.clip(ratio, 1e-3, 1e3).tolist()
     return [float(setting)] * columns.shape[1]
+
+
+def class_weights(
+    setting: Literal["balanced"] | dict[str, float] | None,
+    labels: list[str],
+    counts: np.ndarray,
+    noun: str = "labels",
+) -> list[float] | None:
+    """objective.class_weights as one loss weight per label (None: unweighted).
+
+    ``balanced`` is n / (classes x count), ``counts`` being each label's training examples;
+    a mapping gives the named labels their weight and the others 1.
+
+    Raises:
+        ConfigError: When the mapping names something that is not one of ``labels``.
+    """
+    if setting == "balanced":
+        return (counts.sum() / (len(labels) * np.maximum(counts, 1))).astype(float).tolist()
+    if isinstance(setting, dict):
+        unknown = sorted(set(setting) - set(labels))
+        if unknown:
+            raise ConfigError(
+                f"objective.class_weights names {', '.join(unknown)}, which are not {noun} "
+                f"({', '.join(labels)})"
+            )
+        return [float(setting.get(label, 1.0)) for label in labels]
+    return None
 
 
 def logistic_composition_model(one_per_label: bool = False) -> Any:

@@ -15,9 +15,14 @@ from torch import nn
 from esmtune.calibration import fit_temperature
 from esmtune.config import Task
 from esmtune.data.fasta import SequenceRecord
-from esmtune.errors import ConfigError
 from esmtune.metrics import multiclass_metrics
-from esmtune.tasks.base import HfProblemType, metric_table, number, ranked_text
+from esmtune.tasks.base import (
+    HfProblemType,
+    class_weights,
+    metric_table,
+    number,
+    ranked_text,
+)
 from esmtune.tasks.single_label import SingleLabelTask
 from esmtune.weighted_metrics import multiclass_scores
 
@@ -35,18 +40,8 @@ class MulticlassTask(SingleLabelTask):
 
     def fit(self, targets: np.ndarray) -> None:
         """Class weights: balanced (n / (classes x count)) or as configured."""
-        weights = self.objective.class_weights
-        if weights == "balanced":
-            counts = np.bincount(targets, minlength=len(self.labels)).astype(float)
-            self.weights = (len(targets) / (len(self.labels) * np.maximum(counts, 1))).tolist()
-        elif isinstance(weights, dict):
-            unknown = sorted(set(weights) - set(self.labels))
-            if unknown:
-                raise ConfigError(
-                    f"objective.class_weights names {', '.join(unknown)}, which are not labels "
-                    f"({', '.join(self.labels)})"
-                )
-            self.weights = [float(weights.get(label, 1.0)) for label in self.labels]
+        counts = np.bincount(targets, minlength=len(self.labels)).astype(float)
+        self.weights = class_weights(self.objective.class_weights, self.labels, counts)
 
     def encode_targets(self, records: list[SequenceRecord]) -> np.ndarray:
         """Class indices."""

@@ -42,6 +42,7 @@ from esmtune.plots import plot_confusion_matrix, plot_residue_tracks, plot_roc_p
 from esmtune.tasks.base import (
     HfProblemType,
     TaskSpec,
+    class_weights,
     metric_table,
     number,
     residue_difference,
@@ -276,17 +277,8 @@ class ResidueClassificationTask(TaskSpec):
                 )
             ratio = counts[0] / max(counts[1], 1) if pos_weight == "balanced" else pos_weight
             self.weights = [1.0, float(np.clip(ratio, 1e-3, 1e3))]
-        elif classes == "balanced":
-            total = counts.sum()
-            self.weights = (total / (len(self.labels) * np.maximum(counts, 1))).tolist()
-        elif isinstance(classes, dict):
-            unknown = sorted(set(classes) - set(self.labels))
-            if unknown:
-                raise ConfigError(
-                    f"objective.class_weights names {', '.join(unknown)}, which are not residue "
-                    f"classes ({', '.join(self.labels)})"
-                )
-            self.weights = [float(classes.get(label, 1.0)) for label in self.labels]
+        else:
+            self.weights = class_weights(classes, self.labels, counts, "residue classes")
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (class-weighted when configured) averaged over residues that count.
