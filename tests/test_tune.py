@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,6 +96,33 @@ def test_a_poor_trial_is_pruned(search) -> None:
     pruned = [row for row in rows if row["state"] == "pruned"]
     assert pruned, rows
     assert all(row["epochs"] == "1" for row in pruned)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_share_one_study(
+    tiny_model_dir: Path, learnable_data: Path, tmp_path: Path
+) -> None:
+    """Two `esmtune tune` processes at once: one study, distinct trials, one run dir each."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    base = [*_base(tiny_model_dir, learnable_data, tmp_path), "training.epochs=1"]
+    command = [
+        sys.executable, "-m", "esmtune", "tune", "--search", str(space), "--trials", "2",
+        "--study", "shared", *base,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr.decode()[-3000:]
+    folder = tmp_path / "shared"
+    rows = _csv(folder / "leaderboard.csv")  # written by whichever process ended last
+    assert sorted(int(row["trial"]) for row in rows) == [0, 1, 2, 3]
+    assert len(list(folder.glob("trial-*"))) == 4
+    assert {row["state"] for row in rows} <= {"complete", "pruned"}
 
 
 def test_search_space_errors_are_reported_at_once(tmp_path: Path) -> None:

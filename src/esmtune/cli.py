@@ -160,8 +160,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     trials after an epoch; the study (study.db) resumes when run again and can be shared by
     several processes. Writes leaderboard.csv, best_config.yaml and Optuna's plots there.
     """
-    options = TuneOptions.model_validate(
-        {name: getattr(args, name) for name in TuneOptions.model_fields}
+    options = TuneOptions.checked(
+        **{name: getattr(args, name) for name in TuneOptions.model_fields}
     )
     from esmtune.tune import tune  # torch and optuna load only when a search runs
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from esmtune.config import describe_fields, load_config
 from esmtune.errors import ConfigError
@@ -60,6 +60,23 @@ class TuneOptions(BaseModel):
         "stops a trial whose validation metric is below the median of earlier trials' at the "
         "same epoch)",
     )
+
+    @classmethod
+    def checked(cls, **values: Any) -> TuneOptions:
+        """The options from keywords, every bad one reported at once.
+
+        Raises:
+            ConfigError: Naming each bad option and what it accepts.
+        """
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            lines = [
+                f"--{str(problem['loc'][0]).replace('_', '-')} {problem['input']!r}: "
+                f"{problem['msg']}"
+                for problem in error.errors()
+            ]
+            raise ConfigError("invalid tune options:\n  - " + "\n  - ".join(lines)) from None
 
 
 @dataclass(frozen=True)

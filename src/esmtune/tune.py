@@ -33,6 +33,9 @@ __all__ = ["TuneResult", "tune"]
 STUDY_FILE = "study.db"
 LEADERBOARD_FILE = "leaderboard.csv"
 BEST_CONFIG_FILE = "best_config.yaml"
+_HEARTBEAT_SECONDS = 60
+# The leaderboard's word for each state a trial ends in.
+_STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
 
 
 @dataclass(frozen=True)
@@ -72,27 +75,31 @@ def tune(
     folder = base.output.dir / study_name
     folder.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(logging.WARNING)
+    with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{folder / STUDY_FILE}",
+            # A process killed mid-trial stops its heartbeat; the next marks that trial failed.
+            heartbeat_interval=_HEARTBEAT_SECONDS,
+            grace_period=3 * _HEARTBEAT_SECONDS,
+        )
     study = optuna.create_study(
         study_name=study_name,
-        storage=f"sqlite:///{folder / STUDY_FILE}",
+        storage=storage,
         load_if_exists=True,  # resume, or join another process's search
         direction="maximize" if HIGHER_IS_BETTER[base.selection_metric] else "minimize",
-        # Seeded by the config, and by the trials done, so a resumed search samples anew.
-        sampler=optuna.samplers.TPESampler(seed=base.training.seed + len(_done(folder))),
         pruner=optuna.pruners.MedianPruner(
             n_startup_trials=options.pruner_startup_trials,
             n_warmup_steps=options.pruner_warmup_epochs,  # steps are epochs, counted from 1
         ),
     )
+    # Seeded by the config and by the trials the study holds on joining, so a resumed search
+    # (or a process joining later) does not draw the same first samples again.
+    study.sampler = optuna.samplers.TPESampler(seed=base.training.seed + len(study.trials))
     objective = _Objective(config_path, overrides, dimensions, base.output.dir, study_name)
     # A trial that fails is recorded as failed and the search goes on.
     study.optimize(objective, n_trials=options.trials, catch=(Exception,))
     return _write_results(study, folder, config_path, overrides, dimensions, base)
-
-
-def _done(folder: Path) -> list[Path]:
-    """The trial run directories already in the study folder."""
-    return sorted(folder.glob("trial-*"))
 
 
 class _Objective:
@@ -171,7 +178,7 @@ def _write_results(
                 "" if value is None else round(value, 4),
                 trial.user_attrs.get("epochs", ""),
                 seconds,
-                trial.state.name.lower(),
+                _STATES.get(trial.state.name, trial.state.name.lower()),
             ]
         )
     text = io.StringIO()
