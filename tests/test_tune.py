@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -95,7 +96,11 @@ def test_a_poor_trial_is_pruned(search) -> None:
     assert "complete" in states
     pruned = [row for row in rows if row["state"] == "pruned"]
     assert pruned, rows
-    assert all(row["epochs"] == "1" for row in pruned)
+    for row in pruned:  # stopped through train()'s on_validation, as an early stop ends
+        assert row["epochs"] == "1"
+        run = second.folder / f"trial-{int(row['trial']):03d}"
+        assert json.loads((run / "metrics.json").read_text())["stopped_early"] is True
+        assert (run / "model" / "weights.safetensors").is_file()
 
 
 @pytest.mark.multiprocess
