@@ -205,11 +205,15 @@ def _best_reported(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> floa
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     """The leaderboard as aligned text for the terminal."""
-    cells = [[str(c) for c in row] for row in [header, *rows]]
+    cells = [[_shown(c) for c in row] for row in [header, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells
-    )
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _shown(value: Any) -> str:
+    """A cell for people: sampled floats to four significant digits (the CSV keeps them all)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _write_best_config(
@@ -224,7 +228,7 @@ def _write_best_config(
     sampled = [d.override(best.params[d.key]) for d in dimensions]
     config = load_config(config_path, [*overrides, *sampled])
     path = folder / BEST_CONFIG_FILE
-    params = ", ".join(f"{key}={value}" for key, value in best.params.items())
+    params = ", ".join(f"{key}={_shown(value)}" for key, value in best.params.items())
     head = (
         f"# Run: esmtune train --config {path}\n"
         f"# Best of study '{study.study_name}': trial {best.number}, "
