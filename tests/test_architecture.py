@@ -44,6 +44,10 @@ RANKS: dict[str, float] = {
     # Training from Python objects: the data check and training on records held in memory.
     "fitting": 6,
     "predict": 7,
+    # A hyperparameter search: its space is checked against the config, torch-free; its trials
+    # are training runs.
+    "search_space": 1,
+    "tune": 7,
     # predict --interactive's prompt loop: given a predictor, it imports none.
     "interactive": 7,
     # Residue scores and attention maps of a torch model, read as predict reads; predict offers

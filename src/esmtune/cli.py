@@ -43,6 +43,7 @@ from esmtune.explain_options import PLOT_SUFFIXES, ExplainOptions, one_figure
 from esmtune.export.names import AUTO, RUNTIMES, FormatName
 from esmtune.plan import PlanOptions
 from esmtune.predict_options import PredictOptions
+from esmtune.search_space import TuneOptions
 from esmtune.serve import ServeSettings
 
 if TYPE_CHECKING:
@@ -134,6 +135,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from esmtune.train import train  # torch loads only once the config is known to be valid
 
     train(config, resume=args.resume)
+    return 0
+
+
+# --- tune ------------------------------------------------------------------------------------
+
+
+def _tune_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", type=Path, help="base YAML config of every trial")
+    command.add_argument(
+        "--search",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="YAML search space over config keys (e.g. configs/search.yaml)",
+    )
+    _add_fields(command, TuneOptions, list(TuneOptions.model_fields))
+    command.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    """Search hyperparameters with Optuna (TPE, median pruning).
+
+    Train a trial run per sampled configuration into <output.dir>/<study>/trial-NNN, pruning poor
+    trials after an epoch; the study (study.db) resumes when run again and can be shared by
+    several processes. Writes leaderboard.csv, best_config.yaml and Optuna's plots there.
+    """
+    options = TuneOptions.checked(
+        **{name: getattr(args, name) for name in TuneOptions.model_fields}
+    )
+    from esmtune.tune import tune  # torch and optuna load only when a search runs
+
+    result = tune(args.config, args.search, options, args.overrides)
+    print(result.table)
+    if result.best_trial is None:
+        print(f"no trial completed yet; the study is in {result.folder}")
+    else:
+        print(
+            f"best: trial {result.best_trial} ({result.best_value:.4f}); train it with "
+            f"esmtune train --config {result.folder / 'best_config.yaml'}"
+        )
     return 0
 
 
@@ -994,6 +1035,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 # Command -> (function adding its options, handler). A two-word name is a command inside a group.
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], _Handler]] = {
     "train": (_train_options, _cmd_train),
+    "tune": (_tune_options, _cmd_tune),
     "data check": (_data_check_options, _cmd_data_check),
     "data split": (_data_split_options, _cmd_data_split),
     "evaluate": (_evaluate_options, _cmd_evaluate),

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -67,7 +68,12 @@ from esmtune.training.log import TrainingLog, attach_run_log, detach_run_logs, s
 from esmtune.training.residue_cache import CachedResidueStates
 from esmtune.training.trackers import check_trackers_installed, finish_trackers, start_trackers
 
-__all__ = ["encode_split", "train"]
+__all__ = ["ValidationHook", "encode_split", "train"]
+
+# Called after each validation with (epoch, value of the selection metric or None); True stops
+# the run there, ending it as early stopping does (summary written, best weights kept). A
+# hyperparameter search prunes poor trials through it without code of its own in the loop.
+ValidationHook = Callable[[int, float | None], bool]
 
 
 class _NoUnfreezing:
@@ -99,6 +105,7 @@ class _Run:
     unfreezing: ProgressiveUnfreezing | _NoUnfreezing
     log: TrainingLog
     epochs: int  # training.epochs, or as many as training.max_steps takes
+    on_validation: ValidationHook | None = None
 
     @property
     def unwrapped(self) -> SequenceClassifier:
@@ -106,12 +113,18 @@ class _Run:
         return self.accelerator.unwrap_model(self.model)
 
 
-def train(config: TrainConfig, resume: Path | None = None) -> Path:
+def train(
+    config: TrainConfig,
+    resume: Path | None = None,
+    on_validation: ValidationHook | None = None,
+) -> Path:
     """Train a model and return its run directory.
 
     Args:
         config: The validated configuration (for ``resume``, the one saved in the run).
         resume: A run directory to continue from its newest checkpoint.
+        on_validation: Told each validation's epoch and selection metric; returning True stops
+            the run after that epoch (how ``esmtune tune`` prunes a poor trial).
 
     Returns:
         The run directory, holding the best weights, metrics and logs.
@@ -141,6 +154,7 @@ def train(config: TrainConfig, resume: Path | None = None) -> Path:
     checkpoint = plan.point.checkpoint if plan is not None else None
     with storage_errors(run_dir, partial(storage_failure_fix, run_dir)):
         run, state = _set_up(accelerator, config, report, spec, run_dir, checkpoint)
+        run.on_validation = on_validation
         finished = None  # a failed run's tracker runs are ended too, without its files
         try:
             started = time.perf_counter()
@@ -490,7 +504,10 @@ def _evaluate(run: _Run, state: TrainerState) -> None:
         curves = run.run_dir / "training_curves.png"
         plot_training_curves(state.history, name, curves, state.best_epoch)
     run.log.validation(state.epoch, state.global_step, scalars, improved)
-    if stopping.patience and state.evals_without_improvement >= stopping.patience:
+    if run.on_validation is not None and run.on_validation(state.epoch, metrics.get(name)):
+        state.stopped_early = True
+        run.log.say(f"stopped after epoch {state.epoch} by the caller (a pruned trial)")
+    elif stopping.patience and state.evals_without_improvement >= stopping.patience:
         state.stopped_early = True
         run.log.say(
             f"early stopping: validation {name} has not improved for "
