@@ -25,8 +25,8 @@ from esmtune.training.sharding import check_sharding, shard_on_cpus, single_chec
 
 
 def main(model_dir: str) -> None:
-    config = load_config(None, [f"model.name={model_dir}", "finetune.mode=lora",
-                                "model.gradient_checkpointing=true", "model.head_hidden=[8]"])  # fmt: skip
+    settings = ["finetune.mode=lora", "model.gradient_checkpointing=true", "model.head_hidden=[8]"]
+    config = load_config(None, [f"model.name={model_dir}", *settings])
     accelerator = Accelerator(cpu=True)
     shard_on_cpus(accelerator)
     check_sharding(accelerator)
@@ -51,7 +51,8 @@ def main(model_dir: str) -> None:
         "sharded_on_dim_0": all(
             isinstance(p, DTensor) and p.placements == (Shard(0),) for _, p in named
         ),
-        "local_share": sum(p.to_local().numel() for _, p in named) / sum(p.numel() for _, p in named),
+        "local_share": sum(p.to_local().numel() for _, p in named)
+        / sum(p.numel() for _, p in named),
         "trained_with_grad": all(p.grad is not None for _, p in named if p.requires_grad),
         "frozen_without_grad": all(p.grad is None for _, p in named if not p.requires_grad),
         "frozen": sum(not p.requires_grad for _, p in named),

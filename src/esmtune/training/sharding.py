@@ -86,7 +86,8 @@ def single_checkpointing(accelerator: Accelerator, model: nn.Module) -> str | No
         return None
     if not accelerator.state.fsdp_plugin.activation_checkpointing:
         return None
-    models = [m for m in model.modules() if isinstance(m, EsmModel) and m.is_activation_checkpointing]
+    esm_models = [m for m in model.modules() if isinstance(m, EsmModel)]
+    models = [m for m in esm_models if m.is_activation_checkpointing]
     for esm in models:
         esm.activation_checkpointing_disable()
     if not models:
