@@ -16,9 +16,12 @@ from esmtune.config import TrainConfig, apply_overrides, describe_fields, load_c
 from esmtune.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-# accelerate.yaml configures `accelerate launch`, search.yaml a search space (tests/test_tune.py).
+# accelerate*.yaml configure `accelerate launch`, not esmtune (tests/test_fsdp.py reads the FSDP
+# and DeepSpeed ones as accelerate does); search.yaml is a search space (tests/test_tune.py).
 SHIPPED = sorted(
-    p for p in (ROOT / "configs").glob("*.yaml") if p.name not in {"accelerate.yaml", "search.yaml"}
+    p
+    for p in (ROOT / "configs").glob("*.yaml")
+    if not p.name.startswith("accelerate") and p.name != "search.yaml"
 )
 
 

@@ -33,6 +33,7 @@ from transformers import PretrainedConfig, get_scheduler
 from esmtune.checkpoint import (
     ResumePlan,
     TrainerState,
+    gathered,
     load_checkpoint,
     occupied_error,
     plan_resume,
@@ -50,7 +51,7 @@ from esmtune.model.backbone import check_backbone_available
 from esmtune.model.classifier import SequenceClassifier, build_model
 from esmtune.model.embedding_head import EmbeddingClassifier, EmbeddingSource
 from esmtune.model.initial import check_initial_run, initialise_from
-from esmtune.model.run_model import weights_to_save
+from esmtune.model.run_model import kept_tensors
 from esmtune.model.tuning import ProgressiveUnfreezing, count_parameters
 from esmtune.plots import plot_training_curves
 from esmtune.rundir import (
@@ -66,6 +67,7 @@ from esmtune.tasks import TaskSpec, build_task
 from esmtune.training.loaders import encode_split, make_embedding_loaders, make_loaders
 from esmtune.training.log import TrainingLog, attach_run_log, detach_run_logs, say
 from esmtune.training.residue_cache import CachedResidueStates
+from esmtune.training.sharding import check_sharding, shard_on_cpus, single_checkpointing
 from esmtune.training.trackers import check_trackers_installed, finish_trackers, start_trackers
 
 __all__ = ["ValidationHook", "encode_split", "train"]
@@ -95,7 +97,7 @@ class _Run:
     config: TrainConfig
     spec: TaskSpec
     run_dir: Path
-    model: Any  # prepared: DDP-wrapped under several processes
+    model: Any  # prepared: DDP-wrapped under several processes, sharded in place by FSDP
     optimizer: Any
     scheduler: Any
     # Prepared by accelerate, whose loaders shard batches and take set_epoch.
@@ -232,11 +234,14 @@ def _make_accelerator(training: TrainingConfig) -> Accelerator:
     processes that would each train the whole model.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=training.gradient_accumulation,
         cpu=world_size > 1 and not torch.accelerator.is_available(),
         mixed_precision=training.mixed_precision,
     )
+    shard_on_cpus(accelerator)  # (the same holds for FSDP)
+    check_sharding(accelerator)
+    return accelerator
 
 
 def _check_inputs(accelerator: Accelerator, config: TrainConfig) -> tuple[DataReport, TaskSpec]:
@@ -358,6 +363,8 @@ def _set_up(
     scheduler = _learning_rate_schedule(
         optimizer, config.training, steps_per_epoch * epochs, accelerator.num_processes
     )
+    if note := single_checkpointing(accelerator, model):
+        say(accelerator, note)
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, scheduler
     )
@@ -571,9 +578,10 @@ def _best_scalars(state: TrainerState) -> dict[str, float]:
 
 def _save_best(run: _Run, state: TrainerState, metrics: dict[str, Any]) -> None:
     """The best weights so far, with the thresholds tuned for them, and their metrics."""
+    # Whole tensors, also under FSDP (every process takes part in gathering its slices).
+    weights = gathered(kept_tensors(run.unwrapped, run.config), run.accelerator.is_main_process)
     if not run.accelerator.is_main_process:
         return
-    weights = weights_to_save(run.unwrapped, run.config)
     save_weights(weights, run.run_dir / WEIGHTS_FILE, state.best_thresholds, state.best_calibration)
     atomic_write_text(
         run.run_dir / "model" / "best_validation_metrics.json",
@@ -584,7 +592,7 @@ def _save_best(run: _Run, state: TrainerState, metrics: dict[str, Any]) -> None:
 def _save_checkpoint(run: _Run, state: TrainerState) -> None:
     """Everything the next step depends on, so a resumed run ends exactly where this one would."""
     save_checkpoint(
-        run.accelerator, run.run_dir, weights_to_save(run.unwrapped, run.config),
+        run.accelerator, run.run_dir, kept_tensors(run.unwrapped, run.config),
         run.optimizer, run.scheduler, state, run.config.training.keep_checkpoints,
     )  # fmt: skip
 

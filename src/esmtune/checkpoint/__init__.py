@@ -2,7 +2,8 @@
 
 ``files`` writes and checks checkpoints (safetensors + JSON, never pickle; written whole or not
 at all, with a manifest of file sizes); ``statefile`` stores nested optimizer, scheduler and RNG
-state without pickle; ``resume`` decides what ``esmtune train`` does with an existing folder.
+state without pickle; ``sharded`` gathers and checkpoints a model sharded by FSDP, slice by
+slice; ``resume`` decides what ``esmtune train`` does with an existing folder.
 """
 
 from esmtune.checkpoint.files import (
@@ -23,6 +24,7 @@ from esmtune.checkpoint.resume import (
     plan_resume,
     storage_failure_fix,
 )
+from esmtune.checkpoint.sharded import gathered
 
 __all__ = [
     "CHECKPOINTS_DIR",
@@ -30,6 +32,7 @@ __all__ = [
     "ResumePoint",
     "TrainerState",
     "find_resume_point",
+    "gathered",
     "latest_checkpoint",
     "load_checkpoint",
     "occupied_error",

@@ -12,6 +12,10 @@ directories are shared. Checkpoints in the old pickle form are refused without b
 
 Resuming restores everything the next step depends on, which is why a resumed run ends with the
 same weights as one that never stopped.
+
+A model sharded by FSDP is checkpointed shard by shard (:mod:`esmtune.checkpoint.sharded`): its
+weights and optimizer moments in one safetensors file per process under ``model/`` and
+``optimizer/``, the rest as above; ``files.json`` then says ``"layout": "sharded"``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ from accelerate import Accelerator
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from esmtune.checkpoint.sharded import (
+    MODEL_SHARDS,
+    is_sharded,
+    load_shards,
+    save_shards,
+)
 from esmtune.checkpoint.statefile import read_state, save_state
 from esmtune.errors import RunDirError, StorageError
 from esmtune.rundir import atomic_write_text, save_weights
@@ -53,6 +63,8 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 SCHEDULER_FILE = "scheduler.safetensors"
 STATE_FILE = "state.json"
 FILES_FILE = "files.json"  # written last: file sizes, and the mark of a complete checkpoint
+SHARDED = "sharded"  # files.json's layout of an FSDP checkpoint; "whole" otherwise
+SHARDS_INDEX = "shards.json"  # a sharded checkpoint's weights: name -> whole shape
 # What esmtune before safetensors checkpoints wrote (pickles); never opened.
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle")
 
@@ -131,7 +143,8 @@ def save_checkpoint(
     Args:
         accelerator: The run's accelerator (for process index and barriers).
         run_dir: The run directory.
-        trainable: Tensors to keep (see :func:`esmtune.model.run_model.weights_to_save`).
+        trainable: Tensors to keep, as the model holds them (see
+            :func:`esmtune.model.run_model.kept_tensors`); sharded ones are written per process.
         optimizer: The (prepared) optimizer.
         scheduler: The (prepared) learning-rate scheduler.
         state: The loop state after the last completed step.
@@ -147,21 +160,33 @@ def save_checkpoint(
     root = run_dir / CHECKPOINTS_DIR
     name = f"epoch-{state.epoch:04d}-step-{state.global_step:08d}"
     final, temporary = root / name, root / f".{name}.tmp"
+    sharded = is_sharded(trainable)
     try:
         if accelerator.is_main_process:
             remove_tree(temporary)
             temporary.mkdir(parents=True)
         accelerator.wait_for_everyone()
         save_state(_rng_state(), temporary / _rng_file(accelerator.process_index))
+        if sharded:  # every process writes its slices
+            optimizer_state = save_shards(temporary, trainable, optimizer)
+        elif accelerator.is_main_process:
+            whole = {n: t.detach().cpu().contiguous() for n, t in trainable.items()}
+            save_weights(whole, temporary / TRAINABLE_FILE)
+            optimizer_state = optimizer.state_dict()
         if accelerator.is_main_process:
-            save_weights(trainable, temporary / TRAINABLE_FILE)
-            save_state(optimizer.state_dict(), temporary / OPTIMIZER_FILE)
+            if sharded:
+                index = {name: list(tensor.shape) for name, tensor in trainable.items()}
+                atomic_write_text(temporary / SHARDS_INDEX, json.dumps(index, indent=2))
+            save_state(optimizer_state, temporary / OPTIMIZER_FILE)
             save_state(scheduler.state_dict(), temporary / SCHEDULER_FILE)
             atomic_write_text(temporary / STATE_FILE, json.dumps(asdict(state), indent=2))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            sizes = {p.name: p.stat().st_size for p in sorted(temporary.iterdir())}
-            atomic_write_text(temporary / FILES_FILE, json.dumps({"sizes": sizes}, indent=2))
+            files = sorted(p for p in temporary.rglob("*") if p.is_file())
+            sizes = {p.relative_to(temporary).as_posix(): p.stat().st_size for p in files}
+            layout = SHARDED if sharded else "whole"
+            manifest = {"sizes": sizes, "layout": layout, "processes": accelerator.num_processes}
+            atomic_write_text(temporary / FILES_FILE, json.dumps(manifest, indent=2))
             if final.exists():
                 remove_tree(final)
             os.replace(temporary, final)
@@ -237,11 +262,16 @@ def _problem(checkpoint: Path) -> str | None:
     if not manifest.is_file():
         return f"{FILES_FILE} is missing (its writing never finished)"
     try:
-        sizes: dict[str, int] = json.loads(manifest.read_text())["sizes"]
+        listed = json.loads(manifest.read_text())
+        sizes: dict[str, int] = listed["sizes"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"{FILES_FILE} is damaged ({error})"
-    required = [TRAINABLE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, STATE_FILE]
-    missing = [name for name in required if name not in sizes]
+    required = [OPTIMIZER_FILE, SCHEDULER_FILE, STATE_FILE]
+    if listed.get("layout") == SHARDED:
+        required += [SHARDS_INDEX, f"{MODEL_SHARDS}/"]
+    else:
+        required.append(TRAINABLE_FILE)
+    missing = [name for name in required if not any(n.startswith(name) for n in sizes)]
     if missing:
         return f"{FILES_FILE} lists no {', '.join(missing)}"
     for name, size in sizes.items():
@@ -322,12 +352,14 @@ def load_checkpoint(
     """Restore model, optimizer, scheduler and this process's RNG; return the loop state.
 
     Every file is read before anything is changed, so a checkpoint that fails to read leaves
-    the model and optimizer as they were. The RNG is restored last, so that nothing done while
-    loading shifts it.
+    the model and optimizer as they were; a sharded checkpoint's slices are the exception, read
+    into the model in place (a second copy of a big model would not fit). The RNG is restored
+    last, so that nothing done while loading shifts it.
 
     Raises:
         RunDirError: When this process has no RNG state in the checkpoint (written by fewer
-            processes) or its tensors do not fit the model.
+            processes), its tensors do not fit the model, or it was written with FSDP and this
+            run is without it (or the other way round).
         StorageError: When a file cannot be read back.
     """
     rng_file = checkpoint / _rng_file(accelerator.process_index)
@@ -336,8 +368,17 @@ def load_checkpoint(
             f"{checkpoint} was written by fewer processes than this run has "
             f"({rng_file.name} missing); resume with the same number of processes"
         )
+    sharded = (checkpoint / SHARDS_INDEX).is_file()
+    own = model.state_dict(keep_vars=True)
+    if sharded != is_sharded(own):
+        written, now = ("with", "without") if sharded else ("without", "with")
+        raise RunDirError(
+            f"{checkpoint} was written {written} FSDP and this run is {now} it; resume with the "
+            "accelerate config the run was started with"
+        )
     try:
-        trainable = load_file(str(checkpoint / TRAINABLE_FILE))
+        trainable = {} if sharded else load_file(str(checkpoint / TRAINABLE_FILE))
+        names = json.loads((checkpoint / SHARDS_INDEX).read_text()) if sharded else trainable
         optimizer_state = read_state(checkpoint / OPTIMIZER_FILE)
         scheduler_state = read_state(checkpoint / SCHEDULER_FILE)
         rng_state = read_state(rng_file)
@@ -347,13 +388,19 @@ def load_checkpoint(
             f"{checkpoint} cannot be read back ({error}); move it away and resume again to "
             "continue from the checkpoint before it"
         ) from error
-    result = model.load_state_dict(trainable, strict=False)
-    if result.unexpected_keys:
+    if sharded:  # read straight into the model's and the optimizer's slices
+        unexpected = [name for name in names if name not in own]
+        if not unexpected:
+            load_shards(checkpoint, {n: own[n] for n in names}, optimizer, optimizer_state)
+    else:
+        unexpected = model.load_state_dict(trainable, strict=False).unexpected_keys
+    if unexpected:
         raise RunDirError(
-            f"{checkpoint}: tensors not in the model: {result.unexpected_keys[:3]}; was "
+            f"{checkpoint}: tensors not in the model: {unexpected[:3]}; was "
             "config.yaml edited after training?"
         )
-    optimizer.load_state_dict(optimizer_state)
+    if not sharded:
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(scheduler_state)
     _set_rng_state(rng_state)
     return state

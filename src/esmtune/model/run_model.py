@@ -24,7 +24,7 @@ from esmtune.model.weights import load_weights
 from esmtune.rundir import WEIGHTS_FILE, read_run
 from esmtune.tasks import TaskSpec
 
-__all__ = ["LoadedRun", "load_run", "load_weights", "weights_to_save"]
+__all__ = ["LoadedRun", "kept_tensors", "load_run", "load_weights", "weights_to_save"]
 
 # Covariant: a run of the torch classifier is a run of a Classifier, so code that only predicts
 # takes either, while export, which merges the torch model, asks for the torch one.
@@ -48,6 +48,12 @@ class LoadedRun(Generic[ModelT]):
 
 
 def weights_to_save(model: SequenceClassifier, config: TrainConfig) -> dict[str, torch.Tensor]:
+    """The tensors a run must keep (:func:`kept_tensors`), detached, on the CPU."""
+    kept = kept_tensors(model, config)
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in kept.items()}
+
+
+def kept_tensors(model: SequenceClassifier, config: TrainConfig) -> dict[str, torch.Tensor]:
     """The tensors a run must keep: trainable ones, or everything when nothing is downloadable.
 
     With ``pretrained: true`` the frozen backbone comes back from the hub or local folder, so only
@@ -55,6 +61,7 @@ def weights_to_save(model: SequenceClassifier, config: TrainConfig) -> dict[str,
     ``model.init_from`` gave the model even where it is frozen now. Names are
     the state dict's (``backbone.…``, ``pooler.…``, ``head.…``): parameters are picked by
     themselves, not by their module path, which has an ``encoder.`` level the saved names lack.
+    The tensors are the model's own (slices of them under FSDP, which training gathers).
     """
     state = model.state_dict(keep_vars=True)
     if config.model.pretrained:
@@ -62,7 +69,7 @@ def weights_to_save(model: SequenceClassifier, config: TrainConfig) -> dict[str,
         init = config.model.init_from
         inherited = set() if init is None else inherited_names(init, config.model.init_skip)
         state = {n: t for n, t in state.items() if t.requires_grad or n in inherited}
-    return {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
+    return state
 
 
 def load_run(run_dir: Path | str) -> LoadedRun[SequenceClassifier]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 __all__ = ["TrainingLog", "attach_run_log", "detach_run_logs", "say"]
@@ -116,6 +117,8 @@ class TrainingLog:
             The step's loss: the mean over its batches and processes.
         """
         loss = self._accelerator.reduce(self._loss / self._batches, "mean").item()
+        if isinstance(grad_norm, DTensor):  # (FSDP) whole here: only the main process reads it
+            grad_norm = grad_norm.full_tensor()
         seconds = max(time.perf_counter() - self._tick, 1e-9)
         rate = self._residues.item() * self._accelerator.num_processes / seconds
         self._bar.set_postfix(loss=f"{loss:.4f}", res_per_s=f"{rate:,.0f}")
