@@ -39,6 +39,7 @@ hardware utilisation. Published anchor: BioNeMo reports 59% MFU training ESM2-65
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
@@ -47,7 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +60,15 @@ from bench import CLASSES, build, flop_terms, matmul_peak, settings, synchronize
 from esmtune.architectures import ESM2_ARCHITECTURES, Esm2Architecture
 from esmtune.config import TrainConfig
 from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, encode, pad_collate
+from esmtune.data.fasta import SequenceRecord
 from esmtune.embeddings import pooled_embeddings
 from esmtune.inference import inference_budget, model_inputs, precision_context
 from esmtune.model.backbone import build_esm2_config
+from esmtune.model.run_model import LoadedRun
 from esmtune.plan import GIB, PlanOptions, model_shape, plan, setting_from_config
+from esmtune.predict import Predictor
+from esmtune.serve import ServeSettings, _Batcher
+from esmtune.tasks import task_class
 
 # Every published ESM2 shape by its short name (t33_650M), and a tiny one for tests on a CPU.
 SHAPES = {
@@ -74,8 +80,10 @@ MEASUREMENTS = {
     "embedding": "embedding, bf16",
     "lora": "LoRA training, bf16",
     "full": "full fine-tuning, bf16",
+    "serving": "serving, bf16",
 }
-UNITS = {"embedding": "residues/s", "lora": "tokens/s", "full": "tokens/s"}
+UNITS = {"embedding": "residues/s", "lora": "tokens/s", "full": "tokens/s", "serving": "requests/s"}
+CLIENTS = (1, 8, 32)  # concurrent clients of the serving measurement
 WARMUP_STEPS = 2  # kernels chosen, caches and optimizer state allocated: not timed
 PEAK_SIZE = {"cuda": 8192, "cpu": 2048}  # the matmul whose rate is the denominator of MFU
 ANCHOR = "BioNeMo reports 59% MFU training ESM2-650M on an A100"
@@ -223,6 +231,79 @@ def training_rate(
     return {**_timed(step, seconds, device), "planned_gib": planned["gib"]}
 
 
+def _predictor(name: str, budget: int, device: torch.device) -> Predictor:
+    """A Predictor over a random-weight model with an untrained multiclass head (no run saved)."""
+    config = settings(name, "finetune.mode=frozen")
+    with device:
+        model, tokenizer = build(name, "finetune.mode=frozen")
+    labels = [f"class {index}" for index in range(CLASSES)]
+    task = task_class(config.task)(
+        labels=labels, objective=config.objective, label_names={}, ancestors={}
+    )
+    loaded = LoadedRun(Path("."), config, task, model, tokenizer)
+    return Predictor(loaded, device=str(device), max_tokens=budget, precision="bf16")
+
+
+async def _requests_per_s(
+    answer: Callable[[SequenceRecord], Awaitable[object]],
+    sequences: list[str],
+    clients: int,
+    seconds: float,
+) -> float:
+    """Requests/s of ``clients`` concurrent clients, each sending one sequence at a time."""
+    order = itertools.cycle(range(len(sequences)))
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            index = next(order)
+            await answer(SequenceRecord(str(index), sequences[index]))
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done / (time.perf_counter() - started)
+
+
+def serving_rates(
+    name: str, sequences: list[str], budget: int, seconds: float, device: torch.device
+) -> dict:
+    """Requests/s of ``esmtune serve``'s micro-batching queue against one forward per request.
+
+    In process, without HTTP: the queue (serve.py's batcher, with ``esmtune serve``'s default
+    wait and its ``max_batch_tokens`` set to the budget) groups the requests waiting together into
+    one model call; the naive endpoint runs one ``Predictor.predict`` per request, one at a time.
+    """
+    predictor = _predictor(name, budget, device)
+    defaults = ServeSettings()
+    predictor.predict(sequences[:WARMUP_STEPS])
+    window = seconds / len(CLIENTS)
+
+    async def measure() -> dict:
+        batcher = _Batcher(predictor, defaults.batch_wait_ms / 1000, budget)
+        worker = asyncio.create_task(batcher.run_forever())
+        lock = asyncio.Lock()
+
+        async def naive(record: SequenceRecord) -> object:
+            async with lock:  # one model: requests take turns, one forward pass each
+                return await asyncio.to_thread(predictor.predict, [record])
+
+        async def batched(record: SequenceRecord) -> object:
+            return await batcher.submit([record], None)
+
+        rates = {}
+        for clients in CLIENTS:
+            rates[f"naive_{clients}"] = await _requests_per_s(naive, sequences, clients, window)
+            rates[f"batched_{clients}"] = await _requests_per_s(batched, sequences, clients, window)
+        worker.cancel()
+        return rates
+
+    rates = asyncio.run(measure())
+    return {"requests_per_s": rates, "throughput": rates[f"batched_{CLIENTS[-1]}"]}
+
+
 def child(args: argparse.Namespace) -> dict:
     """One measurement in this (fresh) process; an out-of-memory is a result, not a crash."""
     device = torch.device(args.device)
@@ -232,10 +313,10 @@ def child(args: argparse.Namespace) -> dict:
     sequences = workload(args.sequences, args.seed)
     budget = args.budget
     try:
-        if args.child == "embedding":
-            result = embedding_rate(
-                args.model, sequences, budget or inference_budget(device), args.seconds, device
-            )
+        if args.child in ("embedding", "serving"):
+            measure = embedding_rate if args.child == "embedding" else serving_rates
+            budget = budget or inference_budget(device)
+            result = measure(args.model, sequences, budget, args.seconds, device)
         else:
             budget = budget or settings(args.model).training.max_tokens
             result = training_rate(
@@ -292,9 +373,16 @@ def _table(results: dict) -> str:
             lines.append(f"{head} {row['status']}: {row['reason']}")
             continue
         throughput = f"{row['throughput']:,.0f} {row['unit']}"
-        lines.append(
-            f"{head} {throughput:>22} {row['mfu']:6.1%} {row['peak_memory_gib']:26.2f} {planned}"
-        )
+        mfu = f"{row['mfu']:6.1%}" if "mfu" in row else f"{'':>6}"
+        lines.append(f"{head} {throughput:>22} {mfu} {row['peak_memory_gib']:26.2f} {planned}")
+        if "requests_per_s" in row:
+            rates = row["requests_per_s"]
+            for clients in CLIENTS:
+                naive, batched = rates[f"naive_{clients}"], rates[f"batched_{clients}"]
+                lines.append(
+                    f"{'':9}   {clients:>2} client(s): {batched:,.1f} requests/s batched, "
+                    f"{naive:,.1f} one forward pass per request ({batched / naive:.1f}x)"
+                )
     lines += ["", f"anchor: {ANCHOR}"]
     return "\n".join(lines)
 
@@ -359,6 +447,7 @@ def main() -> None:
                 row |= _run_child(args, measurement, model)
                 if row["status"] == "ok":
                     row["unit"] = UNITS[measurement]
+                if "model_flops_per_s" in row:
                     row["mfu"] = row["model_flops_per_s"] / peak["flops_per_s"]
                 row.setdefault("budget", args.budget)
                 results["rows"].append(row)

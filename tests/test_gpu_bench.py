@@ -42,7 +42,14 @@ def test_cpu_run_reports_every_measurement(tmp_path: Path) -> None:
         assert row["status"] == "ok", row
         assert row["throughput"] > 0
         assert row["unit"] == gpu_bench.UNITS[kind]
-        assert 0 < row["mfu"] < 1.5
+        if kind == "serving":  # requests/s, batched and one forward pass per request
+            rates = row["requests_per_s"]
+            assert set(rates) == {
+                f"{way}_{clients}" for way in ("naive", "batched") for clients in gpu_bench.CLIENTS
+            }
+            assert all(rate > 0 for rate in rates.values())
+        else:
+            assert 0 < row["mfu"] < 1.5
         assert row["peak_memory_gib"] > 0
         assert row["budget"] > 0
         assert gpu_bench.MEASUREMENTS[kind] in printed
