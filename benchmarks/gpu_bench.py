@@ -1,6 +1,7 @@
 """Throughput, model FLOP utilisation and peak memory of esmtune on one GPU, in one run.
 
-Run:  python benchmarks/gpu_bench.py                  (t33_650M and t36_3B on cuda, under 5 minutes)
+Run:  python benchmarks/gpu_bench.py                  (t33_650M and t36_3B on cuda; 9 processes of
+                                                       15 s measured each: about 4 minutes)
       python benchmarks/gpu_bench.py --shapes t33_650M --seconds 30 --out gpu.json
       python benchmarks/gpu_bench.py --device cpu --shapes tiny --seconds 1     (what the tests run)
 
@@ -18,6 +19,10 @@ leaves the next one a clean device), for ``--seconds`` after a warm-up:
   gradient clipping and an AdamW step, as ``esmtune train`` with ``training.mixed_precision=bf16``;
   ``esmtune plan`` first estimates the memory, and a setting it expects not to fit is skipped
   with its verdict as the reason (``--ignore-plan`` runs it anyway; an out-of-memory is a row);
+* serving, requests/s of 1, 8 and 32 concurrent clients each sending one sequence at a time:
+  ``esmtune serve``'s micro-batching queue (in process, no HTTP) against a naive endpoint that
+  runs one forward pass per request, on the same ``Predictor`` in bf16 (each of the six
+  windows lasts a third of ``--seconds``);
 * model FLOP utilisation (MFU): model FLOPs per second over the device's peak, where the peak is
   a large bf16 matmul's rate measured on the same device in the same run (best of several), not
   the data sheet's; and peak memory (``torch.cuda.max_memory_allocated`` on a GPU, the process's
@@ -32,7 +37,8 @@ of L tokens, the attention's 4 x layers x hidden x L^2 (scores and their weighte
     LoRA training        4 N T + 12 layers hidden sum(L^2)
                          (frozen weights get no weight gradients; attention's backward still runs)
 
-Recomputation under gradient checkpointing (``--gradient-checkpointing``) is not counted: MFU, not
+On a tiny model with eager attention these counts agree with ``torch.utils.flop_counter`` within
+1% (tests/test_gpu_bench.py). Recomputation under gradient checkpointing (``--gradient-checkpointing``) is not counted: MFU, not
 hardware utilisation. Published anchor: BioNeMo reports 59% MFU training ESM2-650M on an A100.
 """
 
