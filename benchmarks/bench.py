@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from esmtune.config import load_config
+from esmtune.config import TrainConfig, load_config
 from esmtune.data.batching import EncodedDataset, TokenBudgetBatchSampler, encode, pad_collate
 from esmtune.embeddings import pooled_embeddings
 from esmtune.inference import model_inputs, precision_context, predict_outputs
@@ -54,31 +54,59 @@ def workload(count: int, seed: int = 0) -> list[str]:
     return ["".join(rng.choice(list(RESIDUES), size=n)) for n in lengths]
 
 
-def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 matmul rate of this machine, in FLOP/s (the denominator of utilisation)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def synchronize(device: torch.device) -> None:
+    """Wait for a GPU's queued work, so that a clock read after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(
+    size: int = 2048,
+    repeats: int = 5,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+) -> float:
+    """Best square matmul rate on ``device`` (the CPU) in ``dtype``, in FLOP/s (MFU's denominator)."""
+    device = device or torch.device("cpu")
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     torch.mm(a, b)
+    synchronize(device)
     best = math.inf
     for _ in range(repeats):
         started = time.perf_counter()
         torch.mm(a, b)
+        synchronize(device)
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best
 
 
+def flop_terms(model: torch.nn.Module, tokens: list[int]) -> tuple[float, float]:
+    """Forward FLOPs of inputs of these token counts (no padding): weight matmuls, attention.
+
+    Weights: 2 x (backbone parameters less the embeddings, which are looked up) x tokens.
+    Attention: per layer and input of L tokens, 2 x L x L x hidden for the scores and as many
+    for their weighted sum of the values.
+    """
+    config = model.backbone_config
+    weights = sum(p.numel() for n, p in model.backbone.named_parameters() if "embeddings" not in n)
+    attention = sum(4 * config.num_hidden_layers * t * t * config.hidden_size for t in tokens)
+    return 2 * weights * sum(tokens), attention
+
+
 def model_flops(model: torch.nn.Module, sequences: list[str]) -> float:
     """Forward FLOPs of the sequences themselves (no padding): 2 x weights x tokens + attention."""
-    config = model.backbone.config
-    weights = sum(p.numel() for n, p in model.backbone.named_parameters() if "embeddings" not in n)
-    tokens = [len(s) + 2 for s in sequences]
-    attention = sum(4 * config.num_hidden_layers * t * t * config.hidden_size for t in tokens)
-    return 2 * weights * sum(tokens) + attention
+    return sum(flop_terms(model, [len(s) + 2 for s in sequences]))
+
+
+def settings(name: str, *overrides: str) -> TrainConfig:
+    """The config of a random-weight ESM2 of ``name``'s shape with these overrides."""
+    return load_config(None, [f"model.name={name}", "model.pretrained=false", *overrides])
 
 
 def build(name: str, *overrides: str) -> tuple[torch.nn.Module, object]:
-    config = load_config(None, [f"model.name={name}", "model.pretrained=false", *overrides])
     torch.manual_seed(0)
-    return build_model(config, CLASSES)
+    return build_model(settings(name, *overrides), CLASSES)
 
 
 def naive_batches(windows: list, pad: int) -> list[dict[str, torch.Tensor]]:
