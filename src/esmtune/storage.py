@@ -102,7 +102,6 @@ def save_tensors(
             safetensors reported the failure only in the text of its own error.
     """
     from safetensors import SafetensorError
-    from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -119,6 +118,15 @@ def save_tensors(
     except OSError:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def save_file(
+    tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str] | None = None
+) -> None:
+    """Write with safetensors' ``save_file``, imported on first use (it imports torch)."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, filename, metadata=metadata)
 
 
 def _errno_in_text(text: str) -> int | None:
