@@ -302,7 +302,7 @@ def main() -> None:
     old_modules = imported_by_run_predict(args.run, before_env)
     new_modules = imported_by_run_predict(args.run, after_env)
     figures["run_imports"] = {"before": old_modules, "after": new_modules}
-    rows.append(("predict RUN imports (of " + ",".join(HEAVY) + ")", " ".join(old_modules),
+    rows.append(("predict RUN imports (of HEAVY)", " ".join(old_modules),
                  " ".join(new_modules), "no peft, matplotlib, tensorboard"))  # fmt: skip
 
     before_mb, _ = installed_megabytes(main_requirements())
