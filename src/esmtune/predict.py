@@ -81,10 +81,10 @@ def check_loadable(path: Path | str, runtime: str = AUTO) -> None:
         check_export_loadable(path, runtime)
         return
     _check_runs_in_torch(path, PredictOptions.merged(None, {"runtime": runtime}))
-    config, _ = read_run(path)
     require_training_stack("predicting from a run directory")
     from esmtune.model.backbone import check_backbone_available
 
+    config, _ = read_run(path)
     check_backbone_available(config.model)
 
 
