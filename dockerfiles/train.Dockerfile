@@ -18,7 +18,7 @@ COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
 # Keep the image's CUDA torch: the constraint makes pip fail rather than swap in another build.
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch.txt \
-    && pip install --constraint /tmp/torch.txt . \
+    && pip install --constraint /tmp/torch.txt ".[train]" \
     && rm /tmp/torch.txt
 
 COPY configs ./configs

@@ -12,6 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "esmtune"
 # modules (and the package itself, its __init__) take the package's rank.
 RANKS: dict[str, float] = {
     "errors": 0,
+    # Which optional parts are installed (the train extra), and what to install: torch-free.
+    "extras": 0,
     "options": 0.5,
     "storage": 0,
     "config": 1,
@@ -63,6 +65,8 @@ RANKS: dict[str, float] = {
     "export.formats": 5,
     "export.hf": 5,
     "export.onnx": 5,
+    # Tracing the graphs (torch), apart from the format so that loading an export needs no torch.
+    "export.onnx_trace": 5,
     "export.onnx_runtime": 5,
     "export.load": 5,
     "export.card": 8,

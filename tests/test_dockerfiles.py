@@ -167,21 +167,47 @@ def test_the_project_and_its_extras_are_installed(dockerfile: Path) -> None:
     extras = {e for w in project if w.startswith(".[") for e in w[2:-1].split(",")}
     assert extras <= set(PYPROJECT["project"]["optional-dependencies"]), extras
     if dockerfile is API:
-        assert extras == {"serve", "export"}
+        assert extras == {"serve"}
+    else:
+        assert "train" in extras
 
 
-def test_api_image_installs_cpu_torch_before_the_project() -> None:
-    runs = [shlex.split(run) for run in _all(API, "RUN") if "pip install" in run]
-    torch_at = next(
-        i for i, words in enumerate(runs) if "download.pytorch.org/whl/cpu" in str(words)
-    )
-    project_at = next(i for i, words in enumerate(runs) if ".[serve,export]" in words)
-    assert torch_at < project_at, "torch must come from the CPU index before esmtune pulls it"
-    (wanted,) = [Requirement(w) for w in runs[torch_at] if w.startswith("torch")]
-    (required,) = [
-        Requirement(r) for r in PYPROJECT["project"]["dependencies"] if r.startswith("torch")
-    ]
-    assert wanted.specifier == required.specifier, "the image and pyproject disagree on torch"
+def _requirements(extras: set[str]) -> set[str]:
+    """The distributions ``pip install .[extras]`` asks for, extras of extras followed."""
+    optional = PYPROJECT["project"]["optional-dependencies"]
+    names, pending, seen = set(), [None, *extras], set()
+    while pending:
+        extra = pending.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for text in PYPROJECT["project"]["dependencies"] if extra is None else optional[extra]:
+            requirement = Requirement(text)
+            if requirement.name == PYPROJECT["project"]["name"]:
+                pending += sorted(requirement.extras)
+            else:
+                names.add(requirement.name.lower())
+    return names
+
+
+# The training stack by distribution name: what the API image must not install.
+_TRAINING_STACK = {"torch", "transformers", "peft", "accelerate", "tensorboard", "matplotlib",
+                   "scikit-learn", "scipy"}  # fmt: skip
+
+
+def test_api_image_installs_the_runtime_without_the_training_stack() -> None:
+    """An ONNX export needs numpy and onnxruntime: the image names no torch, no transformers."""
+    for keyword, arguments in _instructions(API):
+        for word in ("torch", "transformers"):
+            assert word not in arguments.lower(), f"api.Dockerfile {keyword} names {word}"
+    installs = [shlex.split(run) for run in _all(API, "RUN") if "pip install" in run]
+    project = [w for words in installs for w in words if w.startswith(".[")]
+    extras = {e for w in project for e in w[2:-1].split(",")}
+    installed = _requirements(extras)
+    assert {"onnxruntime", "numpy", "fastapi", "uvicorn"} <= installed
+    assert not installed & _TRAINING_STACK, installed & _TRAINING_STACK
+    # ... and the train image's extra does bring the stack.
+    assert _requirements({"train"}) >= _TRAINING_STACK
 
 
 def test_train_image_keeps_the_base_images_torch() -> None:
@@ -192,9 +218,8 @@ def test_train_image_keeps_the_base_images_torch() -> None:
     image = _expand(_one(TRAIN, "FROM"), _args(TRAIN))
     assert image.startswith("pytorch/pytorch:"), image
     base_torch = re.match(r"\d+\.\d+(\.\d+)?", image.partition(":")[2]).group(0)
-    (required,) = [
-        Requirement(r) for r in PYPROJECT["project"]["dependencies"] if r.startswith("torch")
-    ]
+    train = PYPROJECT["project"]["optional-dependencies"]["train"]
+    (required,) = [Requirement(r) for r in train if r.startswith("torch")]
     assert base_torch in required.specifier, f"{image} has torch {base_torch}, not {required}"
 
 

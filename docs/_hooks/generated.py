@@ -35,6 +35,7 @@ HELP_COLUMNS = 100  # argparse wraps help to the terminal; the site shows it at 
 # README anchors -> the page of this site that holds the same section (paths from docs/).
 README_LINKS = {
     "#export": "commands/export.md",
+    "#lean-inference": "commands/export.md#lean-inference",
     "#performance": "performance.md",
     "#security-and-limits": "security.md",
     "#batches-long-sequences-memory": "commands/train.md#batches-long-sequences-memory",

@@ -10,10 +10,23 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["ESM2_ARCHITECTURES", "ESM2_VOCAB_SIZE", "Esm2Architecture", "known_architecture"]
+__all__ = [
+    "ESM2_ARCHITECTURES",
+    "ESM2_VOCAB",
+    "ESM2_VOCAB_SIZE",
+    "Esm2Architecture",
+    "known_architecture",
+]
 
-# <cls>, <pad>, <eos>, <unk>, 20 amino acids + X B U Z O, '.', '-', <null_1>, <mask>.
-ESM2_VOCAB_SIZE = 33
+# The ESM-1b/ESM2 alphabet, in token-id order: <cls>, <pad>, <eos>, <unk>, 20 amino acids + X B U
+# Z O, '.', '-', <null_1>, <mask>. Every ESM2 checkpoint has it (its vocab.txt), so tokenising is
+# a lookup in this list (esmtune.data.encoding) and needs no tokenizer library.
+ESM2_VOCAB = (
+    "<cls>", "<pad>", "<eos>", "<unk>",
+    "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F", "Y", "M", "H", "W",
+    "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>", "<mask>",
+)  # fmt: skip
+ESM2_VOCAB_SIZE = len(ESM2_VOCAB)
 
 
 class Esm2Architecture(NamedTuple):

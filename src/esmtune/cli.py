@@ -1124,6 +1124,18 @@ def _run(argv: list[str] | None) -> int:
     except EsmtuneError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:
+        # A runtime-only install (no train extra) asked for a torch path: say what to install.
+        from esmtune.extras import TRAINING_MODULES, training_stack_message
+
+        missing = (error.name or "").split(".")[0]
+        if missing not in TRAINING_MODULES:
+            raise
+        print(
+            f"error: {training_stack_message(f'esmtune {args.command}', [missing])}",
+            file=sys.stderr,
+        )
+        return 2
     except OSError as error:
         # A full disk or read-only folder in a write no command wrapped (predict -o, embed --out)
         # is the user's to fix too; any other OS error keeps its traceback.

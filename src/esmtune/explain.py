@@ -64,7 +64,7 @@ from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import EsmtuneError
 from esmtune.explain_options import ExplainOptions, Method, one_figure
 from esmtune.model.classifier import ResidueClassifier, SequenceClassifier
-from esmtune.model.interface import Classifier
+from esmtune.model.interface import RuntimeModel
 from esmtune.model.run_model import LoadedRun
 from esmtune.plots import plot_residue_scores
 from esmtune.tasks import TaskSpec
@@ -157,7 +157,7 @@ class Explanation:
         return [int(index) + 1 for index in ranked[:count]]
 
 
-def torch_run(loaded: LoadedRun[Classifier]) -> LoadedRun[SequenceClassifier]:
+def torch_run(loaded: LoadedRun[RuntimeModel]) -> LoadedRun[SequenceClassifier]:
     """The run if its model runs in torch; explaining needs gradients and attention weights.
 
     Raises:

@@ -28,6 +28,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from esmtune.data.batching import EncodedDataset, eval_loader
+from esmtune.data.encoding import place_residues, sequence_rows, token_budget
+from esmtune.data.encoding import ragged as _ragged
 from esmtune.model.interface import Classifier
 from esmtune.model.windows import over_budget, stream_windows
 
@@ -47,13 +49,8 @@ __all__ = [
 
 
 def inference_budget(device: torch.device) -> int:
-    """Default token budget for inference: small batches on CPUs, large ones on GPUs.
-
-    A CPU gains nothing from wide batches but loses its caches: on our 2-core machines a budget
-    of about 1,024 tokens (mostly one protein per batch, so no padding at all) ran ESM2 35M at
-    2.2x the speed of a 16,384-token budget (benchmarks/bench.py). A GPU needs the width.
-    """
-    return 16384 if device.type == "cuda" else 1024
+    """Default token budget for inference on ``device`` (see :func:`token_budget`)."""
+    return token_budget(device.type)
 
 
 def bf16_is_fast(device: torch.device) -> bool:
@@ -132,43 +129,6 @@ def _residues_read(batch: dict[str, torch.Tensor]) -> list[int]:
     if "embedding_mask" in batch:  # cached residue states: the mask marks the residues
         return [int(count) for count in batch["embedding_mask"].sum(dim=1).tolist()]
     return [int(count) - 2 for count in batch["attention_mask"].sum(dim=1).tolist()]
-
-
-def _ragged(rows: list[np.ndarray]) -> np.ndarray:
-    """A 1-D object array holding one array per sequence (never broadcast into one block)."""
-    array = np.empty(len(rows), dtype=object)
-    for position, row in enumerate(rows):
-        array[position] = row
-    return array
-
-
-def sequence_rows(rows: list[np.ndarray]) -> np.ndarray:
-    """Each sequence's outputs as one array: stacked rows, or ragged per-residue arrays.
-
-    A per-residue model's row is 2-D ``(residues, outputs)``; those go in a 1-D object array.
-    """
-    if rows and rows[0].ndim == 2:
-        return _ragged(rows)
-    return np.stack(rows)
-
-
-def place_residues(outputs: np.ndarray, starts: list[int], lengths: list[int]) -> np.ndarray:
-    """Per-residue outputs over each whole sequence: NaN rows where residues were not read.
-
-    A cut sequence (``truncate``, ``centre``) is read from its first window's start; its outputs
-    go back to those residues, never shifted onto others. Sequence-level outputs pass unchanged.
-    """
-    if outputs.dtype != object:
-        return outputs
-    placed = []
-    for row, start, length in zip(outputs, starts, lengths, strict=True):
-        if start == 0 and len(row) == length:
-            placed.append(row)
-            continue
-        whole = np.full((length, *row.shape[1:]), np.nan, dtype=np.float32)
-        whole[start : start + len(row)] = row
-        placed.append(whole)
-    return _ragged(placed)
 
 
 @torch.inference_mode()

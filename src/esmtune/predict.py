@@ -1,4 +1,10 @@
-"""Predictions from a trained run or an export: ``Predictor.load(path).predict(sequences)``."""
+"""Predictions from a trained run or an export: ``Predictor.load(path).predict(sequences)``.
+
+An ONNX export predicts with numpy and onnxruntime alone (its model reads windows, pools and
+stitches in numpy, the task activates in numpy), so this module imports torch, transformers
+and peft only where a run or an hf export is loaded: inside :meth:`Predictor.from_run`, the
+torch branch of predicting, embeddings and explanations.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +12,32 @@ import csv
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import numpy as np
-import torch
 
 from esmtune.config import LongSequences
-from esmtune.data.batching import EncodedDataset, Window, encode
 from esmtune.data.check import sequence_problem
-from esmtune.data.embedding_files import read_embeddings
+from esmtune.data.encoding import Window, encode, place_residues
 from esmtune.data.fasta import SequenceRecord
-from esmtune.embeddings import FileEmbeddings, load_embedding_run
 from esmtune.errors import DataError, EsmtuneError
-from esmtune.explain import Explainer, Explanation, torch_run
 from esmtune.explain_options import DEFAULT_STEPS, ExplainOptions, Method
 from esmtune.export.formats import export_format
 from esmtune.export.load import check_export_loadable, open_export
 from esmtune.export.names import AUTO, Runtime
-from esmtune.inference import inference_budget, place_residues, predict_outputs
-from esmtune.model.backbone import check_backbone_available
-from esmtune.model.embedding_head import EmbeddingClassifier, EmbeddingSource
-from esmtune.model.interface import Classifier
-from esmtune.model.run_model import LoadedRun, load_run
+from esmtune.export.onnx_runtime import OnnxClassifier
+from esmtune.extras import require_training_stack
 from esmtune.predict_options import PredictOptions
 from esmtune.rundir import read_run
 from esmtune.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from esmtune.explain import Explainer, Explanation
+    from esmtune.model.embedding_head import EmbeddingClassifier
+    from esmtune.model.interface import Classifier, RuntimeModel
+    from esmtune.model.loaded import LoadedRun
 
 # Embeddings per forward pass of a head alone (cheap: no backbone runs).
 _EMBEDDING_BATCH = 256
@@ -74,6 +81,9 @@ def check_loadable(path: Path | str, runtime: str = AUTO) -> None:
         check_export_loadable(path, runtime)
         return
     _check_runs_in_torch(path, PredictOptions.merged(None, {"runtime": runtime}))
+    require_training_stack("predicting from a run directory")
+    from esmtune.model.backbone import check_backbone_available
+
     config, _ = read_run(path)
     check_backbone_available(config.model)
 
@@ -104,7 +114,7 @@ class Predictor:
 
     def __init__(
         self,
-        loaded: LoadedRun[Classifier],
+        loaded: LoadedRun[RuntimeModel],
         options: PredictOptions | None = None,
         *,
         embedding_head: EmbeddingClassifier | None = None,
@@ -134,7 +144,7 @@ class Predictor:
         self.options = options
         self.model = loaded.model
         self.runtime = loaded.model.runtime
-        self.device = loaded.model.prepare_inference(options.device)
+        self.device: torch.device | str = loaded.model.prepare_inference(options.device)
         self.task: TaskSpec = loaded.task
         self.labels: list[str] = loaded.labels
         self.max_length = loaded.config.data.max_length
@@ -150,7 +160,6 @@ class Predictor:
         """False for a head on embeddings whose making model is unknown: it takes embeddings."""
         return self.model is not self.embedding_head
 
-    @torch.inference_mode()
     def predict_embeddings(
         self,
         embeddings: Path | str | Mapping[str, np.ndarray],
@@ -178,6 +187,11 @@ class Predictor:
                 f"{self.run.run_dir} reads sequences (its backbone runs); embeddings go only to "
                 "a run trained on them (data.embeddings)"
             )
+        import torch
+
+        from esmtune.data.embedding_files import read_embeddings
+        from esmtune.embeddings import FileEmbeddings
+
         vectors = (
             read_embeddings(embeddings).vectors
             if isinstance(embeddings, str | Path)
@@ -204,12 +218,9 @@ class Predictor:
             chunk = FileEmbeddings(arrays[start : start + _EMBEDDING_BATCH], None)
             batch = chunk.collate([chunk[n] for n in range(len(chunk))])
             inputs = {k: v.to(self.device) for k, v in batch.items() if k.startswith("embedding")}
-            rows.append(self.task.outputs(head(**inputs)))
-        outputs = (
-            np.concatenate(rows)
-            if rows
-            else self.task.outputs(torch.empty(0, self.task.num_outputs))
-        )
+            with torch.inference_mode():
+                rows.append(self.task.outputs(head(**inputs)))
+        outputs = np.concatenate(rows) if rows else self._no_outputs()
         return [
             {"id": identifier, **prediction}
             for identifier, prediction in zip(
@@ -235,6 +246,11 @@ class Predictor:
         """
         options = PredictOptions.merged(options, overrides)
         _check_runs_in_torch(run_dir, options)
+        require_training_stack("predicting from a run directory")
+        from esmtune.embeddings import load_embedding_run
+        from esmtune.model.embedding_head import EmbeddingSource
+        from esmtune.model.run_model import load_run
+
         if EmbeddingSource.read(Path(run_dir)) is not None:  # a head on precomputed embeddings
             loaded, head = load_embedding_run(Path(run_dir), options.embed_with)
             return cls(loaded, options, embedding_head=head)
@@ -305,9 +321,13 @@ class Predictor:
             DataError: On empty sequences or invalid residues, naming every record.
         """
         records = as_records(sequences)
-        if not records:  # the task's own shape for no sequences
-            return self.task.outputs(torch.empty(0, self.task.num_outputs))
+        if not records:
+            return self._no_outputs()
         return self._outputs(records, progress)[0]
+
+    def _no_outputs(self) -> np.ndarray:
+        """The task's own shape for no sequences."""
+        return self.task.outputs(np.empty((0, self.task.num_outputs), dtype=np.float32))
 
     def _outputs(
         self, records: list[SequenceRecord], progress: bool
@@ -317,18 +337,36 @@ class Predictor:
             self.run.tokenizer, [r.sequence for r in records], self.max_length,
             self.long_sequences, self.window_stride,
         )  # fmt: skip
-        outputs = predict_outputs(
-            self.model,
+        pad_token_id = self.run.tokenizer.pad_token_id
+        if isinstance(self.model, OnnxClassifier):  # numpy and onnxruntime only
+            outputs = self.model.predict_outputs(
+                windows, self.task.outputs, self.options.max_tokens, pad_token_id, progress
+            )
+        else:
+            outputs = self._torch_outputs(windows, pad_token_id, progress)
+        lengths = [len(r.sequence) for r in records]
+        return place_residues(outputs, [w[0].start for w in windows], lengths), windows
+
+    def _torch_outputs(
+        self, windows: list[list[Window]], pad_token_id: int, progress: bool
+    ) -> np.ndarray:
+        """The task's outputs of a torch model (a run, an hf export), batched as in training."""
+        import torch
+
+        from esmtune.data.batching import EncodedDataset
+        from esmtune.inference import predict_outputs
+
+        assert isinstance(self.device, torch.device)
+        return predict_outputs(
+            cast("Classifier", self.model),
             EncodedDataset(windows),
             self.task.outputs,
             self.options.max_tokens,
-            self.run.tokenizer.pad_token_id,
+            pad_token_id,
             progress=progress,
             precision=self.options.precision,
             device=self.device,
         )
-        lengths = [len(r.sequence) for r in records]
-        return place_residues(outputs, [w[0].start for w in windows], lengths), windows
 
     def predict(
         self,
@@ -485,13 +523,20 @@ class Predictor:
 
     def _explainer(self) -> Explainer:
         """Explanations read sequences as :meth:`predict` does (windows, budget, device)."""
+        import torch
+
+        from esmtune.explain import Explainer, torch_run
+        from esmtune.inference import inference_budget
+
+        run = torch_run(self.run)  # refuses a model outside torch, saying what to use
+        device = torch.device(self.device)
         return Explainer(
-            torch_run(self.run),
-            self.device,
+            run,
+            device,
             self.max_length,
             self.long_sequences,
             self.window_stride,
-            self.options.max_tokens or inference_budget(self.device),
+            self.options.max_tokens or inference_budget(device),
         )
 
 

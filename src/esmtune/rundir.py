@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from safetensors import safe_open
 
 from esmtune.config import TrainConfig, load_config
 from esmtune.errors import RunDirError
-from esmtune.storage import save_tensors
 from esmtune.tasks import TaskSpec, task_from_state
 
 if TYPE_CHECKING:
@@ -108,12 +106,16 @@ def save_weights(
     Raises:
         OSError: When the file cannot be written (full disk, read-only folder).
     """
+    from esmtune.storage import save_tensors  # torch: only runs and exports write weights
+
     fitted = {"thresholds": thresholds, "calibration": calibration}
     metadata = {key: json.dumps(value) for key, value in fitted.items() if value is not None}
     save_tensors(tensors, path, metadata or None)
 
 
 def _saved(path: Path, key: str) -> Any:
+    from safetensors import safe_open
+
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     return json.loads(metadata[key]) if key in metadata else None

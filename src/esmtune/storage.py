@@ -18,12 +18,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from esmtune.errors import EsmtuneError, StorageError
+
+if TYPE_CHECKING:  # save_tensors imports them: the rest serves torch-free commands too
+    import torch
 
 __all__ = [
     "apply_umask",
@@ -101,6 +101,8 @@ def save_tensors(
         OSError: When the file cannot be written; ``errno`` and ``filename`` are set even when
             safetensors reported the failure only in the text of its own error.
     """
+    from safetensors import SafetensorError
+
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     try:
@@ -116,6 +118,15 @@ def save_tensors(
     except OSError:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def save_file(
+    tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str] | None = None
+) -> None:
+    """Write with safetensors' ``save_file``, imported on first use (it imports torch)."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, filename, metadata=metadata)
 
 
 def _errno_in_text(text: str) -> int | None:
@@ -137,7 +148,8 @@ def storage_errno(error: BaseException) -> int | None:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in _REASONS:
             return current.errno
-        if isinstance(current, SafetensorError | RuntimeError):
+        # safetensors' own error (by name: it is imported only where tensors are written).
+        if isinstance(current, RuntimeError) or type(current).__name__ == "SafetensorError":
             code = _errno_in_text(str(current))
             if code in _REASONS:
                 return code

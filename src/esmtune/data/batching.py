@@ -17,14 +17,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import assert_never
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from transformers import PreTrainedTokenizerBase
 
-from esmtune.config import LongSequences
+# Encoding is torch-free (predicting from an ONNX export uses it alone); re-exported here for
+# the training side, which imports everything from this module.
+from esmtune.data.encoding import IGNORED_CLASS, Window, encode, fill_batches, window_starts
 
 __all__ = [
     "IGNORED_CLASS",
@@ -38,91 +38,6 @@ __all__ = [
     "residue_target_rows",
     "window_starts",
 ]
-
-
-# A residue class outside the loss and every metric (torch cross-entropy's ignore_index): masked
-# residues, <cls>, <eos> and padding. Per-residue values use NaN for the same.
-IGNORED_CLASS = -100
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """One model input: token ids with BOS/EOS, covering residues ``start`` onwards."""
-
-    start: int
-    ids: list[int]
-
-
-def window_starts(length: int, size: int, stride: int) -> list[int]:
-    """Residue offsets of overlapping windows of ``size`` that cover ``length`` residues.
-
-    The last window ends exactly at the sequence end, so no window is shorter than ``size``
-    and every residue is covered.
-    """
-    if length <= size:
-        return [0]
-    starts = list(range(0, length - size, stride))
-    return [*starts, length - size]
-
-
-class _Vocabulary:
-    """Residue letter → token id, read once from the tokenizer.
-
-    The ESM tokenizer splits a residue string into single letters, which a dictionary lookup does
-    some 50x faster; the result is the same (a test checks it).
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        vocabulary = tokenizer.get_vocab()
-        self.unknown = tokenizer.unk_token_id
-        self.bos = tokenizer.cls_token_id
-        self.eos = tokenizer.eos_token_id
-        self.ids = {token: index for token, index in vocabulary.items() if len(token) == 1}
-
-    def __call__(self, residues: str) -> list[int]:
-        lookup = self.ids.get
-        return [self.bos, *(lookup(char, self.unknown) for char in residues), self.eos]
-
-
-def encode(
-    tokenizer: PreTrainedTokenizerBase,
-    sequences: Sequence[str],
-    max_length: int,
-    long_sequences: LongSequences | str = LongSequences.TRUNCATE,
-    stride: int | None = None,
-) -> list[list[Window]]:
-    """Windows of token ids (with BOS/EOS) for each sequence.
-
-    Args:
-        tokenizer: The ESM2 tokenizer (its vocabulary is used directly).
-        sequences: Residue strings, upper-case.
-        max_length: Residues per model input (ESM2: at most 1,022).
-        long_sequences: What to do with longer sequences: keep the first residues
-            (``truncate``), the central ones (``centre``), or cover them with overlapping
-            windows (``window``).
-        stride: Residues between window starts (default ``max_length // 2``).
-
-    Returns:
-        One list of windows per sequence; a single window unless ``window`` applies.
-    """
-    vocabulary = _Vocabulary(tokenizer)
-    long_sequences = LongSequences(long_sequences)  # accept the plain string too
-    stride = stride or max(1, max_length // 2)
-    encoded = []
-    for sequence in sequences:
-        if len(sequence) <= max_length:
-            encoded.append([Window(0, vocabulary(sequence))])
-        elif long_sequences is LongSequences.WINDOW:
-            starts = window_starts(len(sequence), max_length, stride)
-            encoded.append([Window(s, vocabulary(sequence[s : s + max_length])) for s in starts])
-        elif long_sequences is LongSequences.CENTRE:
-            start = (len(sequence) - max_length) // 2
-            encoded.append([Window(start, vocabulary(sequence[start : start + max_length]))])
-        elif long_sequences is LongSequences.TRUNCATE:
-            encoded.append([Window(0, vocabulary(sequence[:max_length]))])
-        else:
-            assert_never(long_sequences)
-    return encoded
 
 
 class BudgetedDataset(Dataset, ABC):
@@ -236,22 +151,9 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
 
     def _fill(self, ordered: list[int]) -> list[list[int]]:
         """Greedy batches over indices sorted by length (longest first)."""
-        batches: list[list[int]] = []
-        current: list[int] = []
-        inputs = longest = 0
-        for index in ordered:
-            count, size = self.window_counts[index], self.tokens[index]
-            full = self.max_sequences is not None and len(current) >= self.max_sequences
-            over = (inputs + count) * max(longest, size) > self.max_tokens
-            if current and (full or over):
-                batches.append(current)
-                current, inputs, longest = [], 0, 0
-            current.append(index)
-            inputs += count
-            longest = max(longest, size)
-        if current:
-            batches.append(current)
-        return batches
+        return fill_batches(
+            ordered, self.tokens, self.window_counts, self.max_tokens, self.max_sequences
+        )
 
     def _even_out(self, batches: list[list[int]]) -> list[list[int]]:
         """Give every process the same number of batches, losing and repeating nothing.

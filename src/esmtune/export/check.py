@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from esmtune.data.check import check_dataset, sequence_problem
 from esmtune.errors import EsmtuneError
-from esmtune.model.interface import Classifier
-from esmtune.model.run_model import LoadedRun
+from esmtune.model.interface import RuntimeModel
+from esmtune.model.loaded import LoadedRun
 from esmtune.predict import Predictor
 
 __all__ = ["CHECK_SEQUENCES", "LABEL_AGREEMENT", "check_runtimes", "check_sample"]
@@ -36,7 +36,9 @@ _FREQUENCIES = np.array(
 )  # fmt: skip
 
 
-def check_sample(loaded: LoadedRun[Classifier], count: int, seed: int = 0) -> tuple[list[str], str]:
+def check_sample(
+    loaded: LoadedRun[RuntimeModel], count: int, seed: int = 0
+) -> tuple[list[str], str]:
     """Up to ``count`` sequences to compare runtimes on, and where they came from.
 
     The run's own validation (else test) split when its data can still be read from here, so
@@ -71,8 +73,8 @@ def _timed_outputs(predictor: Predictor, sequences: list[str]) -> tuple[np.ndarr
 
 
 def check_runtimes(
-    reference: LoadedRun[Classifier],
-    candidates: dict[str, tuple[LoadedRun[Classifier], list[Path]]],
+    reference: LoadedRun[RuntimeModel],
+    candidates: dict[str, tuple[LoadedRun[RuntimeModel], list[Path]]],
     count: int,
 ) -> dict[str, Any]:
     """Compare each candidate runtime with the run on a sample; pick the default.

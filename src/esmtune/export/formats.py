@@ -2,22 +2,26 @@
 
 Writing, checking, loading and the model card ask the format, never ``if fmt == ...``: a new
 format is one class (a module like :mod:`esmtune.export.hf`), one entry in :data:`FORMATS` and
-one name in :class:`~esmtune.export.names.FormatName`.
+one name in :class:`~esmtune.export.names.FormatName`. The table imports no torch: each format
+imports its writer (and a torch loader) when asked to write or load, so an ONNX export loads
+with onnxruntime alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from esmtune.errors import EsmtuneError
 from esmtune.export.hf import HfFormat
 from esmtune.export.names import FormatName
 from esmtune.export.onnx import OnnxFormat
-from esmtune.model.classifier import SequenceClassifier
-from esmtune.model.interface import Classifier
-from esmtune.model.run_model import LoadedRun
+
+if TYPE_CHECKING:
+    from esmtune.model.classifier import SequenceClassifier
+    from esmtune.model.interface import RuntimeModel
+    from esmtune.model.loaded import LoadedRun
 
 __all__ = [
     "FORMATS",
@@ -77,7 +81,7 @@ class ExportFormat(Protocol):
         """Write ``model``, the run's classifier with LoRA merged in (CPU), into ``folder``."""
         ...
 
-    def load(self, folder: Path, runtime: str, device: str | None) -> LoadedRun[Classifier]:
+    def load(self, folder: Path, runtime: str, device: str | None) -> LoadedRun[RuntimeModel]:
         """The export in ``folder``, run by ``runtime`` (one it offers) on ``device``."""
         ...
 

@@ -10,24 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
-
-import torch
-from safetensors.torch import load_file
-from transformers import EsmModel
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from esmtune.config import FinetuneMode
 from esmtune.errors import EsmtuneError, ModelLoadError, RunDirError
 from esmtune.export.files import HEAD_FILE, ONNX_FILE, read_export
 from esmtune.export.names import FormatName, Runtime
-from esmtune.model.classifier import SequenceClassifier, build_model
-from esmtune.model.run_model import LoadedRun
-from esmtune.model.transformers_head import (
-    to_sequence_classification,
-    to_token_classification,
-    token_classifier_layer,
-)
+from esmtune.extras import require_training_stack
 from esmtune.rundir import CONFIG_FILE, save_weights
+
+if TYPE_CHECKING:  # torch and transformers load when an hf export is written or loaded
+    import torch
+
+    from esmtune.model.classifier import SequenceClassifier
+    from esmtune.model.loaded import LoadedRun
 
 __all__ = ["HfFormat", "load_export"]
 
@@ -59,6 +55,15 @@ class HfFormat:
         ``AutoModelForSequenceClassification``); otherwise an ``EsmModel``, the head being
         esmtune's own. Either way ``EsmModel.from_pretrained`` loads the backbone.
         """
+        from transformers import EsmModel
+
+        from esmtune.model.run_model import hf_tokenizer
+        from esmtune.model.transformers_head import (
+            to_sequence_classification,
+            to_token_classification,
+            token_classifier_layer,
+        )
+
         if loaded.config.model.head == "esm":
             to_sequence_classification(model, loaded.task).save_pretrained(folder)
         elif token_classifier_layer(model) is not None:
@@ -71,12 +76,13 @@ class HfFormat:
             backbone.config.id2label = dict(enumerate(labels))
             backbone.config.label2id = {label: i for i, label in enumerate(labels)}
             backbone.save_pretrained(folder, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(folder)
+        hf_tokenizer(loaded).save_pretrained(folder)
         task = loaded.task
         save_weights(_head_tensors(model), folder / HEAD_FILE, task.thresholds, task.calibration)
 
     def load(self, folder: Path, runtime: str, device: str | None) -> LoadedRun[SequenceClassifier]:
         """The export's classifier, on the CPU (the Predictor moves it to its device)."""
+        require_training_stack("an hf export (torch)")
         return load_export(folder)
 
     def files_read(self, folder: Path, runtime: str) -> list[Path]:
@@ -147,6 +153,8 @@ class HfFormat:
 
 def _token_head(loaded: LoadedRun[SequenceClassifier]) -> bool:
     """Whether the export is an EsmForTokenClassification folder."""
+    from esmtune.model.transformers_head import token_classifier_layer
+
     return token_classifier_layer(loaded.model) is not None
 
 
@@ -200,6 +208,11 @@ def load_export(export_dir: Path | str) -> LoadedRun[SequenceClassifier]:
         RunDirError: When the folder is not an ``hf`` export.
         ModelLoadError: When the head does not fit the rebuilt model.
     """
+    from safetensors.torch import load_file
+
+    from esmtune.model.classifier import build_model
+    from esmtune.model.loaded import LoadedRun
+
     folder = Path(export_dir)
     if (folder / ONNX_FILE).is_file():
         raise RunDirError(f"{folder} is an ONNX export: load it with load_onnx_export")

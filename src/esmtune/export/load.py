@@ -7,6 +7,7 @@ writes exports: loading needs neither the check nor the model card.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from esmtune.errors import EsmtuneError, RunDirError
 from esmtune.export.files import read_export, read_export_info
@@ -19,8 +20,10 @@ from esmtune.export.formats import (
     offered_runtimes,
 )
 from esmtune.export.names import AUTO, RUNTIMES
-from esmtune.model.interface import Classifier
-from esmtune.model.run_model import LoadedRun
+
+if TYPE_CHECKING:
+    from esmtune.model.interface import RuntimeModel
+    from esmtune.model.loaded import LoadedRun
 
 __all__ = ["check_export_loadable", "choose_runtime", "open_export"]
 
@@ -70,7 +73,7 @@ def choose_runtime(export_dir: Path | str, runtime: str = AUTO) -> str:
 
 def open_export(
     export_dir: Path | str, runtime: str = AUTO, device: str | None = None
-) -> LoadedRun[Classifier]:
+) -> LoadedRun[RuntimeModel]:
     """The model of an export folder, in the runtime :func:`choose_runtime` picks.
 
     Args:

@@ -1,40 +1,47 @@
-"""An ONNX export run by onnxruntime, as a :class:`~esmtune.model.interface.Classifier`.
+"""An ONNX export run by onnxruntime, with numpy for everything around the graphs.
 
 The export holds two graphs: ``model.onnx`` (tokens -> logits, and the residue states) and
 ``head.onnx`` (residue states -> logits), so that sequences longer than the context are read in
-windows exactly as in torch: the windows' states are stitched between the two graphs. The
-classifier comes back inside a :class:`~esmtune.model.run_model.LoadedRun`, so everything that
-predicts from a run (``Predictor``, ``serve``) predicts from an export the same way.
+windows exactly as in torch: the windows' states are stitched between the two graphs. Batching
+by token budget, stitching, streaming pooling and the task's activation run here in numpy, so
+that predicting from an export imports neither torch nor transformers: a small container or a
+pipeline step pays only for numpy and onnxruntime. The model comes back inside a
+:class:`~esmtune.model.loaded.LoadedRun`, so :class:`esmtune.predict.Predictor` and ``serve``
+hold an export as they hold a run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-import torch
-from transformers import AutoTokenizer
 
+from esmtune.architectures import ESM2_VOCAB
 from esmtune.config import Pooling
+from esmtune.data.encoding import (
+    Esm2Vocabulary,
+    Window,
+    fill_batches,
+    sequence_rows,
+    token_budget,
+)
 from esmtune.errors import EsmtuneError, RunDirError
 from esmtune.export.files import INT8_FILE, ONNX_FILE, POOL_HEAD_FILE, read_export, require_modules
 from esmtune.export.names import Runtime
-from esmtune.model.heads import Pooler, StreamingPooler
-from esmtune.model.run_model import LoadedRun
-from esmtune.model.windows import ResidueSink, stitch_windows
+from esmtune.model.loaded import LoadedRun
 
 __all__ = ["OnnxClassifier", "load_onnx_export", "onnx_providers"]
 
 
 class OnnxClassifier:
-    """An ONNX export run by onnxruntime: a :class:`~esmtune.model.interface.Classifier`.
+    """An ONNX export run by onnxruntime; inputs and outputs are numpy arrays.
 
-    ``model(input_ids=..., attention_mask=...)`` returns logits as a torch tensor; with the
-    window inputs of a batch (``window_owner``, ``window_start``, ``residue_count``) the residue
-    states of all windows are stitched and ``head.onnx`` pools them, as the torch model does.
-    So the batching, windowing and task code of :class:`esmtune.predict.Predictor` runs
-    unchanged on it.
+    ``model(input_ids=..., attention_mask=...)`` gives the logits of rows that are each one
+    whole sequence; :meth:`predict_outputs` reads any sequences, long ones in windows stitched
+    and pooled (``head.onnx``) as the torch model does.
     """
 
     def __init__(
@@ -48,9 +55,10 @@ class OnnxClassifier:
     ) -> None:
         """Open ``model.onnx`` (or ``model.int8.onnx`` with ``quantized``) and ``head.onnx``.
 
-        ``threads``: onnxruntime's intra-op threads (default: torch's thread count, so both
-        runtimes use the same cores). ``pooling``: the run's, for long sequences read in passes.
-        ``per_residue``: the graphs give logits per position (a per-residue task's export).
+        ``threads``: onnxruntime's intra-op threads (default: ``OMP_NUM_THREADS`` if set, else
+        onnxruntime's one per physical core; torch's default too, so both runtimes use the same
+        cores). ``pooling``: the run's, for long sequences read in passes. ``per_residue``: the
+        graphs give logits per position (a per-residue task's export).
         """
         require_modules("onnxruntime")
         import onnxruntime
@@ -64,7 +72,7 @@ class OnnxClassifier:
                 f"`esmtune export RUN --format onnx {hint}--out {folder}`"
             )
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads or _default_threads()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.path = path
         self.pooling = Pooling(pooling)
@@ -78,54 +86,88 @@ class OnnxClassifier:
             else None
         )
 
-    def __call__(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        window_owner: torch.Tensor | None = None,
-        window_start: torch.Tensor | None = None,
-        residue_count: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits ``(sequences, num_outputs)`` for a padded batch of windows.
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Logits ``(rows, num_outputs)`` of a padded batch, each row one whole sequence.
 
-        Per residue: ``(sequences, positions, num_outputs)``, laid out as the stitched states.
+        Per residue: ``(rows, tokens, num_outputs)``, residue i at token i + 1. Takes anything
+        numpy reads as an array (CPU torch tensors too).
         """
-        if window_owner is None:
-            logits = self.session.run(["logits"], _feeds(input_ids, attention_mask))[0]
-            return torch.from_numpy(logits)
-        if window_start is None or residue_count is None:
-            raise ValueError("window_owner needs window_start and residue_count (see pad_collate)")
-        states, residues = stitch_windows(
-            self.window_states(input_ids, attention_mask),
-            torch.as_tensor(attention_mask),
-            window_owner,
-            window_start,
-            residue_count,
-        )
-        return self._pool_head(states, residues)
+        return self.session.run(["logits"], _feeds(input_ids, attention_mask))[0]
 
-    def window_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def window_states(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Residue states of each input row ``(rows, tokens, hidden)``, nothing stitched."""
-        feeds = _feeds(input_ids, attention_mask)
-        return torch.from_numpy(self.session.run(["hidden_states"], feeds)[0])
+        return self.session.run(["hidden_states"], _feeds(input_ids, attention_mask))[0]
 
-    def prepare_inference(self, device: str | torch.device | None) -> torch.device:
+    def prepare_inference(self, device: object) -> str:
         """Inputs stay in host memory: onnxruntime reads numpy arrays, whatever provider runs it.
 
         The provider (CPU, or CUDA with onnxruntime-gpu) was chosen when the session opened.
         """
-        return torch.device("cpu")
+        return "cpu"
 
-    def long_sequence_sink(self) -> ResidueSink:
-        """Pools one long sequence's stitched states as they arrive; ``close`` gives its logits.
+    def predict_outputs(
+        self,
+        windows: list[list[Window]],
+        outputs: Callable[[np.ndarray], np.ndarray],
+        max_tokens: int | None,
+        pad_token_id: int,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """What ``outputs`` makes of each sequence's logits, in input order.
 
-        ``head.onnx`` pools whatever rows it is given, so mean, max and cls pooling reduce as
-        the states arrive and hand it one summary residue (its pooling of one residue is that
-        residue): memory stays flat. Attention pooling's scores live inside the graph, so its
-        sink keeps the sequence's stitched states (4 bytes x hidden size per residue).
+        Args:
+            windows: Each sequence's windows (:func:`~esmtune.data.encoding.encode`).
+            outputs: The task's activation (:meth:`~esmtune.tasks.base.TaskSpec.outputs`).
+            max_tokens: Token budget of each call (None: the CPU budget, 1,024).
+            pad_token_id: What pads shorter rows.
+            progress: Show a progress bar.
+
+        Returns:
+            One row per sequence; per residue, one ``(residues, outputs)`` array per sequence
+            in a 1-D object array.
+
+        Sequences in one window are batched, longest first, within the budget; a sequence in
+        several windows is read a few windows per call and stitched as they arrive
+        (:class:`_Stitcher`), so memory does not grow with its length.
         """
+        budget = max_tokens or token_budget("cpu")
+        tokens = [max(len(window.ids) for window in sequence) for sequence in windows]
+        counts = [len(sequence) for sequence in windows]
+        order = sorted(range(len(windows)), key=lambda i: (-tokens[i], i))
+        whole = [index for index in order if counts[index] == 1]
+        rows: dict[int, np.ndarray] = {}
+        bar = _progress_bar(len(windows), progress)
+        for batch in fill_batches(whole, tokens, counts, budget):
+            read = [windows[index][0].ids for index in batch]
+            values = outputs(self(*_padded(read, pad_token_id)))
+            for row, (index, ids) in enumerate(zip(batch, read, strict=True)):
+                # Per residue: keep the residues (no <cls>, <eos> or padding).
+                rows[index] = values[row, 1 : len(ids) - 1] if self.per_residue else values[row]
+            bar(len(batch))
+        for index in order:
+            if counts[index] > 1:
+                logits = self._read_in_passes(windows[index], budget, pad_token_id)
+                rows[index] = outputs(logits) if self.per_residue else outputs(logits)[0]
+                bar(1)
+        return sequence_rows([rows[i] for i in range(len(windows))])
+
+    def _read_in_passes(
+        self, sequence: list[Window], max_tokens: int, pad_token_id: int
+    ) -> np.ndarray:
+        """One sequence's windows, a few per call, stitched into a sink; the sink's logits."""
         self._require_head()
-        return _OnnxResidueSink(self) if self.per_residue else _OnnxHeadSink(self)
+        ordered = sorted(sequence, key=lambda window: window.start)
+        width = max(len(window.ids) for window in ordered)
+        per_pass = max(1, max_tokens // width)
+        sink: _Sink = _ResidueSink(self) if self.per_residue else _HeadSink(self)
+        stitcher = _Stitcher(sink)
+        for first in range(0, len(ordered), per_pass):
+            chunk = ordered[first : first + per_pass]
+            hidden = self.window_states(*_padded([w.ids for w in chunk], pad_token_id))
+            for row, window in enumerate(chunk):
+                end = len(window.ids) - 1
+                stitcher.add(window.start, hidden[row, 0], hidden[row, 1:end])
+        return stitcher.finish()
 
     def _require_head(self) -> None:
         if self.head is None:
@@ -135,18 +177,26 @@ class OnnxClassifier:
                 "long_sequences=truncate"
             )
 
-    def _pool_head(self, states: torch.Tensor, residue_mask: torch.Tensor) -> torch.Tensor:
+    def pool_head(self, states: np.ndarray, residue_mask: np.ndarray) -> np.ndarray:
         """``head.onnx``: pooling and head over stitched states ``(sequences, tokens, hidden)``."""
         self._require_head()
         assert self.head is not None
         feeds = {
-            "hidden_states": states.float().numpy(),
-            "residue_mask": residue_mask.bool().numpy(),
+            "hidden_states": np.asarray(states, dtype=np.float32),
+            "residue_mask": np.asarray(residue_mask, dtype=bool),
         }
-        return torch.from_numpy(self.head.run(["logits"], feeds)[0])
+        return self.head.run(["logits"], feeds)[0]
 
 
-def _feeds(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, np.ndarray]:
+def _default_threads() -> int:
+    """``OMP_NUM_THREADS`` when set (as torch reads it), else 0: onnxruntime's own choice."""
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
+
+
+def _feeds(input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
     """``model.onnx``'s inputs: int64 arrays, as the exporter traced them."""
     return {
         "input_ids": np.asarray(input_ids, dtype=np.int64),
@@ -154,35 +204,152 @@ def _feeds(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, n
     }
 
 
-class _OnnxHeadSink:
-    """A long sequence's stitched states into ``head.onnx`` (see ``long_sequence_sink``)."""
+def _padded(rows: list[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows padded to the longest: ``input_ids`` and ``attention_mask``."""
+    longest = max(len(ids) for ids in rows)
+    input_ids = np.full((len(rows), longest), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), longest), dtype=np.int64)
+    for row, ids in enumerate(rows):
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+def _progress_bar(total: int, shown: bool) -> Callable[[int], None]:
+    """A function advancing a tqdm bar (imported only when one is shown)."""
+    if not shown:
+        return lambda count: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="predict", unit="seq")
+
+    def advance(count: int) -> None:
+        bar.update(count)
+        if bar.n >= total:
+            bar.close()
+
+    return advance
+
+
+class _Sink(Protocol):
+    """Receives one long sequence's stitched states piece by piece (see :class:`_Stitcher`)."""
+
+    def add_residues(self, states: np.ndarray) -> None:
+        """Take the final states ``(residues, hidden)`` of the next consecutive residues."""
+
+    def close(self, cls_state: np.ndarray) -> np.ndarray:
+        """Take the ``<cls>`` state ``(hidden,)`` (mean over windows); return the logits."""
+
+
+class _Stitcher:
+    """:class:`esmtune.model.windows.WindowStitcher` in numpy, for onnxruntime's states.
+
+    Each residue's state is the mean of its states in the windows covering it (float32); the
+    ``<cls>`` state is the mean over windows. Windows come a few at a time in the order of their
+    starts, and a residue goes to the sink once no later window can cover it, so only one
+    window's overlap is held.
+    """
+
+    def __init__(self, sink: _Sink) -> None:
+        self.sink = sink
+        self._done = 0  # residues handed to the sink
+        self._sum: np.ndarray | None = None  # states of residues done.. (float32)
+        self._count: np.ndarray | None = None
+        self._cls_sum: np.ndarray | None = None
+        self._windows = 0
+
+    def add(self, start: int, cls_state: np.ndarray, residue_states: np.ndarray) -> None:
+        """Add one window: its first residue's offset, its ``<cls>`` state and residue states."""
+        if start < self._done or start > self._done + self._pending():
+            raise ValueError(f"window at residue {start} arrived out of order or after a gap")
+        self._flush(start)
+        states = np.asarray(residue_states, dtype=np.float32)
+        cls_state = np.asarray(cls_state, dtype=np.float32)
+        self._cls_sum = cls_state.copy() if self._cls_sum is None else self._cls_sum + cls_state
+        self._windows += 1
+        offset = start - self._done  # where this window begins inside the pending buffer
+        end = offset + len(states)
+        grow = end - self._pending()
+        if grow > 0:  # cover this window's last residues
+            self._sum = _extend(self._sum, np.zeros((grow, states.shape[1]), np.float32))
+            self._count = _extend(self._count, np.zeros(grow, np.float32))
+        assert self._sum is not None and self._count is not None
+        self._sum[offset:end] += states
+        self._count[offset:end] += 1
+
+    def finish(self) -> np.ndarray:
+        """Hand over the remaining residues and the mean ``<cls>`` state; the sink's result."""
+        if self._cls_sum is None:
+            raise ValueError("no window was added")
+        self._flush(self._done + self._pending())
+        return self.sink.close(self._cls_sum / self._windows)
+
+    def _pending(self) -> int:
+        return 0 if self._sum is None else len(self._sum)
+
+    def _flush(self, upto: int) -> None:
+        """Residues before ``upto`` are final: no later window (start >= upto) covers them."""
+        ready = min(upto - self._done, self._pending())
+        if ready <= 0:
+            return
+        assert self._sum is not None and self._count is not None
+        self.sink.add_residues(self._sum[:ready] / self._count[:ready, None])
+        self._sum, self._count = self._sum[ready:], self._count[ready:]
+        self._done += ready
+
+
+def _extend(buffer: np.ndarray | None, zeros: np.ndarray) -> np.ndarray:
+    return zeros if buffer is None else np.concatenate([buffer, zeros])
+
+
+class _HeadSink:
+    """A long sequence's stitched states into ``head.onnx``, pooled as they arrive.
+
+    ``head.onnx`` pools whatever rows it is given, so mean, max and cls pooling reduce as the
+    states arrive and hand it one summary residue (its pooling of one residue is that residue):
+    memory stays flat. Attention pooling's scores live inside the graph, so for it the sink
+    keeps the sequence's stitched states (4 bytes x hidden size per residue).
+    """
 
     def __init__(self, model: OnnxClassifier) -> None:
         self.model = model
-        self.streaming = model.pooling is not Pooling.ATTENTION
-        # Parameter-free pooling: the hidden size only matters to attention's scorer.
-        self.pooler = StreamingPooler(Pooler(model.pooling, 1)) if self.streaming else None
-        self.pieces: list[torch.Tensor] = []
+        self.pooling = model.pooling
+        self.count = 0
+        self.total: np.ndarray | None = None  # sum (mean) or maximum (max) of the states
+        self.pieces: list[np.ndarray] = []
 
-    def add_residues(self, states: torch.Tensor) -> None:
-        if self.pooler is not None:
-            self.pooler.add_residues(states)
-        else:
+    def add_residues(self, states: np.ndarray) -> None:
+        if len(states) == 0:
+            return
+        self.count += len(states)
+        if self.pooling is Pooling.ATTENTION:
             self.pieces.append(states)
+        elif self.pooling is Pooling.MEAN:
+            piece = states.sum(axis=0)
+            self.total = piece if self.total is None else self.total + piece
+        elif self.pooling is Pooling.MAX:
+            piece = states.max(axis=0)
+            self.total = piece if self.total is None else np.maximum(self.total, piece)
 
-    def close(self, cls_state: torch.Tensor) -> torch.Tensor:
-        if self.pooler is not None:
-            residues = self.pooler.close(cls_state).unsqueeze(0)
+    def close(self, cls_state: np.ndarray) -> np.ndarray:
+        if self.pooling is Pooling.ATTENTION:
+            residues = np.concatenate(self.pieces)
+        elif self.pooling is Pooling.CLS:
+            residues = cls_state[None]  # head.onnx pools <cls> alone; any row does here
+        elif self.total is None:
+            residues = np.zeros_like(cls_state)[None]  # no residues: the batched pooler's 0 / 1
+        elif self.pooling is Pooling.MEAN:
+            residues = (self.total / self.count)[None]
         else:
-            residues = torch.cat(self.pieces)
-        zero = torch.zeros_like(cls_state).unsqueeze(0)
-        states = torch.cat([cls_state.unsqueeze(0), residues, zero]).unsqueeze(0)
-        mask = torch.zeros(states.shape[:2], dtype=torch.bool)
+            residues = self.total[None]
+        zero = np.zeros_like(cls_state)[None]
+        states = np.concatenate([cls_state[None], residues, zero])[None]
+        mask = np.zeros(states.shape[:2], dtype=bool)
         mask[0, 1 : 1 + len(residues)] = True
-        return self.model._pool_head(states, mask)
+        return self.model.pool_head(states, mask)
 
 
-class _OnnxResidueSink:
+class _ResidueSink:
     """A long sequence's stitched residue states, kept whole, then ``head.onnx`` on them all.
 
     Gives ``(residues, outputs)``, as the torch model's per-residue sink does.
@@ -190,15 +357,14 @@ class _OnnxResidueSink:
 
     def __init__(self, model: OnnxClassifier) -> None:
         self.model = model
-        self.pieces: list[torch.Tensor] = []
+        self.pieces: list[np.ndarray] = []
 
-    def add_residues(self, states: torch.Tensor) -> None:
+    def add_residues(self, states: np.ndarray) -> None:
         self.pieces.append(states)
 
-    def close(self, cls_state: torch.Tensor) -> torch.Tensor:
-        states = torch.cat(self.pieces).unsqueeze(0)
-        mask = torch.ones(states.shape[:2], dtype=torch.bool)
-        return self.model._pool_head(states, mask)[0]
+    def close(self, cls_state: np.ndarray) -> np.ndarray:
+        states = np.concatenate(self.pieces)[None]
+        return self.model.pool_head(states, np.ones(states.shape[:2], dtype=bool))[0]
 
 
 def onnx_providers(device: str | None) -> tuple[str, ...]:
@@ -218,6 +384,23 @@ def onnx_providers(device: str | None) -> tuple[str, ...]:
             "for ONNX on a GPU, or use an hf export (torch) there"
         )
     return ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def export_vocabulary(folder: Path) -> Esm2Vocabulary:
+    """The tokenizer of an export: the ESM2 alphabet, which its ``vocab.txt`` must hold.
+
+    Raises:
+        RunDirError: When ``vocab.txt`` holds another vocabulary (not an ESM2 model's).
+    """
+    path = folder / "vocab.txt"
+    if path.is_file():
+        found = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+        if found != ESM2_VOCAB:
+            raise RunDirError(
+                f"{path} is not the ESM2 vocabulary ({len(found)} tokens, {found[:6]}...): "
+                "esmtune exports hold ESM2 models only; export the run again"
+            )
+    return Esm2Vocabulary()
 
 
 def load_onnx_export(
@@ -241,5 +424,4 @@ def load_onnx_export(
         folder, quantized, providers, threads=threads, pooling=config.model.pooling,
         per_residue=task.per_residue,
     )  # fmt: skip
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return LoadedRun(folder, config, task, model, tokenizer)
+    return LoadedRun(folder, config, task, model, export_vocabulary(folder))

@@ -21,7 +21,7 @@ from esmtune.export.check import CHECK_SEQUENCES, check_runtimes
 from esmtune.export.files import CARD_FILE, EXPORT_INFO_FILE, require_modules
 from esmtune.export.formats import FORMATS, ExportFormat, format_named, offered_runtimes
 from esmtune.model.classifier import SequenceClassifier
-from esmtune.model.interface import Classifier
+from esmtune.model.interface import RuntimeModel
 from esmtune.model.run_model import LoadedRun, load_run
 from esmtune.model.tuning import merge_lora
 from esmtune.rundir import (
@@ -136,7 +136,7 @@ def _write_export(
 
 def _candidates(
     folder: Path, form: ExportFormat
-) -> dict[str, tuple[LoadedRun[Classifier], list[Path]]]:
+) -> dict[str, tuple[LoadedRun[RuntimeModel], list[Path]]]:
     """The runtimes the written export offers, loaded from it, with the files each reads."""
     return {
         runtime: (form.load(folder, runtime, None), form.files_read(folder, runtime))

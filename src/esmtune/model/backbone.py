@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from transformers import AutoTokenizer, EsmConfig, EsmModel, EsmTokenizer, PreTrainedTokenizerBase
 
-from esmtune.architectures import ESM2_ARCHITECTURES, known_architecture
+from esmtune.architectures import ESM2_ARCHITECTURES, ESM2_VOCAB, known_architecture
 from esmtune.config import ModelConfig
 from esmtune.errors import ModelLoadError
 
@@ -26,43 +26,6 @@ __all__ = [
     "build_esm2_config",
     "esm2_tokenizer",
     "load_backbone",
-]
-
-# The ESM-1b/ESM2 alphabet, in token-id order.
-ESM2_VOCAB = [
-    "<cls>",
-    "<pad>",
-    "<eos>",
-    "<unk>",
-    "L",
-    "A",
-    "G",
-    "V",
-    "S",
-    "E",
-    "R",
-    "T",
-    "I",
-    "D",
-    "P",
-    "K",
-    "Q",
-    "N",
-    "F",
-    "Y",
-    "M",
-    "H",
-    "W",
-    "C",
-    "X",
-    "B",
-    "U",
-    "Z",
-    "O",
-    ".",
-    "-",
-    "<null_1>",
-    "<mask>",
 ]
 
 

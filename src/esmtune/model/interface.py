@@ -1,29 +1,44 @@
-"""What predicting asks of a model, whatever runs it: the :class:`Classifier` protocol.
+"""What predicting asks of a model: :class:`RuntimeModel`, and the torch :class:`Classifier`.
 
-Two implementations share it: the torch :class:`~esmtune.model.classifier.SequenceClassifier`
-(runs and ``hf`` exports) and :class:`~esmtune.export.onnx_runtime.OnnxClassifier` (onnxruntime).
-Batching, windows and tasks (:mod:`esmtune.inference`, :class:`esmtune.predict.Predictor`) are
-written against this protocol only, so they never ask which runtime they hold.
+Every model a :class:`~esmtune.model.loaded.LoadedRun` holds says what runs it
+(:class:`RuntimeModel`). The torch :class:`~esmtune.model.classifier.SequenceClassifier` (runs
+and ``hf`` exports) is a :class:`Classifier`, which torch's batching, windows and streaming
+(:mod:`esmtune.inference`) are written against; an ONNX export's
+:class:`~esmtune.export.onnx_runtime.OnnxClassifier` runs the same steps in numpy instead, so
+that it needs no torch. torch is imported here for the annotations only.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from esmtune.model.windows import ResidueSink
+    from esmtune.model.windows import ResidueSink
 
-__all__ = ["Classifier"]
+__all__ = ["Classifier", "RuntimeModel"]
 
 
-class Classifier(Protocol):
-    """A sequence classifier: token inputs in, one row of logits per sequence out."""
+class RuntimeModel(Protocol):
+    """Any trained model predict can hold: it names its runtime and gets ready to predict."""
 
     @property
     def runtime(self) -> str:
         """What runs the model (``torch``, ``onnx``, ``onnx-int8``): reported by serve's /info."""
         ...
+
+    def prepare_inference(self, device: str | torch.device | None) -> torch.device | str:
+        """Get ready to predict on ``device`` (None: the runtime's own choice).
+
+        Returns:
+            The device the inputs must be on.
+        """
+        ...
+
+
+class Classifier(RuntimeModel, Protocol):
+    """A torch sequence classifier: token inputs in, one row of logits per sequence out."""
 
     def __call__(
         self,
@@ -57,6 +72,6 @@ class Classifier(Protocol):
         """Get ready to predict on ``device`` (None: the runtime's own choice).
 
         Returns:
-            The device the inputs must be on.
+            The torch device the inputs must be on.
         """
         ...

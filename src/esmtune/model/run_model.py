@@ -1,15 +1,14 @@
 """A run's model: the weights a run keeps, and the model rebuilt from them.
 
 The files themselves (names, config, task, thresholds) are :mod:`esmtune.rundir`'s; this module
-adds what needs the model: which tensors to save, loading them back, and :class:`LoadedRun`,
-the model together with what predicting needs from its run (tokenizer, task, config).
+adds what needs the model: which tensors to save and loading them back into a
+:class:`~esmtune.model.loaded.LoadedRun` (the model with its tokenizer, task and config).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -19,32 +18,28 @@ from esmtune.errors import RunDirError
 from esmtune.model.classifier import SequenceClassifier, build_model
 from esmtune.model.embedding_head import SOURCE_FILE
 from esmtune.model.initial import inherited_names
-from esmtune.model.interface import Classifier
+from esmtune.model.loaded import LoadedRun
 from esmtune.model.weights import load_weights
 from esmtune.rundir import WEIGHTS_FILE, read_run
-from esmtune.tasks import TaskSpec
 
-__all__ = ["LoadedRun", "kept_tensors", "load_run", "load_weights", "weights_to_save"]
+__all__ = [
+    "LoadedRun",
+    "hf_tokenizer",
+    "kept_tensors",
+    "load_run",
+    "load_weights",
+    "weights_to_save",
+]
 
-# Covariant: a run of the torch classifier is a run of a Classifier, so code that only predicts
-# takes either, while export, which merges the torch model, asks for the torch one.
-ModelT = TypeVar("ModelT", bound=Classifier, covariant=True)
 
+def hf_tokenizer(loaded: LoadedRun[Any]) -> PreTrainedTokenizerBase:
+    """The transformers tokenizer of a torch model's run, for writing it into an export.
 
-@dataclass(frozen=True)
-class LoadedRun(Generic[ModelT]):
-    """A trained model, rebuilt from its run directory or an export, with what it needs."""
-
-    run_dir: Path
-    config: TrainConfig
-    task: TaskSpec
-    model: ModelT
-    tokenizer: PreTrainedTokenizerBase
-
-    @property
-    def labels(self) -> list[str]:
-        """Output names: classes, multilabel vocabulary or regression targets."""
-        return self.task.labels
+    An ONNX export's :class:`~esmtune.model.loaded.LoadedRun` holds a vocabulary lookup only.
+    """
+    if not isinstance(loaded.tokenizer, PreTrainedTokenizerBase):
+        raise TypeError(f"{loaded.run_dir} holds no transformers tokenizer (an ONNX export?)")
+    return loaded.tokenizer
 
 
 def weights_to_save(model: SequenceClassifier, config: TrainConfig) -> dict[str, torch.Tensor]:

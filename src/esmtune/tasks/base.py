@@ -9,6 +9,10 @@ prediction. The rest of esmtune calls these methods and never asks which task it
 A task is fitted once on the training targets (class weights, positive weights, target
 standardisation) and saved with the run (:meth:`TaskSpec.state`), so that evaluation and
 prediction rebuild exactly the same behaviour from the run directory.
+
+What a prediction needs (the activation in numpy, :meth:`TaskSpec.outputs`, the formats) imports
+only numpy, so that an ONNX export predicts without torch. torch, scipy, scikit-learn and the
+metrics are imported inside the methods that train, calibrate and evaluate.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 
 from esmtune.config import TASK_OPTIONS, DataConfig, ObjectiveConfig, Task
 from esmtune.data.fasta import SequenceRecord, Target
@@ -27,6 +30,7 @@ from esmtune.data.targets import format_target
 from esmtune.errors import ConfigError
 
 if TYPE_CHECKING:
+    import torch
     from sklearn.base import BaseEstimator
 
 __all__ = [
@@ -36,13 +40,36 @@ __all__ = [
     "metric_table",
     "number",
     "positive_weights",
+    "probability_logits",
     "ranked_text",
     "residue_difference",
     "residue_rows",
+    "sigmoid",
+    "softmax",
 ]
 
 # The problem types transformers' sequence classifiers know.
 HfProblemType = Literal["regression", "single_label_classification", "multi_label_classification"]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float32 as torch computes it for a prediction."""
+    logits = np.asarray(logits, dtype=np.float32)
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True, initial=-np.inf))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The logistic function, elementwise, in float32 (very negative logits give 0, silently)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-logits))
+
+
+def probability_logits(probabilities: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) in float64, p clipped away from 0 and 1: the inverse of the sigmoid."""
+    clipped = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return np.log(clipped) - np.log1p(-clipped)
 
 
 def number(value: float | None) -> str:
@@ -255,12 +282,25 @@ class TaskSpec:
         raise NotImplementedError
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits to probabilities (or values on the targets' own scale)."""
+        """Logits to probabilities (or values on the targets' own scale), differentiably.
+
+        What an explanation follows back to the residues (:meth:`label_scores`); predictions
+        use :meth:`activate`, its numpy twin (a test holds the two equal).
+        """
         raise NotImplementedError
 
-    def outputs(self, logits: torch.Tensor) -> np.ndarray:
-        """What a prediction reports, as numpy: activated, and made consistent where needed."""
-        return self.activation(logits.float()).cpu().numpy()
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """:meth:`activation` in numpy (float32): what every runtime's logits become."""
+        raise NotImplementedError
+
+    def outputs(self, logits: np.ndarray | torch.Tensor) -> np.ndarray:
+        """What a prediction reports, as numpy: activated, and made consistent where needed.
+
+        Takes torch logits (a run) or numpy ones (onnxruntime) alike.
+        """
+        if not isinstance(logits, np.ndarray):
+            logits = logits.detach().float().cpu().numpy()
+        return self.activate(logits)
 
     def tune(self, targets: np.ndarray, outputs: np.ndarray) -> list[float] | None:
         """Thresholds that maximise the configured metric on these (validation) outputs."""
@@ -272,8 +312,7 @@ class TaskSpec:
 
     def calibrated(self, outputs: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
         """Uncalibrated outputs as ``calibration`` makes them (what :meth:`outputs` would give)."""
-        logits = torch.as_tensor(self.logits_of(outputs))
-        return replace(self, calibration=calibration).outputs(logits)
+        return replace(self, calibration=calibration).outputs(self.logits_of(outputs))
 
     def logits_of(self, outputs: np.ndarray) -> np.ndarray:
         """Logits that give ``outputs`` (up to what the activation ignores): its inverse."""
@@ -291,21 +330,28 @@ class TaskSpec:
 
     def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits after the saved calibration: divided by the temperature, or Platt-scaled."""
-        factor, offset = self._calibration_terms(logits)
-        return logits * factor + offset
+        import torch
 
-    def _calibration_terms(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        factor, offset = self._calibration_terms()
+        return logits * torch.as_tensor(
+            factor, dtype=logits.dtype, device=logits.device
+        ) + torch.as_tensor(offset, dtype=logits.dtype, device=logits.device)
+
+    def calibrated_array(self, logits: np.ndarray) -> np.ndarray:
+        """:meth:`calibrated_logits` in numpy (float32)."""
+        factor, offset = self._calibration_terms()
+        return np.asarray(logits, dtype=np.float32) * factor + offset
+
+    def _calibration_terms(self) -> tuple[np.ndarray, np.ndarray]:
         """The calibration as ``logits * factor + offset`` (factor and offset per output)."""
         calibration = self.calibration or {}
-
-        def tensor(value: Any) -> torch.Tensor:
-            return torch.as_tensor(value, dtype=like.dtype, device=like.device)
-
         if "temperature" in calibration:
-            return tensor(1.0 / float(calibration["temperature"])), tensor(0.0)
-        if "slope" in calibration:
-            return tensor(calibration["slope"]), tensor(calibration["intercept"])
-        return tensor(1.0), tensor(0.0)
+            factor, offset = 1.0 / float(calibration["temperature"]), 0.0
+        elif "slope" in calibration:
+            factor, offset = calibration["slope"], calibration["intercept"]
+        else:
+            factor, offset = 1.0, 0.0
+        return np.asarray(factor, dtype=np.float32), np.asarray(offset, dtype=np.float32)
 
     def selection_problem(self, metric: str) -> str | None:
         """Why ``metric`` cannot select checkpoints for these labels (None: it can).
@@ -472,6 +518,8 @@ class TaskSpec:
         The calibration is linear in the logits, so it is folded into the layer: plain
         transformers then gives the calibrated probabilities that esmtune gives.
         """
+        import torch
+
         zero = self.calibrated_logits(torch.zeros_like(bias))
         return (self.calibrated_logits(weight.T) - zero).T, self.calibrated_logits(bias)
 
@@ -480,6 +528,8 @@ class TaskSpec:
     def _weight_tensor(self, like: torch.Tensor) -> torch.Tensor | None:
         if self.weights is None:
             return None
+        import torch
+
         return torch.as_tensor(self.weights, dtype=torch.float32, device=like.device)
 
     def _ranked(self, row: np.ndarray, top_k: int | None) -> list[tuple[str, float]]:

@@ -8,23 +8,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from scipy.special import logit
-from torch import nn
 
-from esmtune.calibration import fit_platt
 from esmtune.config import DataConfig, Task
 from esmtune.data.fasta import SequenceRecord
 from esmtune.data.report import DataReport
 from esmtune.data.targets import FALSE_WORDS, TRUE_WORDS
-from esmtune.metrics import binary_metrics, tune_threshold
 from esmtune.plots import plot_roc_pr
-from esmtune.tasks.base import HfProblemType, number, positive_weights
+from esmtune.tasks.base import (
+    HfProblemType,
+    number,
+    positive_weights,
+    probability_logits,
+    sigmoid,
+)
 from esmtune.tasks.single_label import SingleLabelTask
 from esmtune.weighted_metrics import binary_scores
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["BinaryTask", "choose_positive_label"]
 
@@ -105,22 +109,32 @@ class BinaryTask(SingleLabelTask):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy on the single logit."""
+        from torch import nn
+
         return nn.functional.binary_cross_entropy_with_logits(
             logits[:, 0], targets.float(), pos_weight=self._weight_tensor(logits)
         )
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         """P(positive) (of the calibrated logit), shape ``(batch,)``."""
+        import torch
+
         return torch.sigmoid(self.calibrated_logits(logits.float())[:, 0])
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """P(positive) (of the calibrated logit), shape ``(batch,)``."""
+        return sigmoid(self.calibrated_array(logits)[:, 0])
 
     def fit_calibration(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, Any] | None:
         """Platt scaling of the logit."""
+        from esmtune.calibration import fit_platt
+
         slope, intercept = fit_platt(self.logits_of(outputs)[:, 0], targets)
         return {"slope": [slope], "intercept": [intercept]}
 
     def logits_of(self, outputs: np.ndarray) -> np.ndarray:
         """The logit of P(positive), one column."""
-        return logit(np.clip(np.asarray(outputs, dtype=np.float64), 1e-12, 1 - 1e-12))[:, None]
+        return probability_logits(outputs)[:, None]
 
     def reliability_pairs(
         self, targets: np.ndarray, outputs: np.ndarray
@@ -130,6 +144,8 @@ class BinaryTask(SingleLabelTask):
 
     def label_scores(self, logits: torch.Tensor) -> torch.Tensor:
         """P(negative) and P(positive): the one output stands for both labels."""
+        import torch
+
         positive = self.activation(logits)
         return torch.stack([1 - positive, positive], dim=1)
 
@@ -141,12 +157,16 @@ class BinaryTask(SingleLabelTask):
         """The threshold that maximises objective.threshold_metric on validation."""
         if not self.objective.tune_thresholds:
             return None
+        from esmtune.metrics import tune_threshold
+
         return [tune_threshold(targets, outputs, self.objective.threshold_metric)]
 
     def metrics(
         self, targets: np.ndarray, outputs: np.ndarray, thresholds: list[float] | None = None
     ) -> dict[str, Any]:
         """Accuracy, precision, recall, F1, MCC at the threshold; ROC-AUC and PR-AUC."""
+        from esmtune.metrics import binary_metrics
+
         threshold = thresholds[0] if thresholds else self.threshold
         return binary_metrics(targets, outputs, self.labels, threshold)
 
@@ -237,5 +257,7 @@ class BinaryTask(SingleLabelTask):
         self, weight: torch.Tensor, bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One logit z (calibrated) becomes two, (0, z), whose softmax is (1 - σ(z), σ(z))."""
+        import torch
+
         weight, bias = super().hf_output_layer(weight, bias)
         return torch.cat([torch.zeros_like(weight), weight]), torch.cat([bias.new_zeros(1), bias])

@@ -6,25 +6,25 @@ probable label with every class probability and a top-k ranking.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
-from esmtune.calibration import fit_temperature
 from esmtune.config import Task
 from esmtune.data.fasta import SequenceRecord
-from esmtune.metrics import multiclass_metrics
 from esmtune.tasks.base import (
     HfProblemType,
     class_weights,
     metric_table,
     number,
     ranked_text,
+    softmax,
 )
 from esmtune.tasks.single_label import SingleLabelTask
 from esmtune.weighted_metrics import multiclass_scores
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["MulticlassTask"]
 
@@ -50,14 +50,24 @@ class MulticlassTask(SingleLabelTask):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy, class-weighted when configured."""
+        from torch import nn
+
         return nn.functional.cross_entropy(logits, targets, weight=self._weight_tensor(logits))
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over classes (of the calibrated logits)."""
+        import torch
+
         return torch.softmax(self.calibrated_logits(logits.float()), dim=-1)
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """Softmax over classes (of the calibrated logits)."""
+        return softmax(self.calibrated_array(logits))
 
     def fit_calibration(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, Any] | None:
         """A temperature: the likeliest class stays the likeliest, confidence moves."""
+        from esmtune.calibration import fit_temperature
+
         return {"temperature": fit_temperature(self.logits_of(outputs), targets)}
 
     def logits_of(self, outputs: np.ndarray) -> np.ndarray:
@@ -74,6 +84,8 @@ class MulticlassTask(SingleLabelTask):
         self, targets: np.ndarray, outputs: np.ndarray, thresholds: list[float] | None = None
     ) -> dict[str, Any]:
         """Accuracy, macro/weighted F1, MCC, per-class report, ROC-AUC, confusion matrix."""
+        from esmtune.metrics import multiclass_metrics
+
         return multiclass_metrics(targets, outputs, self.labels)
 
     def resampled_scores(

@@ -12,21 +12,16 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from scipy.special import logit
-from torch import nn
 
-from esmtune.calibration import fit_platt
 from esmtune.config import DataConfig, Task
 from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.ontology import Ontology, consistent_scores, read_obo
 from esmtune.data.report import DataReport, label_table
 from esmtune.data.targets import FALSE_WORDS, TRUE_WORDS
 from esmtune.errors import DataError
-from esmtune.metrics import multilabel_metrics, tune_thresholds
 from esmtune.plots import plot_roc_pr
 from esmtune.tasks.base import (
     HfProblemType,
@@ -35,9 +30,14 @@ from esmtune.tasks.base import (
     metric_table,
     number,
     positive_weights,
+    probability_logits,
     ranked_text,
+    sigmoid,
 )
 from esmtune.weighted_metrics import multilabel_scores
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["MultilabelTask"]
 
@@ -208,13 +208,21 @@ class MultilabelTask(TaskSpec):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy per label, averaged."""
+        from torch import nn
+
         return nn.functional.binary_cross_entropy_with_logits(
             logits, targets.float(), pos_weight=self._weight_tensor(logits)
         )
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         """An independent probability per label (of its calibrated logit)."""
+        import torch
+
         return torch.sigmoid(self.calibrated_logits(logits.float()))
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """An independent probability per label (of its calibrated logit)."""
+        return sigmoid(self.calibrated_array(logits))
 
     def fit_calibration(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, Any] | None:
         """Platt scaling per label; labels with few examples on validation share one fit.
@@ -222,6 +230,8 @@ class MultilabelTask(TaskSpec):
         A slope and intercept from a handful of positives would be noise, so a label with fewer
         than ``_OWN_PLATT_FIT`` positives or negatives takes the fit of all labels pooled.
         """
+        from esmtune.calibration import fit_platt
+
         logits = self.logits_of(outputs)
         targets = np.asarray(targets)
         shared = fit_platt(logits.ravel(), targets.ravel())
@@ -236,7 +246,7 @@ class MultilabelTask(TaskSpec):
 
     def logits_of(self, outputs: np.ndarray) -> np.ndarray:
         """Each label's logit."""
-        return logit(np.clip(np.asarray(outputs, dtype=np.float64), 1e-12, 1 - 1e-12))
+        return probability_logits(outputs)
 
     def reliability_pairs(
         self, targets: np.ndarray, outputs: np.ndarray
@@ -244,7 +254,7 @@ class MultilabelTask(TaskSpec):
         """Every label's probability for every sequence, and whether the label applies."""
         return np.asarray(outputs).ravel(), np.asarray(targets).ravel()
 
-    def outputs(self, logits: torch.Tensor) -> np.ndarray:
+    def outputs(self, logits: np.ndarray | torch.Tensor) -> np.ndarray:
         """Probabilities; with an ontology, each parent at least its best descendant."""
         probabilities = super().outputs(logits)
         if self.objective.ontology_consistent and any(self._ancestor_index):
@@ -255,12 +265,16 @@ class MultilabelTask(TaskSpec):
         """Per-label thresholds that maximise objective.threshold_metric on validation."""
         if not self.objective.tune_thresholds:
             return None
+        from esmtune.metrics import tune_thresholds
+
         return tune_thresholds(targets, outputs, self.objective.threshold_metric).tolist()
 
     def metrics(
         self, targets: np.ndarray, outputs: np.ndarray, thresholds: list[float] | None = None
     ) -> dict[str, Any]:
         """Micro/macro F1 and AP, protein-centric Fmax and its coverage, per-label report."""
+        from esmtune.metrics import multilabel_metrics
+
         chosen = thresholds or self.thresholds
         return multilabel_metrics(
             targets, outputs, self.labels, None if chosen is None else np.asarray(chosen)

@@ -11,19 +11,19 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
 from esmtune.config import DataConfig, Task
 from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.report import DataReport, align_table, length_stats
-from esmtune.metrics import regression_metrics
 from esmtune.plots import plot_scatter
 from esmtune.tasks.base import HfProblemType, TaskSpec, metric_table, number
 from esmtune.weighted_metrics import regression_means
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["RegressionTask"]
 
@@ -127,6 +127,8 @@ class RegressionTask(TaskSpec):
             self.target_std = [1.0] * targets.shape[1]
 
     def _scale(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         mean = torch.as_tensor(self.target_mean or 0.0, dtype=torch.float32, device=like.device)
         std = torch.as_tensor(self.target_std or 1.0, dtype=torch.float32, device=like.device)
         return mean, std
@@ -137,6 +139,8 @@ class RegressionTask(TaskSpec):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """MSE or Huber between the outputs and the standardised targets."""
+        from torch import nn
+
         mean, std = self._scale(logits)
         scaled = (targets.float() - mean) / std
         if self.objective.regression_loss == "huber":
@@ -148,10 +152,18 @@ class RegressionTask(TaskSpec):
         mean, std = self._scale(logits)
         return logits.float() * std + mean
 
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """Outputs back on the targets' scale."""
+        mean = np.asarray(self.target_mean or 0.0, dtype=np.float32)
+        std = np.asarray(self.target_std or 1.0, dtype=np.float32)
+        return np.asarray(logits, dtype=np.float32) * std + mean
+
     def metrics(
         self, targets: np.ndarray, outputs: np.ndarray, thresholds: list[float] | None = None
     ) -> dict[str, Any]:
         """Spearman, Pearson, RMSE, MAE, R² per target and averaged."""
+        from esmtune.metrics import regression_metrics
+
         return regression_metrics(targets, outputs, self.labels)
 
     def resampled_scores(
@@ -264,6 +276,8 @@ class RegressionTask(TaskSpec):
         self, weight: torch.Tensor, bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The standardisation folded into out_proj, so logits are values in target units."""
+        import torch
+
         mean = torch.as_tensor(self.target_mean, dtype=weight.dtype)
         std = torch.as_tensor(self.target_std, dtype=weight.dtype)
         return weight * std.unsqueeze(1), bias * std + mean

@@ -19,15 +19,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
-from esmtune.calibration import fit_platt, fit_temperature
 from esmtune.config import DataConfig, Task
-from esmtune.data.batching import IGNORED_CLASS
+from esmtune.data.encoding import IGNORED_CLASS
 from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.report import (
     DataReport,
@@ -37,7 +34,6 @@ from esmtune.data.report import (
     residue_summary,
 )
 from esmtune.errors import ConfigError
-from esmtune.metrics import residue_classification_metrics, tune_threshold
 from esmtune.plots import plot_confusion_matrix, plot_residue_tracks, plot_roc_pr
 from esmtune.tasks.base import (
     HfProblemType,
@@ -47,9 +43,13 @@ from esmtune.tasks.base import (
     number,
     residue_difference,
     residue_rows,
+    softmax,
 )
 from esmtune.tasks.binary import choose_positive_label
 from esmtune.weighted_metrics import residue_classification_scores
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ResidueClassificationTask", "aligned_lines"]
 
@@ -288,6 +288,8 @@ class ResidueClassificationTask(TaskSpec):
         residues (a batch without any gives 0, not NaN), as binary's pos_weight does, summed
         and divided so that no step waits on a device-to-host sync.
         """
+        from torch import nn
+
         flat = targets.reshape(-1)
         total = nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), flat, weight=self._weight_tensor(logits),
@@ -297,18 +299,38 @@ class ResidueClassificationTask(TaskSpec):
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over classes (of the calibrated logits), per residue."""
+        import torch
+
         return torch.softmax(self.calibrated_logits(logits.float()), dim=-1)
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """Softmax over classes (of the calibrated logits), per residue."""
+        return softmax(self.calibrated_array(logits))
 
     def calibrated_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Two classes with Platt scaling: (0, slope x (z1 - z0) + intercept); else the base's."""
         if not self.calibration or "slope" not in self.calibration:
             return super().calibrated_logits(logits)
+        import torch
+
         slope, intercept = self.calibration["slope"][0], self.calibration["intercept"][0]
         difference = logits[..., 1] - logits[..., 0]
         return torch.stack([torch.zeros_like(difference), slope * difference + intercept], -1)
 
+    def calibrated_array(self, logits: np.ndarray) -> np.ndarray:
+        """:meth:`calibrated_logits` in numpy (float32)."""
+        if not self.calibration or "slope" not in self.calibration:
+            return super().calibrated_array(logits)
+        logits = np.asarray(logits, dtype=np.float32)
+        slope = np.float32(self.calibration["slope"][0])
+        intercept = np.float32(self.calibration["intercept"][0])
+        difference = logits[..., 1] - logits[..., 0]
+        return np.stack([np.zeros_like(difference), slope * difference + intercept], -1)
+
     def fit_calibration(self, targets: np.ndarray, outputs: np.ndarray) -> dict[str, Any] | None:
         """A temperature; two classes: Platt scaling of the logit difference, as binary's."""
+        from esmtune.calibration import fit_platt, fit_temperature
+
         flat_targets, rows = _counted(targets, outputs)
         logits = np.log(np.clip(rows, 1e-12, 1.0))
         if not self.two_classes:
@@ -321,8 +343,7 @@ class ResidueClassificationTask(TaskSpec):
         task = replace(self, calibration=calibration)
         chains = np.empty(len(outputs), dtype=object)
         for i, row in enumerate(outputs):
-            logits = torch.as_tensor(np.log(np.clip(np.asarray(row, dtype=np.float64), 1e-12, 1)))
-            chains[i] = task.activation(logits).numpy()
+            chains[i] = task.activate(np.log(np.clip(np.asarray(row, dtype=np.float64), 1e-12, 1)))
         return chains
 
     def reliability_pairs(
@@ -338,6 +359,8 @@ class ResidueClassificationTask(TaskSpec):
         """Two classes: the threshold that maximises objective.threshold_metric on validation."""
         if not self.two_classes or not self.objective.tune_thresholds:
             return None
+        from esmtune.metrics import tune_threshold
+
         positive, scores = _positive_scores(targets, outputs)
         return [tune_threshold(positive, scores, self.objective.threshold_metric)]
 
@@ -349,6 +372,8 @@ class ResidueClassificationTask(TaskSpec):
         Two classes: decided at ``thresholds`` (or the saved threshold), with the positive
         class's precision, recall, F1, ROC-AUC and PR-AUC.
         """
+        from esmtune.metrics import residue_classification_metrics
+
         threshold = thresholds[0] if thresholds and self.two_classes else self.threshold
         return residue_classification_metrics(
             targets, outputs, self.labels, IGNORED_CLASS, threshold

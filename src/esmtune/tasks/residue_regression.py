@@ -14,16 +14,13 @@ import re
 import statistics
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
 from esmtune.config import DataConfig, Task
 from esmtune.data.fasta import SequenceRecord, Target
 from esmtune.data.report import DataReport, align_table, residue_footer, residue_summary
-from esmtune.metrics import protein_spearman, residue_regression_metrics
 from esmtune.plots import plot_scatter
 from esmtune.tasks.base import (
     HfProblemType,
@@ -34,6 +31,9 @@ from esmtune.tasks.base import (
     residue_rows,
 )
 from esmtune.weighted_metrics import residue_regression_scores
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ResidueRegressionTask"]
 
@@ -175,6 +175,8 @@ class ResidueRegressionTask(TaskSpec):
             self.target_mean, self.target_std = [0.0], [1.0]
 
     def _scale(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         mean = torch.as_tensor(self.target_mean or 0.0, dtype=torch.float32, device=like.device)
         std = torch.as_tensor(self.target_std or 1.0, dtype=torch.float32, device=like.device)
         return mean, std
@@ -185,6 +187,9 @@ class ResidueRegressionTask(TaskSpec):
         NaN positions (masked residues, ``<cls>``, ``<eos>``, padding) are replaced before the
         difference and multiplied by zero after it, so they add exactly zero to the gradient.
         """
+        import torch
+        from torch import nn
+
         mean, std = self._scale(logits)
         counted = ~torch.isnan(targets)
         scaled = torch.where(counted, (targets.float() - mean) / std, 0.0)
@@ -201,10 +206,18 @@ class ResidueRegressionTask(TaskSpec):
         mean, std = self._scale(logits)
         return logits.float() * std + mean
 
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """Outputs back on the targets' scale."""
+        mean = np.asarray(self.target_mean or 0.0, dtype=np.float32)
+        std = np.asarray(self.target_std or 1.0, dtype=np.float32)
+        return np.asarray(logits, dtype=np.float32) * std + mean
+
     def metrics(
         self, targets: np.ndarray, outputs: np.ndarray, thresholds: list[float] | None = None
     ) -> dict[str, Any]:
         """Per-residue Spearman, Pearson, RMSE, MAE, R², and the mean per-protein Spearman."""
+        from esmtune.metrics import residue_regression_metrics
+
         return residue_regression_metrics(targets, outputs, _OUTPUT)
 
     def resampled_scores(
@@ -267,6 +280,8 @@ class ResidueRegressionTask(TaskSpec):
         self, weight: torch.Tensor, bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The standardisation folded into the linear layer: logits are values in target units."""
+        import torch
+
         mean = torch.as_tensor(self.target_mean or [0.0], dtype=weight.dtype)
         std = torch.as_tensor(self.target_std or [1.0], dtype=weight.dtype)
         return weight * std.unsqueeze(1), bias * std + mean
@@ -356,6 +371,8 @@ class ResidueRegressionTask(TaskSpec):
         self, records: list[SequenceRecord], outputs: np.ndarray
     ) -> list[list[str]]:
         """id, the true values (nan where masked), the predicted ones, the chain's Spearman."""
+        from esmtune.metrics import protein_spearman
+
         rows = []
         targets = self.encode_targets(records)
         for record, target, row in zip(records, targets, outputs, strict=True):
