@@ -8,13 +8,14 @@ same batch, and so to the same bits, whatever the number of processes. The resul
 in input order with accelerate's collectives; only the main process writes.
 
 Started without ``accelerate launch`` (or with one process), :meth:`Processes.current` is this
-process alone and costs nothing: accelerate is not even imported.
+process alone and costs nothing: no process group, no accelerate state, not even its import.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 from esmtune.errors import EsmtuneError
@@ -26,6 +27,12 @@ if TYPE_CHECKING:
 __all__ = ["Processes", "join_shares", "share_by_cost"]
 
 T = TypeVar("T")
+
+# How long a process waits at a collective: for the slowest process's share, or for the main
+# process's report (evaluate's baseline and intervals). torch's default (10 minutes with NCCL)
+# would end a long, slightly uneven job; a failure never waits for this (errors are exchanged,
+# and a process that dies ends the launch), so it is a last resort only.
+PATIENCE = timedelta(hours=24)
 
 
 def share_by_cost(costs: Sequence[int], count: int) -> list[list[int]]:
@@ -81,14 +88,14 @@ class Processes:
 
         One process: no process group, no accelerate import. Several: accelerate's state, on
         CPUs over gloo when there is no GPU (accelerate picks its multi-CPU mode only when told
-        to use the CPU).
+        to use the CPU), waiting up to :data:`PATIENCE` at a collective.
         """
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
         import torch
         from accelerate import PartialState
 
-        return cls(PartialState(cpu=not torch.accelerator.is_available()))
+        return cls(PartialState(cpu=not torch.accelerator.is_available(), timeout=PATIENCE))
 
     @property
     def is_main(self) -> bool:
