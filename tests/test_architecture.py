@@ -17,6 +17,8 @@ RANKS: dict[str, float] = {
     "options": 0.5,
     "storage": 0,
     "config": 1,
+    # Who computes what under accelerate launch, and who writes: below the data's loaders.
+    "processes": 1,
     "data": 2,
     "metrics": 2,
     "calibration": 2,

@@ -74,7 +74,7 @@ def test_embedding_files_follow_the_umask(tmp_path: Path) -> None:
     written = tmp_path / "written"  # (tmp_path itself is pytest's, 0700)
     write_embeddings(written / "out.safetensors", ["a", "b"], torch.zeros(2, 4), {})
     cache = EmbeddingCache(written / "cache", {"backbone": "test"})
-    cache.fetch(["MKV"], lambda missing: torch.zeros(len(missing), 4))
+    cache.fetch(["MKV"], lambda missing: {index: torch.zeros(4) for index in missing})
     assert len(list(written.rglob("*.safetensors"))) == 2
     assert not _wrong_modes(written)
 

@@ -40,6 +40,7 @@ README_LINKS = {
     "#security-and-limits": "security.md",
     "#batches-long-sequences-memory": "commands/train.md#batches-long-sequences-memory",
     "#experiment-trackers": "commands/train.md#experiment-trackers",
+    "#embed-predict-and-evaluate-on-several-gpus": "commands/predict.md#on-several-gpus",
 }
 
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```|~~~)")

@@ -484,6 +484,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     train split and scored on the same proteins, with the interval of model - baseline.
     """
     from esmtune.evaluate import evaluate_run, format_report
+    from esmtune.processes import Processes
 
     options = EvaluateOptions.checked(
         **{name: getattr(args, name) for name in EvaluateOptions.model_fields}
@@ -492,6 +493,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.run, args.data, args.split, args.max_tokens, embeddings=args.embeddings,
         options=options,
     )  # fmt: skip
+    if not Processes.current().is_main:  # (under accelerate launch the main process reports)
+        return 0
     print(format_report(metrics))
     print(f"\nwritten: {', '.join(str(path) for path in written)}")
     return 0
@@ -514,6 +517,11 @@ def _read_inputs(args: argparse.Namespace, verb: str = "predict") -> list:
     from esmtune.data.fasta import SequenceRecord, parse_fasta, read_fasta
 
     records: list[SequenceRecord] = []
+    if _launched() and ("-" in map(str, args.inputs) or not (args.inputs or args.sequence)):
+        raise EsmtuneError(
+            f"under several processes, give the sequences to {verb} as FASTA files or "
+            "--sequence: standard input reaches one process only"
+        )
     for path in args.inputs:
         if str(path) == "-":
             records += list(parse_fasta(sys.stdin, "<stdin>"))
@@ -527,6 +535,13 @@ def _read_inputs(args: argparse.Namespace, verb: str = "predict") -> list:
             f"nothing to {verb}: give FASTA files, --sequence SEQ, or FASTA on standard input"
         )
     return records
+
+
+def _launched() -> bool:
+    """Whether `accelerate launch` started this process among several."""
+    from esmtune.processes import Processes
+
+    return Processes.current().count > 1
 
 
 def _add_runtime_option(command: argparse.ArgumentParser) -> None:
@@ -614,6 +629,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         records = _read_inputs(args)
         predictor = Predictor.load(args.run, **options)
         results = predictor.predict(records, top_k=args.top_k, progress=len(records) > 100)
+    if not predictor.processes.is_main:  # (under accelerate launch the main process writes)
+        return 0
     if note := _long_sequence_note(results, predictor):
         print(note, file=sys.stderr)
     fmt = args.format
@@ -658,6 +675,8 @@ def _predict_interactively(args: argparse.Namespace) -> int:
             f"--interactive reads sequences at its prompt and answers as text: drop "
             f"{', '.join(extra)} (or drop --interactive)"
         )
+    if _launched():
+        raise EsmtuneError("--interactive answers at one prompt: run it without accelerate launch")
     terminal = sys.stdin.isatty()
     if terminal:  # line editing, and no 4,095-character limit on a pasted line
         with contextlib.suppress(ImportError):  # readline is not on every platform
@@ -809,6 +828,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         load_embedder,
         write_embeddings,
     )
+    from esmtune.processes import Processes
 
     if args.out.suffix.lower() not in EMBEDDING_FORMATS:
         *others, last = EMBEDDING_FORMATS
@@ -818,11 +838,14 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     records = _read_inputs(args, "embed")
     model, tokenizer, trained_length = load_embedder(args.model, args.revision)
     max_length = args.max_length or trained_length
-    model.to(args.device or ("cuda" if _cuda_available() else "cpu"))
+    processes = Processes.current()  # under accelerate launch, each process on its own GPU
+    model.to(processes.device_for(args.device) or ("cuda" if _cuda_available() else "cpu"))
     embeddings = embed_records(
         model, tokenizer, records, args.pooling, max_length, args.long_sequences,
         args.max_tokens, progress=True, precision=args.precision,
     )  # fmt: skip
+    if not processes.is_main:  # (every process has them all; the main one writes)
+        return 0
     long = sum(len(r.sequence) > max_length for r in records)
     if long:
         how = "overlapping windows" if args.long_sequences == "window" else args.long_sequences

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from esmtune.config import LongSequences, Pooling, TrainConfig
-from esmtune.data.batching import BudgetedDataset, EncodedDataset, encode
+from esmtune.data.batching import BudgetedDataset, EncodedDataset, encode, loader_sequences
 from esmtune.data.check import sequence_problem
 from esmtune.data.fasta import SequenceRecord
 from esmtune.errors import DataError, EsmtuneError, ModelLoadError, RunDirError
@@ -42,6 +42,7 @@ from esmtune.model.embedding_head import EmbeddingClassifier, EmbeddingSource
 from esmtune.model.heads import Pooler, StreamingPooler
 from esmtune.model.run_model import LoadedRun, load_run, load_weights
 from esmtune.model.windows import ResidueSink
+from esmtune.processes import Processes, join_shares
 from esmtune.rundir import CONFIG_FILE, WEIGHTS_FILE, read_run
 from esmtune.storage import save_tensors
 
@@ -56,7 +57,9 @@ __all__ = [
     "load_embedder",
     "load_embedding_run",
     "pooled_embeddings",
+    "pooled_share",
     "residue_embeddings",
+    "residue_share",
     "sequence_key",
     "write_embeddings",
 ]
@@ -69,7 +72,7 @@ def _progress(total: int, show: bool, what: str) -> tqdm:
 
 
 @torch.inference_mode()
-def _per_sequence(
+def _share(
     model: SequenceClassifier,
     dataset: EncodedDataset,
     pad_token_id: int,
@@ -78,21 +81,24 @@ def _per_sequence(
     make_sink: Callable[[], ResidueSink],
     progress: bool,
     precision: str,
-) -> list[torch.Tensor]:
-    """Run the backbone over ``dataset`` in budgeted batches, one tensor per sequence back.
+    processes: Processes,
+) -> dict[int, torch.Tensor]:
+    """Run the backbone over this process's share of ``dataset``, one tensor per sequence back.
 
     ``reduce(states, mask)`` turns a batch's residue states into one tensor per sequence; a long
     sequence whose windows exceed the budget is read in passes into ``make_sink()`` instead,
-    which must give the same result. Results come back in dataset order, float32, on the CPU.
+    which must give the same result. Results are ``{index: tensor}``, float32, on the CPU.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     budget = max_tokens or inference_budget(device)
+    loader = eval_loader(dataset, budget, pad_token_id, processes=processes)
+    total = loader_sequences(loader)  # (this process's share)
     rows: dict[int, torch.Tensor] = {}
-    bar = _progress(len(dataset), progress, "embed")
+    bar = _progress(total, progress and processes.is_main, "embed")
     with precision_context(precision, device):
-        for batch in eval_loader(dataset, budget, pad_token_id):
+        for batch in loader:
             reduced: torch.Tensor | list[torch.Tensor]  # a tensor's rows, or one per sequence
             if over_budget(batch, budget):
                 reduced = stream_windows(model.window_states, batch, budget, make_sink, device)
@@ -103,7 +109,29 @@ def _per_sequence(
             bar.update(len(batch["index"]))
     bar.close()
     model.train(was_training)
-    return [rows[i] for i in range(len(dataset))]
+    return rows
+
+
+def pooled_share(
+    model: SequenceClassifier,
+    dataset: EncodedDataset,
+    pad_token_id: int,
+    max_tokens: int | None,
+    processes: Processes,
+    pooler: Pooler | None = None,
+    progress: bool = False,
+    precision: str = "fp32",
+) -> dict[int, torch.Tensor]:
+    """This process's share of :func:`pooled_embeddings`: ``{index: vector}``.
+
+    For the frozen-mode cache, where each process writes its own share and none is sent.
+    """
+    device = next(model.parameters()).device
+    pool = pooler.to(device) if pooler is not None else model.pooler
+    return _share(
+        model, dataset, pad_token_id, max_tokens, pool, lambda: StreamingPooler(pool),
+        progress, precision, processes,
+    )  # fmt: skip
 
 
 def pooled_embeddings(
@@ -114,6 +142,7 @@ def pooled_embeddings(
     pooler: Pooler | None = None,
     progress: bool = False,
     precision: str = "fp32",
+    processes: Processes | None = None,
 ) -> torch.Tensor:
     """One pooled vector per sequence of ``dataset``, in its order, as float32 on the CPU.
 
@@ -125,14 +154,16 @@ def pooled_embeddings(
         pooler: Pooling to apply instead of the model's own (``esmtune embed``).
         progress: Show a progress bar.
         precision: ``fp32``, ``bf16`` or ``auto`` (see :func:`precision_context`).
+        processes: Each computes its share of the batches and every one gets all vectors
+            (default: this process computes all).
     """
-    device = next(model.parameters()).device
-    pool = pooler.to(device) if pooler is not None else model.pooler
-    rows = _per_sequence(
-        model, dataset, pad_token_id, max_tokens, pool, lambda: StreamingPooler(pool),
-        progress, precision,
-    )  # fmt: skip
-    return torch.stack(rows)
+    processes = processes or Processes()
+    shares = processes.gather(
+        lambda: pooled_share(
+            model, dataset, pad_token_id, max_tokens, processes, pooler, progress, precision
+        )
+    )
+    return torch.stack(join_shares(shares, len(dataset)))
 
 
 class _ResidueCollector:
@@ -148,6 +179,26 @@ class _ResidueCollector:
         return torch.cat(self.pieces)
 
 
+def _residues_only(states: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    return [row[keep] for row, keep in zip(states, mask, strict=True)]
+
+
+def residue_share(
+    model: SequenceClassifier,
+    dataset: EncodedDataset,
+    pad_token_id: int,
+    max_tokens: int | None,
+    processes: Processes,
+    progress: bool = False,
+    precision: str = "fp32",
+) -> dict[int, torch.Tensor]:
+    """This process's share of :func:`residue_embeddings`: ``{index: (residues, hidden)}``."""
+    return _share(
+        model, dataset, pad_token_id, max_tokens, _residues_only, _ResidueCollector, progress,
+        precision, processes,
+    )  # fmt: skip
+
+
 def residue_embeddings(
     model: SequenceClassifier,
     dataset: EncodedDataset,
@@ -155,16 +206,19 @@ def residue_embeddings(
     max_tokens: int | None,
     progress: bool = False,
     precision: str = "fp32",
+    processes: Processes | None = None,
 ) -> list[torch.Tensor]:
-    """Per-residue states ``(residues, hidden)`` of each sequence (no BOS/EOS), in order."""
+    """Per-residue states ``(residues, hidden)`` of each sequence (no BOS/EOS), in order.
 
-    def residues_only(states: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        return [row[keep] for row, keep in zip(states, mask, strict=True)]
-
-    return _per_sequence(
-        model, dataset, pad_token_id, max_tokens, residues_only, _ResidueCollector, progress,
-        precision,
-    )  # fmt: skip
+    ``processes``: as in :func:`pooled_embeddings`.
+    """
+    processes = processes or Processes()
+    shares = processes.gather(
+        lambda: residue_share(
+            model, dataset, pad_token_id, max_tokens, processes, progress, precision
+        )
+    )
+    return join_shares(shares, len(dataset))
 
 
 def backbone_fingerprint(model: SequenceClassifier, config: TrainConfig) -> str:
@@ -237,42 +291,60 @@ class EmbeddingCache:
                     found.update(dict.fromkeys(handle.keys(), shard))
         return found
 
-    def fetch(
-        self,
-        sequences: Sequence[str],
-        compute: Callable[[list[int]], torch.Tensor],
-    ) -> tuple[torch.Tensor, int]:
-        """Embeddings of ``sequences`` (in order): cached ones read, missing ones computed.
-
-        Args:
-            sequences: Residue strings.
-            compute: Called with the indices of the missing sequences; returns their
-                embeddings as a ``(missing, hidden)`` tensor.
-
-        Returns:
-            The ``(n, hidden)`` embeddings and how many had to be computed.
-        """
-        keys = [sequence_key(s) for s in sequences]
+    def missing(self, keys: Sequence[str]) -> list[int]:
+        """Indices of the sequences (by key) not cached yet, each new sequence once."""
         stored = self.stored()
         missing: list[int] = []
         seen: set[str] = set()
         for index, key in enumerate(keys):
-            if key not in stored and key not in seen:  # each new sequence computed once
+            if key not in stored and key not in seen:
                 seen.add(key)
                 missing.append(index)
-        vectors: dict[str, torch.Tensor] = {}
-        if missing:
-            computed = compute(missing)
-            fresh = {keys[i]: computed[row].contiguous() for row, i in enumerate(missing)}
-            self.write(fresh)
-            vectors.update(fresh)
+        return missing
+
+    def fetch(
+        self,
+        sequences: Sequence[str],
+        compute: Callable[[list[int]], dict[int, torch.Tensor]],
+        processes: Processes | None = None,
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Embeddings of ``sequences`` (in order): cached ones read, missing ones computed.
+
+        Under several processes the main one decides what is missing (one list for all,
+        whatever other writers do meanwhile), each computes and writes its own share as a shard
+        of its own, and all read the whole once every share is on disk: no vector is sent.
+
+        Args:
+            sequences: Residue strings.
+            compute: Called with the indices of the missing sequences; returns
+                ``{index: vector}`` for those this process computed (all, with one process).
+            processes: The processes sharing the work (default: this one alone).
+
+        Returns:
+            The ``(n, hidden)`` embeddings, and how many each process computed.
+        """
+        processes = processes or Processes()
+        keys = [sequence_key(s) for s in sequences]
+        missing = processes.on_main(lambda: self.missing(keys))
+        fresh: dict[str, torch.Tensor] = {}
+
+        def compute_share() -> int:
+            computed = compute(missing) if missing else {}
+            fresh.update({keys[i]: vector.contiguous() for i, vector in computed.items()})
+            if fresh:
+                self.write(fresh)
+            return len(fresh)
+
+        counts = processes.gather(compute_share)  # (returns once every share is on disk)
+        vectors = dict(fresh)
+        stored = self.stored()
         by_shard: dict[Path, list[str]] = {}
         for key in set(keys) - set(vectors):
             by_shard.setdefault(stored[key], []).append(key)
         for shard, wanted in by_shard.items():
             with safe_open(str(shard), framework="pt") as handle:
                 vectors.update({key: handle.get_tensor(key) for key in wanted})
-        return torch.stack([vectors[key] for key in keys]), len(missing)
+        return torch.stack([vectors[key] for key in keys]), counts
 
     def write(self, vectors: dict[str, torch.Tensor]) -> Path:
         """Add tensors as a new shard (atomically); returns the shard."""
@@ -505,6 +577,9 @@ def embed_records(
 ) -> torch.Tensor | list[torch.Tensor]:
     """Pooled ``(n, hidden)`` embeddings, or per-residue ones (``pooling='per-residue'``).
 
+    Under ``accelerate launch`` the processes share the batches by tokens and every one gets
+    all embeddings (:meth:`Processes.current`); the model must be on each process's device.
+
     Raises:
         DataError: On empty sequences or invalid residues, naming every record.
     """
@@ -514,11 +589,16 @@ def embed_records(
     windows = encode(tokenizer, [r.sequence for r in records], max_length, long_sequences)
     dataset = EncodedDataset(windows)
     pad = tokenizer.pad_token_id
+    processes = Processes.current()
     if pooling == "per-residue":
-        return residue_embeddings(model, dataset, pad, max_tokens, progress, precision)
+        return residue_embeddings(
+            model, dataset, pad, max_tokens, progress, precision, processes=processes
+        )
     hidden = model.backbone_config.hidden_size
     pooler = Pooler(Pooling(pooling), hidden)
-    return pooled_embeddings(model, dataset, pad, max_tokens, pooler, progress, precision)
+    return pooled_embeddings(
+        model, dataset, pad, max_tokens, pooler, progress, precision, processes=processes
+    )
 
 
 def load_embedding_run(

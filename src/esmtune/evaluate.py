@@ -17,7 +17,7 @@ import numpy as np
 
 from esmtune.baseline import fit_baseline
 from esmtune.calibration import reliability
-from esmtune.config import TrainConfig
+from esmtune.config import DataConfig, TrainConfig
 from esmtune.data.batching import EncodedDataset, encode
 from esmtune.data.check import check_dataset
 from esmtune.data.embedding_files import read_embeddings
@@ -31,6 +31,7 @@ from esmtune.inference import eval_loader, iterate_outputs, place_residues, pred
 from esmtune.intervals import Scored, compare, interval_lines
 from esmtune.model.run_model import load_run
 from esmtune.plots import plot_reliability
+from esmtune.processes import Processes
 from esmtune.report_page import write_report
 from esmtune.rundir import atomic_write_text, read_run
 from esmtune.storage import check_writable, storage_errors
@@ -131,6 +132,9 @@ def evaluate_run(
     task's baseline, fitted on the run's own train split and scored on the same proteins, with
     its intervals and those of the model's difference from it (``baseline``).
 
+    Under ``accelerate launch`` the processes share the model's batches by tokens; the main
+    process alone scores and writes, and every process returns its metrics.
+
     Args:
         run_dir: A finished run directory.
         data_path: Dataset (default: the one the run was trained on, read the same way).
@@ -156,10 +160,13 @@ def evaluate_run(
     run_dir = Path(run_dir)
     read_run(run_dir)  # a finished run? (cheap: before any folder is created in it)
     out = run_dir / "eval" / split
-    check_writable(
-        out,
-        "Evaluate writes its report into the run: free space or make it writable, or copy the "
-        f"run where it can be written (`cp -a {run_dir} COPY`) and evaluate the copy",
+    processes = Processes.current()
+    processes.on_main(
+        lambda: check_writable(
+            out,
+            "Evaluate writes its report into the run: free space or make it writable, or copy "
+            f"the run where it can be written (`cp -a {run_dir} COPY`) and evaluate the copy",
+        )
     )
     config, task = read_run(run_dir)
     data = config.data.model_copy()
@@ -185,6 +192,8 @@ def evaluate_run(
             loaded.tokenizer, [r.sequence for r in records], config.data.max_length,
             config.data.long_sequences, config.data.window_stride,
         )  # fmt: skip
+        if (device := processes.device_for(None)) is not None:  # several: each its own GPU
+            loaded.model.to(device)
         raw = predict_outputs(
             loaded.model,
             EncodedDataset(windows, targets, residue_targets=task.per_residue),
@@ -192,8 +201,33 @@ def evaluate_run(
             max_tokens,
             loaded.tokenizer.pad_token_id,
             progress=progress,
+            processes=processes,
         )
         raw = place_residues(raw, [w[0].start for w in windows], [len(r.sequence) for r in records])
+    options = options or EvaluateOptions()
+    # Scores, baseline, plots and files: once, on the main process; the others get its metrics.
+    return processes.on_main(
+        lambda: _score_and_write(
+            run_dir, out, config, report, data, records, task, targets, raw, options, data_path
+        )
+    )
+
+
+def _score_and_write(
+    run_dir: Path,
+    out: Path,
+    config: TrainConfig,
+    report: DataReport,
+    data: DataConfig,
+    records: list[SequenceRecord],
+    task: TaskSpec,
+    targets: np.ndarray,
+    raw: np.ndarray,
+    options: EvaluateOptions,
+    data_path: Path | str | None,
+) -> tuple[dict[str, Any], Path, list[Path]]:
+    """Metrics (with intervals, baseline and identity bins), plots and files of an evaluation."""
+    split = out.name
     outputs = task.calibrated(raw, task.calibration) if task.calibration else raw
     metrics = {
         "task": config.task.value,
@@ -206,7 +240,6 @@ def evaluate_run(
         metrics["calibration"] = calibration
     if task.label_names:
         metrics["label_names"] = task.label_names
-    options = options or EvaluateOptions()
     # The run's own train split, read once for the baseline and the identity bins (again from
     # disk only with other data) and not at all when neither is wanted.
     train: list[SequenceRecord] | str = "not needed"

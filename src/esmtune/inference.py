@@ -27,11 +27,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from esmtune.data.batching import EncodedDataset, eval_loader
+from esmtune.data.batching import EncodedDataset, eval_loader, loader_sequences
 from esmtune.data.encoding import place_residues, sequence_rows, token_budget
 from esmtune.data.encoding import ragged as _ragged
 from esmtune.model.interface import Classifier
 from esmtune.model.windows import over_budget, stream_windows
+from esmtune.processes import Processes, join_shares
 
 __all__ = [
     "bf16_is_fast",
@@ -169,22 +170,31 @@ def predict_outputs(
     max_sequences: int | None = None,
     precision: str = "fp32",
     device: torch.device | None = None,
+    processes: Processes | None = None,
 ) -> np.ndarray:
     """Outputs for every sequence of ``dataset``, in its order, on the model's device.
 
     ``max_tokens``: token budget per batch (None: :func:`inference_budget`). ``precision``:
     ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where it is fast). ``device``: where the
     batches go (default: the model's parameters' device); an onnxruntime model, which has no
-    parameters, takes CPU tensors.
+    parameters, takes CPU tensors. ``processes``: each computes its share of the batches and
+    every one gets all outputs (default: this process computes all).
     """
+    processes = processes or Processes()
     device = device or _parameters_device(model)
     budget = max_tokens or inference_budget(device)
-    loader = eval_loader(dataset, budget, pad_token_id, max_sequences)
-    rows: dict[int, np.ndarray] = {}
-    bar = tqdm(total=len(dataset), desc="predict", unit="seq", disable=not progress)
-    with precision_context(precision, device):
-        for indices, batch_outputs in iterate_outputs(model, loader, outputs, device, budget):
-            rows.update(zip(indices.tolist(), batch_outputs, strict=True))
-            bar.update(len(indices))
-    bar.close()
-    return sequence_rows([rows[i] for i in range(len(dataset))])
+    loader = eval_loader(dataset, budget, pad_token_id, max_sequences, processes=processes)
+
+    def share() -> dict[int, np.ndarray]:
+        rows: dict[int, np.ndarray] = {}
+        shown = progress and processes.is_main
+        total = loader_sequences(loader)  # (this process's share)
+        bar = tqdm(total=total, desc="predict", unit="seq", disable=not shown)
+        with precision_context(precision, device):
+            for indices, batch_outputs in iterate_outputs(model, loader, outputs, device, budget):
+                rows.update(zip(indices.tolist(), batch_outputs, strict=True))
+                bar.update(len(indices))
+        bar.close()
+        return rows
+
+    return sequence_rows(join_shares(processes.gather(share), len(dataset)))

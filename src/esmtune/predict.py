@@ -28,6 +28,7 @@ from esmtune.export.names import AUTO, Runtime
 from esmtune.export.onnx_runtime import OnnxClassifier
 from esmtune.extras import require_training_stack
 from esmtune.predict_options import PredictOptions
+from esmtune.processes import Processes
 from esmtune.rundir import read_run
 from esmtune.tasks import TaskSpec
 
@@ -110,6 +111,9 @@ class Predictor:
     ``esmtune export`` folder: torch for ``hf``, onnxruntime for ``onnx``) or :meth:`load`
     (either). Each takes a :class:`PredictOptions` (``options=``) and/or its fields as
     keywords: ``Predictor.load(path, device="cpu", max_tokens=4096)``.
+
+    Under ``accelerate launch``, the processes share the batches of each :meth:`predict` by
+    tokens, each on its own GPU, and every process gets all predictions, in input order.
     """
 
     def __init__(
@@ -144,7 +148,11 @@ class Predictor:
         self.options = options
         self.model = loaded.model
         self.runtime = loaded.model.runtime
-        self.device: torch.device | str = loaded.model.prepare_inference(options.device)
+        # Under `accelerate launch`, the processes that share each predict() call.
+        self.processes = Processes.current()
+        self.device: torch.device | str = loaded.model.prepare_inference(
+            self.processes.device_for(options.device)
+        )
         self.task: TaskSpec = loaded.task
         self.labels: list[str] = loaded.labels
         self.max_length = loaded.config.data.max_length
@@ -366,6 +374,7 @@ class Predictor:
             progress=progress,
             precision=self.options.precision,
             device=self.device,
+            processes=self.processes,
         )
 
     def predict(

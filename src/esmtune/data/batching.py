@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 # Encoding is torch-free (predicting from an ONNX export uses it alone); re-exported here for
 # the training side, which imports everything from this module.
 from esmtune.data.encoding import IGNORED_CLASS, Window, encode, fill_batches, window_starts
+from esmtune.processes import Processes
 
 __all__ = [
     "IGNORED_CLASS",
@@ -34,6 +35,7 @@ __all__ = [
     "Window",
     "encode",
     "eval_loader",
+    "loader_sequences",
     "pad_collate",
     "residue_target_rows",
     "window_starts",
@@ -144,6 +146,11 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         self.group_size = group_size
         self.epoch = 0
         self._cache: tuple[int, list[list[int]]] | None = None
+
+    def cost(self, batch: list[int]) -> int:
+        """Padded tokens of a batch: its model inputs x the tokens of its longest input."""
+        inputs = sum(self.window_counts[index] for index in batch)
+        return inputs * max(self.tokens[index] for index in batch)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration produces."""
@@ -279,10 +286,13 @@ def eval_loader(
     num_replicas: int = 1,
     num_workers: int = 0,
     collate_fn: Callable[[list], dict[str, torch.Tensor]] | None = None,
+    processes: Processes | None = None,
 ) -> DataLoader:
     """Length-sorted batches filled to a token budget, padded to their own longest input.
 
-    ``collate_fn`` replaces padding for datasets of cached embeddings.
+    ``collate_fn`` replaces padding for datasets of cached embeddings. ``processes``: only this
+    process's share of the batches one process would form, balanced by padded tokens (see
+    :mod:`esmtune.processes`); each sequence stays in the batch it would have had alone.
     """
     collate = partial(
         pad_collate, pad_token_id=pad_token_id, residue_targets=dataset.residue_targets
@@ -295,10 +305,21 @@ def eval_loader(
         max_sequences=max_sequences,
         num_replicas=num_replicas,
     )
+    batches: TokenBudgetBatchSampler | list[list[int]] = sampler
+    if processes is not None and processes.count > 1:
+        formed = list(sampler)
+        batches = [formed[i] for i in processes.share([sampler.cost(b) for b in formed])]
     return DataLoader(
         dataset,
-        batch_sampler=sampler,
+        batch_sampler=batches,
         collate_fn=collate_fn or collate,
         num_workers=num_workers,
         generator=torch.Generator(),  # leaves the global RNG (dropout in training) untouched
     )
+
+
+def loader_sequences(loader: DataLoader) -> int:
+    """Sequences an :func:`eval_loader` yields: under several processes, this one's share."""
+    batches: Iterable[list[int]] | None = loader.batch_sampler
+    assert batches is not None  # (eval_loader always sets one)
+    return sum(len(batch) for batch in batches)

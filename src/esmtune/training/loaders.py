@@ -34,11 +34,12 @@ from esmtune.embeddings import (
     EmbeddingCache,
     FileEmbeddings,
     embedding_collate,
-    pooled_embeddings,
-    residue_embeddings,
+    pooled_share,
+    residue_share,
 )
 from esmtune.inference import eval_loader
 from esmtune.model.classifier import SequenceClassifier
+from esmtune.processes import Processes
 from esmtune.tasks import TaskSpec
 from esmtune.training.log import say
 from esmtune.training.residue_cache import (
@@ -202,34 +203,41 @@ def _residue_states_once(
     records: dict[str, list[SequenceRecord]],
     datasets: dict[str, EncodedDataset],
 ) -> dict[str, CachedResidueStates]:
-    """Per-residue states of every split, read from the cache or computed once (main process)."""
+    """Per-residue states of every split, read from the cache or computed once, shared by tokens."""
     cache = EmbeddingCache.for_run(_cache_root(config), model, config, per_residue=True)
     model.to(accelerator.device)
+    processes = Processes(accelerator.state)
     cached: dict[str, CachedResidueStates] = {}
     for split, dataset in datasets.items():
         sequences = [r.sequence for r in records[split]]
 
-        def compute(missing: list[int], dataset: EncodedDataset = dataset) -> list[torch.Tensor]:
+        def compute(
+            missing: list[int], dataset: EncodedDataset = dataset
+        ) -> dict[int, torch.Tensor]:
             subset = EncodedDataset([dataset.windows[i] for i in missing])
-            show = accelerator.is_main_process and len(missing) > 1
-            return residue_embeddings(model, subset, pad_token_id, None, progress=show)
+            show = len(missing) > 1
+            share = residue_share(model, subset, pad_token_id, None, processes, progress=show)
+            return {missing[row]: states for row, states in share.items()}
 
         started = time.perf_counter()
-        computed = 0
-        if accelerator.is_main_process:
-            locations, computed = cache_residue_states(cache, sequences, compute)
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            locations, _ = cache_residue_states(cache, sequences, compute)  # main wrote them
+        locations, computed = cache_residue_states(cache, sequences, compute, processes)
         size = sum(shard.stat().st_size for shard in {shard for shard, _ in locations})
         say(
             accelerator,
-            f"{split}: residue states of {computed} sequence(s) computed, "
-            f"{len(sequences) - computed} read from the cache {cache.folder} "
+            f"{split}: residue states of {sum(computed)} sequence(s) computed"
+            f"{_by_process(computed)}, "
+            f"{len(sequences) - sum(computed)} read from the cache {cache.folder} "
             f"({time.perf_counter() - started:.1f} s; float16, {_size(size)} on disk)",
         )
         cached[split] = CachedResidueStates(locations, dataset)
     return cached
+
+
+def _by_process(counts: list[int]) -> str:
+    """Who computed what, under several processes: `` (61 + 59 on 2 processes)``."""
+    if len(counts) == 1 or not sum(counts):
+        return ""
+    return f" ({' + '.join(map(str, counts))} on {len(counts)} processes)"
 
 
 def _size(size: int) -> str:
@@ -249,30 +257,28 @@ def _embed_once(
     records: dict[str, list[SequenceRecord]],
     datasets: dict[str, EncodedDataset],
 ) -> dict[str, EmbeddedDataset]:
-    """Pooled embeddings of every split, from the cache or computed once (main process)."""
+    """Pooled embeddings of every split, from the cache or computed once, shared by tokens."""
     cache = EmbeddingCache.for_run(_cache_root(config), model, config)
     model.to(accelerator.device)
+    processes = Processes(accelerator.state)
     embedded: dict[str, EmbeddedDataset] = {}
     for split, dataset in datasets.items():
         sequences = [r.sequence for r in records[split]]
 
-        def compute(missing: list[int], dataset: EncodedDataset = dataset) -> torch.Tensor:
+        def compute(
+            missing: list[int], dataset: EncodedDataset = dataset
+        ) -> dict[int, torch.Tensor]:
             subset = EncodedDataset([dataset.windows[i] for i in missing])
-            return pooled_embeddings(
-                model, subset, pad_token_id, None, progress=accelerator.is_main_process
-            )
+            share = pooled_share(model, subset, pad_token_id, None, processes, progress=True)
+            return {missing[row]: vector for row, vector in share.items()}
 
         started = time.perf_counter()
-        computed = 0
-        if accelerator.is_main_process:
-            embeddings, computed = cache.fetch(sequences, compute)
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            embeddings, _ = cache.fetch(sequences, compute)  # written by the main process
+        embeddings, computed = cache.fetch(sequences, compute, processes)
         say(
             accelerator,
-            f"{split}: {computed} embedding(s) computed, {len(sequences) - computed} read from "
-            f"the cache {cache.folder} ({time.perf_counter() - started:.1f} s)",
+            f"{split}: {sum(computed)} embedding(s) computed{_by_process(computed)}, "
+            f"{len(sequences) - sum(computed)} read from the cache {cache.folder} "
+            f"({time.perf_counter() - started:.1f} s)",
         )
         embedded[split] = EmbeddedDataset(embeddings, dataset)
     return embedded

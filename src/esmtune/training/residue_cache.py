@@ -21,44 +21,53 @@ from safetensors import safe_open
 
 from esmtune.data.batching import BudgetedDataset, EncodedDataset, residue_target_rows
 from esmtune.embeddings import EmbeddingCache, sequence_key
+from esmtune.processes import Processes
 
 __all__ = ["CachedResidueStates", "cache_residue_states", "residue_state_collate"]
 
-# Sequences computed (and written as one shard) at a time: bounds the memory of a first epoch.
+# Sequences computed (and written as one shard per process) at a time: bounds the memory of a
+# first epoch.
 CHUNK = 256
 
 
 def cache_residue_states(
     cache: EmbeddingCache,
     sequences: Sequence[str],
-    compute: Callable[[list[int]], list[torch.Tensor]],
-) -> tuple[list[tuple[Path, str]], int]:
+    compute: Callable[[list[int]], dict[int, torch.Tensor]],
+    processes: Processes | None = None,
+) -> tuple[list[tuple[Path, str]], list[int]]:
     """Where each sequence's residue states are on disk, computing the missing ones.
+
+    Under several processes each computes and writes its own share of every chunk, as
+    :meth:`EmbeddingCache.fetch` does: states never travel between processes.
 
     Args:
         cache: The cache entry of the run's frozen backbone (per-residue states).
         sequences: Residue strings.
-        compute: Given indices of missing sequences, their ``(residues, hidden)`` states.
+        compute: Given indices of missing sequences, ``{index: (residues, hidden)}`` for those
+            this process computed (all, with one process).
+        processes: The processes sharing the work (default: this one alone).
 
     Returns:
-        ``(shard, key)`` of each sequence, in order, and how many were computed.
+        ``(shard, key)`` of each sequence, in order, and how many each process computed.
     """
+    processes = processes or Processes()
     keys = [sequence_key(s) for s in sequences]
-    stored = cache.stored()
-    missing: list[int] = []
-    seen: set[str] = set()
-    for index, key in enumerate(keys):
-        if key not in stored and key not in seen:  # each new sequence computed once
-            seen.add(key)
-            missing.append(index)
+    missing = processes.on_main(lambda: cache.missing(keys))
+    counts = [0] * processes.count
     for first in range(0, len(missing), CHUNK):
         chunk = missing[first : first + CHUNK]
-        states = compute(chunk)
-        fresh = {
-            keys[i]: s.to(torch.float16).contiguous() for i, s in zip(chunk, states, strict=True)
-        }
-        stored.update(dict.fromkeys(fresh, cache.write(fresh)))
-    return [(stored[key], key) for key in keys], len(missing)
+
+        def compute_share(chunk: list[int] = chunk) -> int:
+            states = compute(chunk)
+            fresh = {keys[i]: s.to(torch.float16).contiguous() for i, s in states.items()}
+            if fresh:
+                cache.write(fresh)
+            return len(fresh)
+
+        counts = [c + n for c, n in zip(counts, processes.gather(compute_share), strict=True)]
+    stored = cache.stored()
+    return [(stored[key], key) for key in keys], counts
 
 
 class CachedResidueStates(BudgetedDataset):
