@@ -4,12 +4,14 @@ Run:  python benchmarks/lean_bench.py                  (about 10 min: trains a s
                                                         it, builds a runtime-only venv from PyPI)
       python benchmarks/lean_bench.py --run R --export E --skip-venv --json lean.json
 
-"Before" is main's code (``git archive main src``), "after" this checkout's; both run with this
+"Before" is the code before the torch-free runtime (``git archive BEFORE src``, BEFORE below),
+"after" this checkout's; both run with this
 interpreter (the dev venv, everything installed), interleaved, each command repeated and the
 median kept, so that the machine's load falls on both alike. The runtime venv holds only what
 ``pip install '.[serve]'`` installs (no torch): its size is its site-packages, and its cold start
-is the "clean clone" figure. The before size is what main's ``.[serve,export]`` install pulled
-in, summed from the installed distributions' files in this venv (main had no torch-free install).
+is the "clean clone" figure. The before size is what that code's ``.[serve,export]`` install
+pulled in, summed from the installed distributions' files in this venv (it had no torch-free
+install).
 
 The run is the demo's shape (``examples/esm2_small``, 4 layers, 160 wide, ``max_length`` 300, full
 fine-tuning, no adapters) trained one epoch on the bundled SCL example, exported to ONNX int8.
@@ -41,6 +43,8 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQUENCE = "MKTAYIAKQRQISFVKSHFSRQ"
+# The last commit before the torch-free runtime (the "before" column; any ref works).
+BEFORE = "1466a20"
 # What a prediction must not pull in, and what the table reports of a run's cold start.
 HEAVY = ("torch", "transformers", "peft", "accelerate", "matplotlib", "tensorboard", "sklearn",
          "scipy", "pandas")  # fmt: skip
@@ -58,7 +62,7 @@ def environment(source: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(source), "HF_HUB_OFFLINE": "1"}
 
 
-def main_source(work: Path, ref: str) -> Path:
+def before_source(work: Path, ref: str) -> Path:
     """``ref``'s ``src`` folder, unpacked (no worktree: nothing is added to the repository)."""
     target = work / "before"
     target.mkdir(parents=True, exist_ok=True)
@@ -163,11 +167,11 @@ def installed_megabytes(requirements: list[str]) -> tuple[float, dict[str, float
     return sum(sizes.values()), sizes
 
 
-def main_requirements() -> list[str]:
-    """What main's ``pip install '.[serve,export]'`` (the API image's) asked for."""
+def before_requirements(ref: str) -> list[str]:
+    """What ``ref``'s ``pip install '.[serve,export]'`` (the API image's) asked for."""
     import tomllib
 
-    pyproject = subprocess.run(["git", "-C", str(ROOT), "show", "main:pyproject.toml"],
+    pyproject = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:pyproject.toml"],
                                capture_output=True, text=True, check=True).stdout  # fmt: skip
     project = tomllib.loads(pyproject)["project"]
     extras = project["optional-dependencies"]
@@ -256,7 +260,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a trained run (default: train the demo's shape)")
     parser.add_argument("--export", type=Path, help="its ONNX export (default: export the run)")
-    parser.add_argument("--before", default="main", help="git ref of the before code [main]")
+    parser.add_argument("--before", default=BEFORE, help=f"git ref of the before code [{BEFORE}]")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each timed command [5]")
     parser.add_argument("--clients", type=int, default=200, help="concurrent clients [200]")
     parser.add_argument("--requests", type=int, default=5, help="requests per client [5]")
@@ -266,7 +270,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="lean_bench_"))
-    before_env = environment(main_source(work, args.before))
+    before_env = environment(before_source(work, args.before))
     after_env = environment(ROOT / "src")
     if args.run is None or args.export is None:
         args.run, args.export = make_run(work, after_env)
@@ -305,7 +309,7 @@ def main() -> None:
     rows.append(("predict RUN imports (of HEAVY)", " ".join(old_modules),
                  " ".join(new_modules), "no peft, matplotlib, tensorboard"))  # fmt: skip
 
-    before_mb, _ = installed_megabytes(main_requirements())
+    before_mb, _ = installed_megabytes(before_requirements(args.before))
     figures["install_before_mb"] = before_mb
     if not args.skip_venv:
         lean_python, after_mb, sizes = runtime_venv(work)
