@@ -37,6 +37,7 @@ README_LINKS = {
     "#export": "commands/export.md",
     "#lean-inference": "commands/export.md#lean-inference",
     "#performance": "performance.md",
+    "#gpu-benchmark": "performance.md#gpu-benchmark",
     "#security-and-limits": "security.md",
     "#batches-long-sequences-memory": "commands/train.md#batches-long-sequences-memory",
     "#experiment-trackers": "commands/train.md#experiment-trackers",
