@@ -195,3 +195,14 @@ def test_training_refuses_deepspeed_and_fsdp1_with_the_config_to_use() -> None:
     with pytest.raises(ConfigError, match="fsdp_version: 2"):
         check_sharding(fsdp1)  # type: ignore[arg-type]
     check_sharding(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True))  # type: ignore[arg-type]
+
+
+def test_a_sharded_checkpoint_names_only_torch_dtypes(tmp_path: Path) -> None:
+    """The state file is JSON a user could edit: a name that is not a dtype is refused, not run."""
+    from esmtune.checkpoint.sharded import _dtype
+    from esmtune.errors import RunDirError
+
+    assert _dtype(tmp_path, "bfloat16") is torch.bfloat16
+    for name in ("load", "Tensor", 3):
+        with pytest.raises(RunDirError, match="not one: the checkpoint is damaged"):
+            _dtype(tmp_path, name)

@@ -25,6 +25,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.tensor import DTensor
 
+from esmtune.errors import RunDirError
+
 __all__ = [
     "MODEL_SHARDS",
     "OPTIMIZER_SHARDS",
@@ -58,6 +60,21 @@ def gathered(tensors: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Te
         if keep:
             whole[name] = full.detach().cpu().contiguous()
     return whole
+
+
+def _dtype(folder: Path, name: object) -> torch.dtype:
+    """A dtype named in a checkpoint's state file, only if it is one (the file is data, not code).
+
+    Raises:
+        RunDirError: When the name is not a torch dtype (a damaged or edited state file).
+    """
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise RunDirError(
+            f"{folder}: the optimizer state names {name!r} as a dtype, which is not one: the "
+            "checkpoint is damaged; resume from an earlier one (remove this folder)"
+        )
+    return dtype
 
 
 def _writer(folder: Path) -> dcp.HuggingFaceStorageWriter:
@@ -111,7 +128,7 @@ def load_shards(
         state[index] = {}
         for key, value in entry.items():
             if isinstance(value, dict) and _SHARD in value:
-                dtype = getattr(torch, value["dtype"])
+                dtype = _dtype(folder, value["dtype"])
                 parameter = parameters[index]
                 if value["like_parameter"]:
                     value = torch.empty_like(parameter.detach(), dtype=dtype)
