@@ -265,3 +265,23 @@ def test_training_on_the_shared_cache_is_training_on_one_process_cache(
     from_one = load_file(root / "two-from-one" / "model" / "weights.safetensors")
     assert computed.keys() == from_one.keys()
     assert all(torch.equal(computed[key], from_one[key]) for key in computed)
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["explain", "RUN", "--sequence", "MKT"], "explain does not share its work"),
+        (["predict", "RUN", "--interactive"], "--interactive answers at one prompt"),
+        (["predict", "RUN", "-"], "standard input reaches one process only"),
+        (["embed", "MODEL", "-o", "out.npz"], "standard input reaches one process only"),
+    ],
+)
+def test_what_cannot_be_shared_is_refused_under_a_launch(
+    command: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Before any model loads: each process would read the prompt or write the same files."""
+    import esmtune.cli
+
+    monkeypatch.setattr(esmtune.cli, "_launched", lambda: True)
+    assert esmtune.cli.main(command) != 0
+    assert message in capsys.readouterr().err

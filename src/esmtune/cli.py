@@ -751,6 +751,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from esmtune.explain import loose_note, plot_explanations, write_explanations
     from esmtune.predict import Predictor
 
+    if _launched():  # (every process would explain every sequence and write the same files)
+        raise EsmtuneError(
+            "explain does not share its work among processes: run it without accelerate launch"
+        )
     records = _read_inputs(args, "explain")
     asked = ExplainOptions.checked(
         label=args.label, method=args.method, steps=args.steps, position=args.position
