@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,7 @@ def test_two_process_frozen_training_shares_one_embedding_cache(
     """Each process embeds and writes its share of the cache; both read all and train the head."""
     overrides = tiny_overrides(tiny_model_dir, learnable_data, tmp_path, "frozen")
     overrides += ["finetune.mode=frozen", f"finetune.cache_dir={tmp_path / 'cache'}"]
+    overrides += ["data.measure_identity=true"]  # (tiny_overrides turns the search off)
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
@@ -66,9 +68,17 @@ def test_two_process_frozen_training_shares_one_embedding_cache(
         "-m", "esmtune", "train", *overrides,
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    mmseqs, calls = shutil.which("mmseqs"), tmp_path / "mmseqs-calls.txt"
+    if mmseqs is not None:  # a logging stand-in: the data check's search runs on one process
+        logged = tmp_path / "mmseqs"
+        logged.write_text(f'#!/bin/sh\necho "$1" >> {calls}\nexec {mmseqs} "$@"\n')
+        logged.chmod(0o755)
+        env["ESMTUNE_MMSEQS"] = str(logged)
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "train: 120 embedding(s) computed" in result.stdout + result.stderr
+    if mmseqs is not None:
+        assert calls.read_text().split().count("easy-search") == 1
     (entry,) = (tmp_path / "cache").iterdir()
     assert len(list(entry.glob("shard-*.safetensors"))) == 4  # train and validation, per process
     metrics = json.loads((tmp_path / "frozen" / "metrics.json").read_text())

@@ -54,6 +54,7 @@ from esmtune.model.initial import check_initial_run, initialise_from
 from esmtune.model.run_model import kept_tensors
 from esmtune.model.tuning import ProgressiveUnfreezing, count_parameters
 from esmtune.plots import plot_training_curves
+from esmtune.processes import Processes
 from esmtune.rundir import (
     LEAKAGE_FILE,
     METRICS_FILE,
@@ -258,7 +259,11 @@ def _check_inputs(accelerator: Accelerator, config: TrainConfig) -> tuple[DataRe
     foreign = None
     if config.model.init_from is not None:
         foreign = check_initial_run(config.model.init_from, config.model)
-    report = check_dataset(config.data, config.task, identity=True)
+    # Once, on the main process (the others wait for its report): under accelerate launch every
+    # process would otherwise read the files and run the MMseqs2 leakage search itself.
+    report = Processes(accelerator.state).on_main(
+        lambda: check_dataset(config.data, config.task, identity=True)
+    )
     if accelerator.is_main_process:
         if foreign:
             print(f"warning: {foreign}")
