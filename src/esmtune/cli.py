@@ -1145,7 +1145,12 @@ def _run(argv: list[str] | None) -> int:
         parser.print_help()
         return 2
     try:
-        return handler(args)
+        status = handler(args)
+        if status == 0:
+            from esmtune.processes import end_launch
+
+            end_launch()  # (under accelerate launch: every process leaves together)
+        return status
     except BrokenPipeError:
         raise  # an OSError, but the reader's doing (see main)
     except EsmtuneError as error:

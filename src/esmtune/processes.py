@@ -14,6 +14,7 @@ process alone and costs nothing: no process group, no accelerate state, not even
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, TypeVar
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from accelerate import PartialState
     from accelerate.state import AcceleratorState
 
-__all__ = ["Processes", "join_shares", "share_by_cost"]
+__all__ = ["Processes", "end_launch", "join_shares", "share_by_cost"]
 
 T = TypeVar("T")
 
@@ -176,3 +177,19 @@ class Processes:
         if failed:
             rank, problem = failed[0]
             raise EsmtuneError(f"process {rank} of {self.count} failed: {problem}")
+
+
+def end_launch() -> None:
+    """Leave a launch together, once a command has succeeded in this process.
+
+    A process that exits while its process group is alive can abort in the group's teardown
+    (gloo: "terminate called without an active exception", exit -6), failing the launch after
+    its work is done; the processes that do not write finish first. So each waits for the
+    others, then takes the group down. Nothing happens where no group was started (one
+    process, or an ONNX export: torch is not even imported).
+    """
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return
+    distributed.barrier()
+    distributed.destroy_process_group()
