@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, assert_never
+from typing import Any, Generic, Protocol, TypeVar, assert_never
 
 import numpy as np
 
@@ -20,8 +20,11 @@ from esmtune.config import LongSequences
 __all__ = [
     "IGNORED_CLASS",
     "Esm2Vocabulary",
+    "NumpyStitcher",
+    "StitchSink",
     "Tokenizer",
     "Window",
+    "WindowStitcher",
     "encode",
     "fill_batches",
     "place_residues",
@@ -260,3 +263,105 @@ def place_residues(outputs: np.ndarray, starts: list[int], lengths: list[int]) -
         whole[start : start + len(row)] = row
         placed.append(whole)
     return ragged(placed)
+
+
+ArrayT = TypeVar("ArrayT")
+
+
+class StitchSink(Protocol[ArrayT]):
+    """Receives one long sequence's stitched states piece by piece (see :class:`WindowStitcher`)."""
+
+    def add_residues(self, states: ArrayT) -> None:
+        """Take the final states ``(residues, hidden)`` of the next consecutive residues."""
+
+    def close(self, cls_state: ArrayT) -> ArrayT:
+        """Take the ``<cls>`` state ``(hidden,)`` (mean over windows) and return the result."""
+
+
+class WindowStitcher(Generic[ArrayT]):
+    """Stitches the windows of one long sequence as they arrive, holding only their overlap.
+
+    Each residue's state is the mean of its states in the windows covering it (float32), the
+    ``<cls>`` state the mean over windows. Windows come a few at a time in the order of their
+    starts, and a residue goes to the sink as soon as no later window can cover it, so a sequence
+    of any length needs memory for one window's overlap. One arithmetic for torch (training,
+    runs) and numpy (ONNX exports): a subclass says how its arrays are made float32, copied and
+    grown.
+    """
+
+    def __init__(self, sink: StitchSink[ArrayT]) -> None:
+        self.sink = sink
+        self._done = 0  # residues handed to the sink
+        self._sum: Any = None  # states of residues done.. (float32)
+        self._count: Any = None
+        self._cls_sum: Any = None
+        self._windows = 0
+        self._last_start = -1
+
+    def _float32(self, array: ArrayT) -> Any:
+        raise NotImplementedError
+
+    def _copy(self, array: Any) -> Any:
+        raise NotImplementedError
+
+    def _grown(self, buffer: Any, rows: int, like: Any) -> Any:
+        """``buffer`` (or nothing) with ``rows`` zero rows appended, shaped like ``like``'s rows."""
+        raise NotImplementedError
+
+    def add(self, start: int, cls_state: ArrayT, residue_states: ArrayT) -> None:
+        """Add one window: its first residue's offset, its ``<cls>`` state and residue states.
+
+        Raises:
+            ValueError: When windows arrive out of order (a residue would already be final) or
+                leave residues uncovered.
+        """
+        if start < self._last_start or start < self._done:
+            raise ValueError(f"window at residue {start} arrived out of order")
+        if start > self._done + self._pending():
+            raise ValueError(f"window at residue {start} leaves a gap before it")
+        self._last_start = start
+        self._flush(start)
+        states, cls = self._float32(residue_states), self._float32(cls_state)
+        self._cls_sum = self._copy(cls) if self._cls_sum is None else self._cls_sum + cls
+        self._windows += 1
+        offset = start - self._done  # where this window begins inside the pending buffer
+        end = offset + len(states)
+        if end > self._pending():  # grow the buffer to cover this window's last residues
+            grow = end - self._pending()
+            self._sum = self._grown(self._sum, grow, states)
+            self._count = self._grown(self._count, grow, states[:, 0])
+        self._sum[offset:end] += states
+        self._count[offset:end] += 1
+
+    def finish(self) -> ArrayT:
+        """Hand over the remaining residues and the mean ``<cls>`` state; the sink's result."""
+        if self._cls_sum is None:
+            raise ValueError("no window was added")
+        self._flush(self._done + self._pending())
+        return self.sink.close(self._cls_sum / self._windows)
+
+    def _pending(self) -> int:
+        return 0 if self._sum is None else len(self._sum)
+
+    def _flush(self, upto: int) -> None:
+        """Residues before ``upto`` are final: no later window (start >= upto) covers them."""
+        ready = min(upto - self._done, self._pending())
+        if ready <= 0:
+            return
+        self.sink.add_residues(self._sum[:ready] / self._count[:ready, None])
+        self._sum, self._count = self._sum[ready:], self._count[ready:]
+        self._done += ready
+
+
+class NumpyStitcher(WindowStitcher[np.ndarray]):
+    """:class:`WindowStitcher` on numpy arrays (onnxruntime's states)."""
+
+    def _float32(self, array: np.ndarray) -> np.ndarray:
+        return np.asarray(array, dtype=np.float32)
+
+    def _copy(self, array: np.ndarray) -> np.ndarray:
+        return array.copy()
+
+    def _grown(self, buffer: np.ndarray | None, rows: int, like: np.ndarray) -> np.ndarray:
+        zeros = np.zeros((rows, *like.shape[1:]), np.float32)
+        return zeros if buffer is None else np.concatenate([buffer, zeros])

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
@@ -23,6 +22,8 @@ from esmtune.architectures import ESM2_VOCAB
 from esmtune.config import Pooling
 from esmtune.data.encoding import (
     Esm2Vocabulary,
+    NumpyStitcher,
+    StitchSink,
     Window,
     fill_batches,
     sequence_rows,
@@ -128,7 +129,7 @@ class OnnxClassifier:
 
         Sequences in one window are batched, longest first, within the budget; a sequence in
         several windows is read a few windows per call and stitched as they arrive
-        (:class:`_Stitcher`), so memory does not grow with its length.
+        (:class:`~esmtune.data.encoding.NumpyStitcher`), so memory does not grow with its length.
         """
         budget = max_tokens or token_budget("cpu")
         tokens = [max(len(window.ids) for window in sequence) for sequence in windows]
@@ -160,7 +161,7 @@ class OnnxClassifier:
         width = max(len(window.ids) for window in ordered)
         per_pass = max(1, max_tokens // width)
         sink: _Sink = _ResidueSink(self) if self.per_residue else _HeadSink(self)
-        stitcher = _Stitcher(sink)
+        stitcher = NumpyStitcher(sink)
         for first in range(0, len(ordered), per_pass):
             chunk = ordered[first : first + per_pass]
             hidden = self.window_states(*_padded([w.ids for w in chunk], pad_token_id))
@@ -231,75 +232,7 @@ def _progress_bar(total: int, shown: bool) -> Callable[[int], None]:
     return advance
 
 
-class _Sink(Protocol):
-    """Receives one long sequence's stitched states piece by piece (see :class:`_Stitcher`)."""
-
-    def add_residues(self, states: np.ndarray) -> None:
-        """Take the final states ``(residues, hidden)`` of the next consecutive residues."""
-
-    def close(self, cls_state: np.ndarray) -> np.ndarray:
-        """Take the ``<cls>`` state ``(hidden,)`` (mean over windows); return the logits."""
-
-
-class _Stitcher:
-    """:class:`esmtune.model.windows.WindowStitcher` in numpy, for onnxruntime's states.
-
-    Each residue's state is the mean of its states in the windows covering it (float32); the
-    ``<cls>`` state is the mean over windows. Windows come a few at a time in the order of their
-    starts, and a residue goes to the sink once no later window can cover it, so only one
-    window's overlap is held.
-    """
-
-    def __init__(self, sink: _Sink) -> None:
-        self.sink = sink
-        self._done = 0  # residues handed to the sink
-        self._sum: np.ndarray | None = None  # states of residues done.. (float32)
-        self._count: np.ndarray | None = None
-        self._cls_sum: np.ndarray | None = None
-        self._windows = 0
-
-    def add(self, start: int, cls_state: np.ndarray, residue_states: np.ndarray) -> None:
-        """Add one window: its first residue's offset, its ``<cls>`` state and residue states."""
-        if start < self._done or start > self._done + self._pending():
-            raise ValueError(f"window at residue {start} arrived out of order or after a gap")
-        self._flush(start)
-        states = np.asarray(residue_states, dtype=np.float32)
-        cls_state = np.asarray(cls_state, dtype=np.float32)
-        self._cls_sum = cls_state.copy() if self._cls_sum is None else self._cls_sum + cls_state
-        self._windows += 1
-        offset = start - self._done  # where this window begins inside the pending buffer
-        end = offset + len(states)
-        grow = end - self._pending()
-        if grow > 0:  # cover this window's last residues
-            self._sum = _extend(self._sum, np.zeros((grow, states.shape[1]), np.float32))
-            self._count = _extend(self._count, np.zeros(grow, np.float32))
-        assert self._sum is not None and self._count is not None
-        self._sum[offset:end] += states
-        self._count[offset:end] += 1
-
-    def finish(self) -> np.ndarray:
-        """Hand over the remaining residues and the mean ``<cls>`` state; the sink's result."""
-        if self._cls_sum is None:
-            raise ValueError("no window was added")
-        self._flush(self._done + self._pending())
-        return self.sink.close(self._cls_sum / self._windows)
-
-    def _pending(self) -> int:
-        return 0 if self._sum is None else len(self._sum)
-
-    def _flush(self, upto: int) -> None:
-        """Residues before ``upto`` are final: no later window (start >= upto) covers them."""
-        ready = min(upto - self._done, self._pending())
-        if ready <= 0:
-            return
-        assert self._sum is not None and self._count is not None
-        self.sink.add_residues(self._sum[:ready] / self._count[:ready, None])
-        self._sum, self._count = self._sum[ready:], self._count[ready:]
-        self._done += ready
-
-
-def _extend(buffer: np.ndarray | None, zeros: np.ndarray) -> np.ndarray:
-    return zeros if buffer is None else np.concatenate([buffer, zeros])
+_Sink = StitchSink[np.ndarray]
 
 
 class _HeadSink:

@@ -13,9 +13,11 @@ A sequence whose windows exceed the token budget is read a few windows per pass 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 import torch
+
+from esmtune.data.encoding import StitchSink
+from esmtune.data.encoding import WindowStitcher as ArrayStitcher
 
 __all__ = ["ResidueSink", "WindowStitcher", "over_budget", "stitch_windows", "stream_windows"]
 
@@ -72,91 +74,22 @@ def stitch_windows(
     return stitched.reshape(sequences, width, size).to(hidden.dtype), mask
 
 
-class ResidueSink(Protocol):
-    """Receives one long sequence's stitched states piece by piece (see :class:`WindowStitcher`).
-
-    Implementations reduce as they go (streaming pooling), so that memory does not grow with the
-    sequence, or keep what they must (per-residue embeddings, which are the output).
-    """
-
-    def add_residues(self, states: torch.Tensor) -> None:
-        """Take the final states ``(residues, hidden)`` of the next consecutive residues."""
-
-    def close(self, cls_state: torch.Tensor) -> torch.Tensor:
-        """Take the ``<cls>`` state ``(hidden,)`` (mean over windows) and return the result."""
+# What a torch stitcher hands its states to (pooling, a head, a recorder).
+ResidueSink = StitchSink[torch.Tensor]
 
 
-class WindowStitcher:
-    """Stitches the windows of one long sequence as they arrive, holding only their overlap.
+class WindowStitcher(ArrayStitcher[torch.Tensor]):
+    """The shared window stitcher on torch tensors: :func:`stitch_windows`, a window at a time."""
 
-    The same arithmetic as :func:`stitch_windows` (each residue's state is the mean of its states
-    in the windows covering it, in float32), but windows come in a few at a time, in the order of
-    their starts, and a residue is handed to the sink as soon as no later window can cover it.
-    So a sequence of any length needs memory for one window's overlap, not for all its windows.
-    """
+    def _float32(self, array: torch.Tensor) -> torch.Tensor:
+        return array.float()
 
-    def __init__(self, sink: ResidueSink) -> None:
-        self.sink = sink
-        self._done = 0  # residues handed to the sink
-        self._sum: torch.Tensor | None = None  # states of residues done.. (float32)
-        self._count: torch.Tensor | None = None
-        self._cls_sum: torch.Tensor | None = None
-        self._windows = 0
-        self._last_start = -1
+    def _copy(self, array: torch.Tensor) -> torch.Tensor:
+        return array.clone()
 
-    def add(self, start: int, cls_state: torch.Tensor, residue_states: torch.Tensor) -> None:
-        """Add one window: its first residue's offset, its ``<cls>`` state and residue states.
-
-        Raises:
-            ValueError: When windows arrive out of order (a residue would already be final) or
-                leave residues uncovered.
-        """
-        if start < self._last_start or start < self._done:
-            raise ValueError(f"window at residue {start} arrived out of order")
-        if start > self._done + self._pending():
-            raise ValueError(f"window at residue {start} leaves a gap before it")
-        self._last_start = start
-        self._flush(start)
-        states = residue_states.float()
-        cls_state = cls_state.float()
-        self._cls_sum = cls_state.clone() if self._cls_sum is None else self._cls_sum + cls_state
-        self._windows += 1
-        offset = start - self._done  # where this window begins inside the pending buffer
-        pending = self._pending()
-        end = offset + len(states)
-        if end > pending:  # grow the buffer to cover this window's last residues
-            grow = end - pending
-            self._sum = _extend(self._sum, grow, states)
-            self._count = _extend(self._count, grow, states[:, 0])
-        assert self._sum is not None and self._count is not None
-        self._sum[offset:end] += states
-        self._count[offset:end] += 1
-
-    def finish(self) -> torch.Tensor:
-        """Hand over the remaining residues and the mean ``<cls>`` state; the sink's result."""
-        if self._cls_sum is None:
-            raise ValueError("no window was added")
-        self._flush(self._done + self._pending())
-        return self.sink.close(self._cls_sum / self._windows)
-
-    def _pending(self) -> int:
-        return 0 if self._sum is None else len(self._sum)
-
-    def _flush(self, upto: int) -> None:
-        """Residues before ``upto`` are final: no later window (start >= upto) covers them."""
-        ready = min(upto - self._done, self._pending())
-        if ready <= 0:
-            return
-        assert self._sum is not None and self._count is not None
-        self.sink.add_residues(self._sum[:ready] / self._count[:ready].unsqueeze(1))
-        self._sum, self._count = self._sum[ready:], self._count[ready:]
-        self._done += ready
-
-
-def _extend(buffer: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch.Tensor:
-    """``buffer`` with ``rows`` zero rows appended (shaped like ``like``'s rows)."""
-    zeros = torch.zeros((rows, *like.shape[1:]), dtype=torch.float32, device=like.device)
-    return zeros if buffer is None else torch.cat([buffer, zeros])
+    def _grown(self, buffer: torch.Tensor | None, rows: int, like: torch.Tensor) -> torch.Tensor:
+        zeros = torch.zeros((rows, *like.shape[1:]), dtype=torch.float32, device=like.device)
+        return zeros if buffer is None else torch.cat([buffer, zeros])
 
 
 def over_budget(batch: dict[str, torch.Tensor], max_tokens: int) -> bool:
