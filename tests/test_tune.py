@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.helpers import ROOT, tiny_overrides
@@ -128,6 +130,28 @@ def test_two_processes_share_one_study(
     assert sorted(int(row["trial"]) for row in rows) == [0, 1, 2, 3]
     assert len(list(folder.glob("trial-*"))) == 4
     assert {row["state"] for row in rows} <= {"complete", "pruned"}
+
+
+def _join_study(folder: Path, barrier: Any) -> int:
+    from optuna.study import StudyDirection
+
+    from esmtune.tune import _open_study
+
+    barrier.wait()  # every process opens the new SQLite file at the same moment
+    _, joined = _open_study(folder, "race", StudyDirection.MAXIMIZE, TuneOptions())
+    return joined
+
+
+@pytest.mark.multiprocess
+def test_processes_opening_a_new_study_at_once_all_join_it(tmp_path: Path) -> None:
+    """Unlocked, Optuna's schema stamp collides (seen in CI); each process gets its own seed."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(4) as pool:
+        for attempt in range(3):  # unlocked, about one attempt in two failed
+            folder = tmp_path / str(attempt)
+            folder.mkdir()
+            joined = pool.starmap(_join_study, [(folder, manager.Barrier(4))] * 4)
+            assert sorted(joined) == [0, 1, 2, 3]
 
 
 def test_search_space_errors_are_reported_at_once(tmp_path: Path) -> None:

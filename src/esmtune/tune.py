@@ -22,6 +22,7 @@ from typing import Any
 
 import optuna
 import yaml
+from filelock import FileLock
 
 from esmtune.config import TrainConfig, load_config
 from esmtune.metrics import HIGHER_IS_BETTER
@@ -31,6 +32,12 @@ from esmtune.train import train
 __all__ = ["TuneResult", "tune"]
 
 STUDY_FILE = "study.db"
+# Held while a process creates or joins the study (see _open_study).
+_STUDY_LOCK = "study.db.lock"
+# The study's count of the processes that have joined it (each seeds its sampler apart).
+_JOINED = "processes_joined"
+# How long a process waits for another's write to the SQLite file before giving up.
+_SQLITE_TIMEOUT_SECONDS = 120
 LEADERBOARD_FILE = "leaderboard.csv"
 BEST_CONFIG_FILE = "best_config.yaml"
 _HEARTBEAT_SECONDS = 60
@@ -75,31 +82,49 @@ def tune(
     folder = base.output.dir / study_name
     folder.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(logging.WARNING)
-    with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(
-            f"sqlite:///{folder / STUDY_FILE}",
-            # A process killed mid-trial stops its heartbeat; the next marks that trial failed.
-            heartbeat_interval=_HEARTBEAT_SECONDS,
-            grace_period=3 * _HEARTBEAT_SECONDS,
-        )
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage,
-        load_if_exists=True,  # resume, or join another process's search
-        direction="maximize" if HIGHER_IS_BETTER[base.selection_metric] else "minimize",
-        pruner=optuna.pruners.MedianPruner(
-            n_startup_trials=options.pruner_startup_trials,
-            n_warmup_steps=options.pruner_warmup_epochs,  # steps are epochs, counted from 1
-        ),
+    higher = HIGHER_IS_BETTER[base.selection_metric]
+    direction = (
+        optuna.study.StudyDirection.MAXIMIZE if higher else optuna.study.StudyDirection.MINIMIZE
     )
-    # Seeded by the config and by the trials the study holds on joining, so a resumed search
-    # (or a process joining later) does not draw the same first samples again.
-    study.sampler = optuna.samplers.TPESampler(seed=base.training.seed + len(study.trials))
+    study, joined = _open_study(folder, study_name, direction, options)
+    # Seeded by the config and by how many processes joined the study before this one, so a
+    # resumed search, or a second process started at the same moment, draws its own samples.
+    study.sampler = optuna.samplers.TPESampler(seed=base.training.seed + joined)
     objective = _Objective(config_path, overrides, dimensions, base.output.dir, study_name)
     # A trial that fails is recorded as failed and the search goes on.
     study.optimize(objective, n_trials=options.trials, catch=(Exception,))
     return _write_results(study, folder, config_path, overrides, dimensions, base)
+
+
+def _open_study(
+    folder: Path, study_name: str, direction: optuna.study.StudyDirection, options: TuneOptions
+) -> tuple[optuna.Study, int]:
+    """Create the study's SQLite storage or join it; also how many processes joined before."""
+    # One process at a time: Optuna stamps a new file's schema version on first use, and two
+    # processes doing so at once collide (sqlite3.IntegrityError, UNIQUE constraint failed).
+    with FileLock(folder / _STUDY_LOCK), warnings.catch_warnings():
+        # The heartbeat is "experimental" since Optuna 2.9.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{folder / STUDY_FILE}",
+            engine_kwargs={"connect_args": {"timeout": _SQLITE_TIMEOUT_SECONDS}},
+            # A process killed mid-trial stops its heartbeat; the next marks that trial failed.
+            heartbeat_interval=_HEARTBEAT_SECONDS,
+            grace_period=3 * _HEARTBEAT_SECONDS,
+        )
+        study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            load_if_exists=True,  # resume, or join another process's search
+            direction=direction,
+            pruner=optuna.pruners.MedianPruner(
+                n_startup_trials=options.pruner_startup_trials,
+                n_warmup_steps=options.pruner_warmup_epochs,  # steps are epochs, from 1
+            ),
+        )
+        joined = int(study.user_attrs.get(_JOINED, 0))
+        study.set_user_attr(_JOINED, joined + 1)
+    return study, joined
 
 
 class _Objective:
