@@ -26,14 +26,19 @@ def _config(model_dir: Path, data: Path, out: Path, name: str, *settings: str):
     return load_config(None, [*tiny_overrides(model_dir, data, out, name), *TWO_EPOCHS, *settings])
 
 
-def test_mlflow_gets_config_curves_best_metrics_and_files(
-    tiny_model_dir: Path, learnable_data: Path, tmp_path: Path, monkeypatch
-) -> None:
-    mlflow = pytest.importorskip("mlflow")
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite tracking store, unaffected by the environment's MLflow settings."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.chdir(tmp_path)  # a SQLite store keeps artifacts in ./mlruns
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_mlflow_gets_config_curves_best_metrics_and_files(
+    tiny_model_dir: Path, learnable_data: Path, tmp_path: Path, mlflow_store: str
+) -> None:
+    mlflow, store = pytest.importorskip("mlflow"), mlflow_store
     config = _config(
         tiny_model_dir, learnable_data, tmp_path / "runs", "tracked",
         "training.trackers=[tensorboard,mlflow]", f"training.mlflow_tracking_uri={store}",
@@ -80,13 +85,9 @@ def test_mlflow_gets_config_curves_best_metrics_and_files(
 
 
 def test_a_failed_run_ends_its_mlflow_run_as_failed(
-    tiny_model_dir: Path, learnable_data: Path, tmp_path: Path, monkeypatch
+    tiny_model_dir: Path, learnable_data: Path, tmp_path: Path, mlflow_store: str, monkeypatch
 ) -> None:
-    mlflow = pytest.importorskip("mlflow")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.chdir(tmp_path)
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow, store = pytest.importorskip("mlflow"), mlflow_store
     config = _config(
         tiny_model_dir, learnable_data, tmp_path / "runs", "failed",
         "training.trackers=[mlflow]", f"training.mlflow_tracking_uri={store}",
@@ -107,13 +108,9 @@ def test_a_failed_run_ends_its_mlflow_run_as_failed(
 
 
 def test_a_resumed_run_logs_into_the_same_mlflow_run(
-    tiny_model_dir: Path, learnable_data: Path, tmp_path: Path, monkeypatch
+    tiny_model_dir: Path, learnable_data: Path, tmp_path: Path, mlflow_store: str
 ) -> None:
-    mlflow = pytest.importorskip("mlflow")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.chdir(tmp_path)
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow, store = pytest.importorskip("mlflow"), mlflow_store
     config = _config(
         tiny_model_dir, learnable_data, tmp_path / "runs", "resumed",
         "training.trackers=[mlflow]", f"training.mlflow_tracking_uri={store}",
