@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -186,6 +187,34 @@ def test_runtime_choices_are_checked(run_dir: Path, hf_dir: Path, onnx_dir: Path
         Predictor.from_export(onnx_dir, device="cuda")
     assert Predictor.load(onnx_dir, runtime="onnx").runtime == "onnx"
     assert Predictor.load(run_dir).runtime == "torch"
+
+
+def test_each_launched_process_runs_onnx_on_its_own_gpu(onnx_dir: Path, monkeypatch) -> None:
+    """Under `accelerate launch`, --device cuda means this process's GPU (here the second)."""
+    import onnxruntime
+
+    from esmtune import predict
+    from esmtune.export.onnx_runtime import onnx_providers
+    from esmtune.processes import Processes
+
+    class Opened(Exception):
+        pass
+
+    def session(path: str, options: object, providers: list) -> None:
+        raise Opened(providers)
+
+    second = SimpleNamespace(device_for=lambda requested: "cuda:1")
+    monkeypatch.setattr(Processes, "current", classmethod(lambda cls: second))
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider"])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    with pytest.raises(Opened) as opened:
+        predict.Predictor.from_export(onnx_dir, device="cuda")
+    assert opened.value.args[0] == [
+        ("CUDAExecutionProvider", {"device_id": "1"}),
+        "CPUExecutionProvider",
+    ]
+    with pytest.raises(EsmtuneError, match="cuda or cuda:N"):
+        onnx_providers("cuda:first")
 
 
 def test_predict_options_are_one_object_checked_at_once(run_dir: Path) -> None:

@@ -291,7 +291,12 @@ class Predictor:
             EsmtuneError: On a bad option, or a runtime the export cannot run.
         """
         options = PredictOptions.merged(options, _with_runtime(overrides, runtime))
-        return cls(open_export(export_dir, options.runtime, options.device), options)
+        device = options.device
+        if device is not None and device.startswith("cuda"):
+            # Under `accelerate launch`, each process on its own GPU: the ONNX session binds
+            # its device when it opens, before the predictor places anything.
+            device = Processes.current().device_for(device)
+        return cls(open_export(export_dir, options.runtime, device), options)
 
     @classmethod
     def load(

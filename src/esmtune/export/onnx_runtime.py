@@ -34,7 +34,10 @@ from esmtune.export.files import INT8_FILE, ONNX_FILE, POOL_HEAD_FILE, read_expo
 from esmtune.export.names import Runtime
 from esmtune.model.loaded import LoadedRun
 
-__all__ = ["OnnxClassifier", "load_onnx_export", "onnx_providers"]
+__all__ = ["OnnxClassifier", "Provider", "load_onnx_export", "onnx_providers"]
+
+# An onnxruntime execution provider: its name, or its name with provider options.
+Provider = str | tuple[str, dict[str, str]]
 
 
 class OnnxClassifier:
@@ -49,7 +52,7 @@ class OnnxClassifier:
         self,
         export_dir: Path | str,
         quantized: bool = False,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[Provider] = ("CPUExecutionProvider",),
         threads: int | None = None,
         pooling: Pooling = Pooling.MEAN,
         per_residue: bool = False,
@@ -300,14 +303,19 @@ class _ResidueSink:
         return self.model.pool_head(states, np.ones(states.shape[:2], dtype=bool))[0]
 
 
-def onnx_providers(device: str | None) -> tuple[str, ...]:
+def onnx_providers(device: str | None) -> tuple[Provider, ...]:
     """The execution providers of onnxruntime for a torch-style device name (None or cpu: CPU).
+
+    ``cuda:N`` runs on GPU N (each process of a launch on its own GPU); ``cuda`` on the first.
 
     Raises:
         EsmtuneError: When a GPU is asked for and this onnxruntime has no CUDA provider.
     """
     if device is None or not str(device).startswith("cuda"):
         return ("CPUExecutionProvider",)
+    _, _, index = str(device).partition(":")
+    if index and not index.isdigit():
+        raise EsmtuneError(f"device {device}: give a GPU as cuda or cuda:N, N its index")
     require_modules("onnxruntime")
     import onnxruntime
 
@@ -316,7 +324,7 @@ def onnx_providers(device: str | None) -> tuple[str, ...]:
             f"device {device}: this onnxruntime runs on the CPU only; install onnxruntime-gpu "
             "for ONNX on a GPU, or use an hf export (torch) there"
         )
-    return ("CUDAExecutionProvider", "CPUExecutionProvider")
+    return (("CUDAExecutionProvider", {"device_id": index or "0"}), "CPUExecutionProvider")
 
 
 def export_vocabulary(folder: Path) -> Esm2Vocabulary:
