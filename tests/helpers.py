@@ -248,16 +248,32 @@ OILY = "MLIVLFVMLIVLIVLWVLLF"
 LONG = "M" + "KRKRRKSTGANQ" * 20  # 241 residues: four windows of LORA_RUN_MAX_LENGTH (80)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port no one listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
+
+
+def launch_two(*options: str) -> list[str]:
+    """`accelerate launch` of two CPU processes (gloo) on a free port, before the program.
+
+    Port 0 lets the rendezvous pick one: the default 29500 may be held by another launch.
+    """
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
+        "--mixed_precision", "no", "--main_process_port", "0", *options,
+    ]  # fmt: skip
+
+
+# torchrun-style launch options for processes on one machine (no GPU, so gloo on CPUs).
+ONE_MACHINE = ("--num_machines", "1", "--dynamo_backend", "no", "--multi_gpu")
 
 
 @contextmanager
 def serve_process(run_dir: Path, *options: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """`esmtune serve` starting on a free loopback port, and its base URL; stopped on exit."""
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "esmtune", "serve", str(run_dir), "--port", str(port)]
     command += ["--device", "cpu", "--log-level", "warning", *options]
     process = subprocess.Popen(command, env=os.environ.copy())

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +20,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from tests.helpers import ROOT, tiny_overrides
+from tests.helpers import ROOT, launch_two, tiny_overrides
 
 from esmtune.cli import main
 from esmtune.errors import ConfigError
@@ -41,10 +40,7 @@ FINAL = "epoch-0002-step-00000012"
 
 
 def _launch(*arguments: str) -> str:
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP_CONFIG),
-        "--num_processes", "2", "--mixed_precision", "no", *arguments,
-    ]  # fmt: skip
+    command = [*launch_two("--config_file", str(FSDP_CONFIG)), *arguments]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

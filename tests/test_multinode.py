@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import stat
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.helpers import tiny_overrides
+from tests.helpers import free_port, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 SBATCH = ROOT / "scripts" / "slurm" / "train.sbatch"
@@ -34,7 +33,9 @@ def _stub(folder: Path, name: str, body: str) -> None:
 def test_the_slurm_recipe_starts_one_accelerate_per_node(tmp_path: Path) -> None:
     bin_dir, log = tmp_path / "bin", tmp_path / "launched.txt"
     bin_dir.mkdir()
-    _stub(bin_dir, "scontrol", 'printf "gpu-a\\ngpu-b\\n"')
+    # A long node list (printed whole, as scontrol does): `| head -n 1` under pipefail died
+    # of SIGPIPE now and then, in CI.
+    _stub(bin_dir, "scontrol", 'printf "gpu-a\\ngpu-b\\n"; seq -f "gpu-%g" 1 100000')
     # srun: run the command once per node of the job, as Slurm would, with SLURM_NODEID set.
     _stub(bin_dir, "srun", 'while [[ $1 == --* ]]; do shift; done\n'
                            'for id in 0 1; do SLURM_NODEID=$id "$@"; done')  # fmt: skip
@@ -56,12 +57,6 @@ def test_the_slurm_recipe_starts_one_accelerate_per_node(tmp_path: Path) -> None
         assert option("--main_process_ip") == "gpu-a"  # the job's first node
         assert argv[-5:] == ["esmtune", "train", "--config", "configs/train.yaml",
                              "training.epochs=3"]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _launch(machines: int, rank: int, port: int, overrides: list[str]) -> subprocess.Popen:
@@ -88,10 +83,10 @@ def test_two_machines_meet_and_train_as_two_processes_on_one(
 ) -> None:
     settings = ["training.epochs=2"]
     one = tiny_overrides(tiny_model_dir, learnable_data, tmp_path, "one-machine") + settings
-    _finish(_launch(1, 0, _free_port(), one))
+    _finish(_launch(1, 0, free_port(), one))
 
     two = tiny_overrides(tiny_model_dir, learnable_data, tmp_path, "two-machines") + settings
-    port = _free_port()
+    port = free_port()
     machines = [_launch(2, rank, port, two) for rank in (0, 1)]
     for process in machines:
         _finish(process)

@@ -6,12 +6,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-from tests.helpers import tiny_overrides
+from tests.helpers import ONE_MACHINE, launch_two, tiny_overrides
 
 pytestmark = pytest.mark.multiprocess
 
@@ -26,12 +25,7 @@ def test_two_process_training_completes_and_learns(
         "training.gradient_accumulation=2",
         "training.keep_checkpoints=10",
     ]
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--multi_gpu",  # torchrun-style; no GPU, so gloo on CPUs
-        "-m", "esmtune", "train", *overrides,
-    ]  # fmt: skip
+    command = [*launch_two(*ONE_MACHINE), "-m", "esmtune", "train", *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -61,12 +55,7 @@ def test_two_process_frozen_training_shares_one_embedding_cache(
     overrides = tiny_overrides(tiny_model_dir, learnable_data, tmp_path, "frozen")
     overrides += ["finetune.mode=frozen", f"finetune.cache_dir={tmp_path / 'cache'}"]
     overrides += ["data.measure_identity=true"]  # (tiny_overrides turns the search off)
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--multi_gpu",
-        "-m", "esmtune", "train", *overrides,
-    ]  # fmt: skip
+    command = [*launch_two(*ONE_MACHINE), "-m", "esmtune", "train", *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     mmseqs, calls = shutil.which("mmseqs"), tmp_path / "mmseqs-calls.txt"
     if mmseqs is not None:  # a logging stand-in: the data check's search runs on one process

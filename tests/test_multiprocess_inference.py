@@ -23,17 +23,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from tests.helpers import tiny_overrides, write_fasta
+from tests.helpers import ONE_MACHINE, launch_two, tiny_overrides, write_fasta
 
 from esmtune.data.batching import EncodedDataset, encode, eval_loader
 from esmtune.processes import Processes, share_by_cost
 
-LAUNCH = [
-    sys.executable, "-m", "accelerate.commands.launch",
-    "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-    "--dynamo_backend", "no", "--multi_gpu",  # torchrun-style; no GPU, so gloo on CPUs
-    "--main_process_port", "0",  # a free port: other launches may run at the same time
-]  # fmt: skip
+LAUNCH = launch_two(*ONE_MACHINE)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
